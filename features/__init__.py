@@ -1,0 +1,1 @@
+"""Frozen feature extractors: frame CNN, log-mel, DAVEnet, word2vec tokens."""

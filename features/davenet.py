@@ -1,0 +1,78 @@
+"""ResDAVEnet (AVLnet/MCN model_davenet.py): log-mel (B, 40, T) -> (B, 1024, ceil(T/16)).
+
+Used two ways: frozen, as a feature extractor in the pipeline (weights from a checkpoint), and trained
+end to end on cached spectrograms by the trainers.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .weights import load_into, load_state_dict, sha256, state_dict_sha256
+
+
+class SpeechBasicBlock(nn.Module):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, (1, 9), stride=(1, stride), padding=(0, 4), bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, (1, 9), padding=(0, 4), bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=(1, stride), bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class DAVEnet(nn.Module):
+    def __init__(self, n_mels: int = 40, widths=(128, 256, 512, 1024), blocks: int = 2):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, widths[0], (n_mels, 1), bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        layers, inplanes = [], widths[0]
+        for width in widths:
+            stage = [SpeechBasicBlock(inplanes, width, stride=2)]
+            stage += [SpeechBasicBlock(width, width) for _ in range(blocks - 1)]
+            layers.append(nn.Sequential(*stage))
+            inplanes = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.dim = widths[-1]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                m.weight.data.normal_(0, math.sqrt(2.0 / n))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(mel.unsqueeze(1))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return x.squeeze(2)
+
+
+class DaveNetEncoder:
+    """Frozen DAVEnet over a whole video's log-mel: (T, 40) -> (ceil(T/16), 1024)."""
+
+    def __init__(self, weights: str | None = None, random_init: bool = False, device: str = "cpu"):
+        torch.manual_seed(0)
+        model = DAVEnet()
+        if random_init:
+            self.checksum = "random-init:" + state_dict_sha256(model.state_dict())
+        else:
+            load_into(model, load_state_dict(weights, "DAVEnet", "--davenet"), "DAVEnet", weights)
+            self.checksum = sha256(weights)
+        self.model, self.device, self.dim = model.eval().to(device), device, model.dim
+
+    @torch.inference_mode()
+    def __call__(self, mel: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(mel.T, dtype=np.float32))[None].to(self.device)
+        return self.model(x)[0].T.float().cpu().numpy()

@@ -1,0 +1,45 @@
+"""Caption tokens as ids into a word2vec vocabulary (GoogleNews .bin through gensim).
+
+Tokenisation follows HowTo100M/MCN: regex [\\w']+, case kept, words missing from the vocabulary dropped
+(no UNK). The store keeps token ids plus one matrix of the vectors actually used.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from .weights import WeightsError, sha256
+
+TOKEN = re.compile(r"[\w']+")
+
+
+def tokenize(sentence: str) -> list[str]:
+    return TOKEN.findall(str(sentence))
+
+
+class Word2Vec:
+    def __init__(self, path: str | os.PathLike):
+        from gensim.models import KeyedVectors
+
+        if not path or not os.path.isfile(path):
+            raise WeightsError(f"word2vec: file not found: {path!r} (--word2vec PATH to a GoogleNews-style "
+                               ".bin written by gensim save_word2vec_format(binary=True))")
+        try:
+            self.kv = KeyedVectors.load_word2vec_format(str(path), binary=True)
+        except Exception as e:
+            raise WeightsError(f"word2vec: cannot read {path} as a binary word2vec file: {e}") from e
+        self.checksum = sha256(path)
+        self.dim = self.kv.vector_size
+
+    def ids(self, sentence: str) -> list[int]:
+        index = self.kv.key_to_index
+        return [index[w] for w in tokenize(sentence) if w in index]
+
+    def compact(self, token_lists: list[list[int]]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Renumber to the words used: (ids per clip into vectors, file row of each word, vectors)."""
+        used = np.unique(np.fromiter((t for ts in token_lists for t in ts), dtype=np.int64))
+        remap = {int(w): i for i, w in enumerate(used)}
+        ids = [np.array([remap[t] for t in ts], dtype=np.int32) for ts in token_lists]
+        return ids, used, self.kv.vectors[used].astype(np.float32)

@@ -1,0 +1,1 @@
+"""Manifest readers: videos, clips and labels from CSV/JSON."""

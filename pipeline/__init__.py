@@ -1,0 +1,1 @@
+"""Decode-once extraction into a resumable Zarr feature store."""

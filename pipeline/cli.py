@@ -1,0 +1,150 @@
+"""`pipeline` command line: extract, status, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .extract import ALL_GROUPS, ExtractConfig, ExtractError
+
+DESCRIPTION = "Decode each video once, run frozen extractors, write a resumable Zarr feature store."
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True) -> None:
+    p.add_argument("--manifest", required=manifest_required, help="HowTo100M-style or clip-per-row CSV")
+    p.add_argument("--store", required=manifest_required, help="output Zarr store (directory)")
+    p.add_argument("--captions", help="captions JSON {video_id: {start, end, text}} (HowTo100M manifests)")
+    p.add_argument("--video-root", help="folder searched for <video_id>.<ext> (default: the manifest's folder)")
+    p.add_argument("--strict", action="store_true", help="abort on any bad manifest row")
+    p.add_argument("--groups", type=_csv, help=f"feature groups to extract, from {','.join(ALL_GROUPS)} "
+                   "(default: resnet152,logmel, plus davenet/word2vec when their weights are given)")
+    p.add_argument("--resnet152-weights", help="torchvision ResNet-152 state_dict (.pth)")
+    p.add_argument("--davenet", help="DAVEnet checkpoint (state_dict .pth) for frozen audio features")
+    p.add_argument("--word2vec", help="GoogleNews-style word2vec .bin (gensim binary format)")
+    p.add_argument("--random-init", type=_csv, default=[],
+                   help="run these extractors untrained (e.g. resnet152,davenet); recorded in the store")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="local Dask worker processes (0 = no Dask, run in this process)")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
+    p.add_argument("--part-size", type=int, help="videos per part = one task, one commit "
+                   "(default: at least 4 parts per worker, at most 64 videos; fixed when the store is planned)")
+    p.add_argument("--device", default="cpu", help="torch device for the extractors (cpu, cuda)")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per CNN forward")
+    p.add_argument("--short-side", type=int, default=224, help="frame short side in pixels")
+    p.add_argument("--retry-failed", action="store_true", help="recompute parts holding failed videos")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def config_from(args: argparse.Namespace) -> ExtractConfig:
+    names = {f.name for f in fields(ExtractConfig)}
+    return ExtractConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def print_summary(summary: dict) -> None:
+    print(f"store {summary['store']}: {summary['videos']} videos, {summary['clips']} clips; "
+          f"{summary['parts_run']} part tasks run this time")
+    for g, counts in summary.get("status", {}).items():
+        print(f"  {g:10s} " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    if "word2vec" in summary:
+        print("  word2vec   " + ", ".join(f"{k}={v}" for k, v in sorted(summary["word2vec"].items())))
+    for part, err in summary.get("failed_parts", {}).items():
+        print(f"  part {part} FAILED (rerun to retry): {err}")
+
+
+def cmd_extract(args) -> int:
+    from .extract import extract
+
+    print_summary(extract(config_from(args)))
+    return 0
+
+
+def cmd_status(args) -> int:
+    import numpy as np
+
+    from .store import FeatureStore
+
+    store = FeatureStore(args.store)
+    print(f"{store.path}: {store.n_videos} videos, {store.n_clips} clips, {store.n_parts} parts")
+    out = {"videos": store.n_videos, "clips": store.n_clips, "groups": {}}
+    for g, meta in store.groups.items():
+        if g == "word2vec":
+            if not (store.path / "word2vec").is_dir():
+                continue
+            _, status, vectors = store.load_text()
+            vals, counts = np.unique(status.astype(str), return_counts=True)
+            out["groups"][g] = {"status": dict(zip(vals.tolist(), counts.tolist())), "vocab": len(vectors)}
+            print(f"  word2vec   vocab {len(vectors)}; " + ", ".join(f"{k}={v}" for k, v in zip(vals, counts)))
+            continue
+        status, error = store.video_status(g)
+        vals, counts = np.unique(status.astype(str), return_counts=True)
+        fails = [(str(store.videos["video_id"][i]), str(status[i]), str(error[i]))
+                 for i in np.flatnonzero((status != "ok") & (status != "pending"))]
+        out["groups"][g] = {"status": dict(zip(vals.tolist(), counts.tolist())), "failures": fails,
+                            "random_init": meta.get("random_init"), "weights_sha256": meta.get("weights_sha256")}
+        tag = " (RANDOM-INIT weights)" if meta.get("random_init") else ""
+        print(f"  {g:10s} " + ", ".join(f"{k}={v}" for k, v in zip(vals, counts)) + tag)
+        for vid, st, err in fails[: args.show]:
+            print(f"      {vid}: {st}: {err}")
+        if len(fails) > args.show:
+            print(f"      ... {len(fails) - args.show} more (--show N)")
+    if args.json:
+        print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import make_demo
+    from .extract import extract
+
+    out = Path(args.out)
+    paths = make_demo(out, n_train=args.videos, n_eval=args.eval_videos)
+    print(f"demo data written to {out}/ (videos, howto100m.csv, captions.json, eval.csv, word2vec.bin)")
+    print("NOTE: no pretrained weights here, so ResNet-152 and DAVEnet run RANDOM-INIT (recorded in the store)")
+    common = dict(word2vec=paths["word2vec"], video_root=paths["video_root"], workers=args.workers,
+                  short_side=args.short_side,
+                  random_init=["resnet152", "davenet"], progress=not args.no_progress)
+    for manifest, captions, store in ((paths["manifest"], paths["captions"], out / "features.zarr"),
+                                      (paths["eval_manifest"], None, out / "eval.zarr")):
+        cfg = ExtractConfig(manifest=manifest, captions=captions, store=str(store), **common)
+        print_summary(extract(cfg))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pipeline", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("extract", help="extract features into a store (resumes; idempotent)")
+    add_extract_args(p)
+    p.set_defaults(fn=cmd_extract)
+    p = sub.add_parser("status", help="counts and failures per feature group")
+    p.add_argument("--store", required=True)
+    p.add_argument("--show", type=int, default=20, help="failures to list per group")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("demo", help="generate the built-in demo dataset and extract it")
+    p.add_argument("--out", default="demo")
+    p.add_argument("--videos", type=int, default=12, help="training videos (HowTo100M-style manifest)")
+    p.add_argument("--eval-videos", type=int, default=8, help="held-out videos (clip-per-row manifest)")
+    p.add_argument("--short-side", type=int, default=112, help="frame short side (112 keeps the demo quick)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_demo)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.fn(args)
+    except (ExtractError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""A small narrated synthetic dataset, generated on the spot with PyAV (no download).
+
+Each video belongs to one of four "tasks". The task decides the picture (background colour and the
+path of a moving square), the sound (a tone) and half of the words of every caption, so the three
+modalities share structure that a multimodal model can learn and an evaluation can find.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+TASKS = [
+    ("bake_bread", (200, 140, 60), 330.0, ["knead", "dough", "flour", "oven", "bread", "yeast"]),
+    ("fix_bike", (60, 90, 200), 660.0, ["wheel", "tire", "chain", "bolt", "bike", "pump"]),
+    ("plant_tree", (50, 170, 70), 1320.0, ["soil", "dig", "roots", "water", "tree", "shovel"]),
+    ("paint_wall", (190, 60, 170), 2640.0, ["brush", "paint", "wall", "roller", "coat", "tape"]),
+]
+FILLER = ["now", "we", "just", "then", "so", "you", "really", "okay", "next", "good", "this", "take"]
+SR = 16000
+
+
+def write_video(path: str | os.PathLike, seconds: float, color=(128, 128, 128), tone: float | None = 440.0,
+                size=(160, 120), fps: int = 10, seed: int = 0, codec: str = "libx264") -> None:
+    """An H.264 (or other codec) mp4 with an optional AAC mono tone; deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream(codec, rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        a_s = None
+        if tone is not None:
+            a_s = out.add_stream("aac", rate=SR)
+            a_s.layout = "mono"
+        base = np.array(color, dtype=np.float32)
+        for i in range(int(seconds * fps)):
+            img = base + rng.normal(0, 12, (h, w, 3))
+            t = i / fps
+            x = int((w - 24) * (0.5 + 0.5 * np.sin(t * (1 + color[0] / 100)))), int((h - 24) * ((t / seconds) % 1))
+            img[x[1]:x[1] + 24, x[0]:x[0] + 24] = 255
+            frame = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
+            frame.pts = i
+            for packet in vs.encode(frame):
+                out.mux(packet)
+        for packet in vs.encode():
+            out.mux(packet)
+        if a_s is not None:
+            n = int(seconds * SR)
+            tt = np.arange(n) / SR
+            wave = 0.3 * np.sin(2 * np.pi * tone * tt) + 0.05 * rng.normal(size=n)
+            for k in range(0, n, 1024):
+                chunk = wave[k:k + 1024].astype(np.float32)[None]
+                frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = SR, k, Fraction(1, SR)
+                for packet in a_s.encode(frame):
+                    out.mux(packet)
+            for packet in a_s.encode():
+                out.mux(packet)
+
+
+def _caption(rng, words: list[str]) -> str:
+    picked = list(rng.choice(words, 2, replace=False)) + list(rng.choice(FILLER, 3, replace=False))
+    rng.shuffle(picked)
+    return " ".join(picked)
+
+
+def make_demo(out: str | os.PathLike, n_train: int = 16, n_eval: int = 8, seconds: float = 6.0,
+              caption_every: float = 2.0, seed: int = 0) -> dict[str, str]:
+    """Write videos, a HowTo100M-style manifest + captions (train), a clip CSV (eval), word2vec .bin."""
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    train_rows, captions, eval_rows, sentences = [], {}, [], []
+    for i in range(n_train + n_eval):
+        t = i % len(TASKS)
+        name, color, tone, words = TASKS[t]
+        vid = f"{'train' if i < n_train else 'eval'}_{i:03d}"
+        jitter = rng.integers(-20, 21, 3)
+        write_video(out / "videos" / f"{vid}.mp4", seconds, tuple(int(c) for c in np.clip(np.add(color, jitter), 0, 255)),
+                    tone * float(rng.uniform(0.97, 1.03)), seed=seed * 1000 + i)
+        starts = np.arange(0, seconds, caption_every)
+        texts = [_caption(rng, words) for _ in starts]
+        sentences += [s.split() for s in texts]
+        if i < n_train:
+            train_rows.append([vid, "demo", name, i, t])
+            captions[vid] = {"start": [float(s) for s in starts],
+                             "end": [float(min(seconds, s + caption_every)) for s in starts], "text": texts}
+        else:
+            for s, text in zip(starts[::2], texts[::2]):
+                eval_rows.append([vid, float(s), float(min(seconds, s + 2 * caption_every)), text, name])
+    paths = {"manifest": str(out / "howto100m.csv"), "captions": str(out / "captions.json"),
+             "eval_manifest": str(out / "eval.csv"), "word2vec": str(out / "word2vec.bin"),
+             "video_root": str(out / "videos")}
+    with open(paths["manifest"], "w", newline="") as f:
+        csv.writer(f).writerows([["video_id", "category_1", "category_2", "rank", "task_id"], *train_rows])
+    Path(paths["captions"]).write_text(json.dumps(captions))
+    with open(paths["eval_manifest"], "w", newline="") as f:
+        csv.writer(f).writerows([["video_id", "start", "end", "text", "task"], *eval_rows])
+    from gensim.models import Word2Vec
+
+    model = Word2Vec(sentences, vector_size=300, window=5, min_count=1, workers=1, epochs=20, seed=1)
+    model.wv.save_word2vec_format(paths["word2vec"], binary=True)
+    return paths

@@ -1,0 +1,449 @@
+"""`pipeline extract`: plan the store once, then run one task per (part, missing groups) on Dask.
+
+manifest -> plan (videos, clips, parts) -> per part: decode each video once -> extractors -> commit.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from features.audio import PARAMS as LOGMEL_PARAMS
+from manifests.read import Manifest, index_video_root, read_manifest
+
+from .decode import DecodeFailure, decode
+from .store import FeatureStore, clean_temporaries, write_unit
+
+VIDEO_GROUPS = ("resnet152", "logmel", "davenet")
+ALL_GROUPS = VIDEO_GROUPS + ("word2vec",)
+FORMAT_VERSION = 1
+log = logging.getLogger("mmcache")
+
+
+class ExtractError(RuntimeError):
+    pass
+
+
+@dataclass
+class ExtractConfig:
+    manifest: str
+    store: str
+    captions: str | None = None
+    video_root: str | None = None
+    strict: bool = False
+    groups: list[str] | None = None  # default: resnet152, logmel (+davenet, word2vec when given)
+    resnet152_weights: str | None = None
+    davenet: str | None = None
+    word2vec: str | None = None
+    random_init: list[str] = field(default_factory=list)
+    workers: int = os.cpu_count() or 1  # 0 = run in this process, no Dask
+    scheduler: str | None = None
+    part_size: int | None = None  # videos per part; default: at least 4 parts per worker, at most 64 videos
+    device: str = "cpu"
+    batch_size: int = 32
+    short_side: int = 224
+    retry_failed: bool = False
+    progress: bool = True
+
+    def wanted_groups(self) -> list[str]:
+        if self.groups:
+            bad = [g for g in self.groups if g not in ALL_GROUPS]
+            if bad:
+                raise ExtractError(f"unknown group(s) {bad}; choose from {list(ALL_GROUPS)}")
+            return list(self.groups)
+        groups = ["resnet152", "logmel"]
+        if self.davenet or "davenet" in self.random_init:
+            groups.append("davenet")
+        if self.word2vec:
+            groups.append("word2vec")
+        return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# per-group provenance recorded in the store; a rerun must match it exactly
+
+def group_meta(cfg: ExtractConfig, group: str) -> dict:
+    if group == "resnet152":
+        from features.frames import FrameEncoder
+
+        enc = FrameEncoder("resnet152", cfg.resnet152_weights, "resnet152" in cfg.random_init)
+        return dict(extractor="torchvision.models.resnet152, fc removed (global average pool, 2048-d)",
+                    weights=cfg.resnet152_weights, weights_sha256=enc.checksum,
+                    random_init="resnet152" in cfg.random_init, dim=2048, rate=1.0,
+                    params=dict(fps=1, selection="ffmpeg fps filter", short_side=cfg.short_side, crop=None,
+                                interpolation="bilinear", normalise="imagenet mean/std", l2_normalize=True,
+                                dtype="float16"))
+    if group == "logmel":
+        return dict(extractor="torchaudio MelSpectrogram, AVLnet/DAVEnet front end", weights=None,
+                    weights_sha256=None, random_init=False, dim=40, rate=100.0,
+                    params=dict(LOGMEL_PARAMS, dtype="float16"))
+    if group == "davenet":
+        from features.davenet import DaveNetEncoder
+
+        enc = DaveNetEncoder(cfg.davenet, "davenet" in cfg.random_init)
+        return dict(extractor="ResDAVEnet over the log-mel spectrogram (frozen)", weights=cfg.davenet,
+                    weights_sha256=enc.checksum, random_init="davenet" in cfg.random_init, dim=1024,
+                    rate=100.0 / 16, params=dict(input="logmel", dtype="float16"))
+    if group == "word2vec":
+        from features.text import Word2Vec
+
+        w2v = Word2Vec(cfg.word2vec)
+        return dict(extractor="gensim KeyedVectors.load_word2vec_format(binary=True)", weights=cfg.word2vec,
+                    weights_sha256=w2v.checksum, random_init=False, dim=w2v.dim,
+                    params=dict(tokenizer=r"[\w']+", case="kept", oov="dropped"))
+    raise ExtractError(f"unknown group {group!r}")
+
+
+def _same(a: dict, b: dict) -> bool:
+    keys = ("extractor", "weights_sha256", "random_init", "params")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# plan
+
+def _plan_checksum(cfg: ExtractConfig) -> str:
+    h = hashlib.sha256()
+    for p in (cfg.manifest, cfg.captions):
+        if p:
+            h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+def plan_store(cfg: ExtractConfig, manifest: Manifest) -> None:
+    """Write videos/ and clips/ and the root attrs into a temp dir, then rename it to the store."""
+    import zarr
+
+    final = Path(cfg.store)
+    part_size = cfg.part_size or max(1, min(64, -(-len(manifest.videos) // (4 * max(1, cfg.workers)))))
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    videos = manifest.videos
+    order = {v.video_id: i for i, v in enumerate(videos)}
+    clips = sorted(manifest.clips, key=lambda c: order[c.video_id])  # stable: manifest order within a video
+    seen: Counter = Counter()
+    keys = []
+    for c in clips:
+        keys.append(f"{c.video_id}#{seen[c.video_id]}")
+        seen[c.video_id] += 1
+    vlabels = sorted({k for v in videos for k in v.labels})
+    clabels = sorted({k for c in clips for k in c.labels})
+    write_unit(tmp / "videos", {
+        "video_id": np.array([v.video_id for v in videos], dtype=object),
+        "path": np.array([v.path or "" for v in videos], dtype=object),
+        "part": np.arange(len(videos), dtype=np.int32) // part_size,
+        **{f"label_{k}": np.array([v.labels.get(k, "") for v in videos], dtype=object) for k in vlabels}}, {})
+    write_unit(tmp / "clips", {
+        "key": np.array(keys, dtype=object),
+        "video": np.array([order[c.video_id] for c in clips], dtype=np.int32),
+        "start": np.array([c.start for c in clips], dtype=np.float64),
+        "end": np.array([c.end for c in clips], dtype=np.float64),
+        "text": np.array([c.text for c in clips], dtype=object),
+        **{f"label_{k}": np.array([c.labels.get(k, "") for c in clips], dtype=object) for k in clabels}}, {})
+    root = zarr.open_group(str(tmp), mode="a")
+    root.attrs.update({"mmcache": dict(version=FORMAT_VERSION, plan_sha256=_plan_checksum(cfg),
+                                       manifest=str(cfg.manifest), captions=cfg.captions,
+                                       part_size=part_size, n_videos=len(videos), n_clips=len(clips),
+                                       manifest_problems=manifest.problems[:1000]),
+                       "groups": {}})
+    os.rename(tmp, final)
+
+
+# ---------------------------------------------------------------------------------------------
+# one task: a part of the store, the groups it is missing
+
+@dataclass
+class PartJob:
+    store: str
+    part: int
+    videos: list[tuple[str, str]]  # (video_id, path)
+    groups: list[str]
+    settings: dict
+    replace: bool = False
+
+
+_ENCODERS: dict = {}  # per worker process: frozen models are loaded once
+
+
+def _encoder(kind: str, s: dict):
+    key = (kind, s.get(f"{kind}_weights"), kind in s["random_init"], s["device"])
+    if key not in _ENCODERS:
+        if kind == "resnet152":
+            from features.frames import FrameEncoder
+            _ENCODERS[key] = FrameEncoder("resnet152", key[1], key[2], s["device"], s["batch_size"])
+        else:
+            from features.davenet import DaveNetEncoder
+            _ENCODERS[key] = DaveNetEncoder(key[1], key[2], s["device"])
+    return _ENCODERS[key]
+
+
+def _stored_logmel(job: PartJob):
+    path = Path(job.store, "parts", f"p{job.part:06d}", "logmel")
+    if "logmel" in job.groups or not path.is_dir():
+        return None
+    from .store import read_unit
+    arrays, _ = read_unit(path)
+    return arrays
+
+
+def run_part(job: PartJob) -> dict:
+    """Decode each video of the part once, run the missing extractors, commit one unit per group."""
+    import torch
+
+    from features.audio import logmel
+
+    t0 = time.time()
+    if job.settings.get("threads"):
+        torch.set_num_threads(job.settings["threads"])
+    s = job.settings
+    need_frames = "resnet152" in job.groups
+    cached_mel = _stored_logmel(job) if "davenet" in job.groups else None
+    need_audio = "logmel" in job.groups or ("davenet" in job.groups and cached_mel is None)
+    results = {g: {"rows": [], "status": [], "error": [], "duration": []} for g in job.groups}
+    seconds = 0.0
+
+    def put(group, rows, status="ok", error="", duration=0.0):
+        r = results[group]
+        r["rows"].append(rows)
+        r["status"].append(status)
+        r["error"].append(error)
+        r["duration"].append(duration)
+
+    for i, (vid, path) in enumerate(job.videos):
+        dec, failure = None, None
+        if need_frames or need_audio:
+            try:
+                dec = decode(path or None, frames=need_frames, audio=need_audio, short_side=s["short_side"])
+            except DecodeFailure as f:
+                failure = f
+                if f.status == "no_video" and need_audio:  # audio-only file: the audio groups still work
+                    try:
+                        dec = decode(path, frames=False, audio=True)
+                    except DecodeFailure as f2:
+                        failure = f2
+        duration = dec.duration if dec else 0.0
+        seconds += duration
+        mel = None
+        for group in job.groups:
+            try:
+                if group == "resnet152":
+                    if dec is None or not dec.frames:
+                        raise DecodeFailure(failure.status if failure else "no_video",
+                                            failure.message if failure else "no frames")
+                    put(group, _encoder("resnet152", s)(dec.frames), duration=duration)
+                    continue
+                if cached_mel is not None and group == "davenet":
+                    off = cached_mel["offsets"]
+                    if cached_mel["status"][i] != "ok":
+                        raise DecodeFailure(cached_mel["status"][i], cached_mel["error"][i])
+                    mel = cached_mel["data"][off[i]:off[i + 1]].astype(np.float32)
+                    duration = float(cached_mel["duration"][i])
+                elif mel is None:
+                    if dec is None:
+                        raise DecodeFailure(failure.status, failure.message)
+                    if dec.audio is None:
+                        raise DecodeFailure("no_audio", dec.audio_error or "no audio")
+                    mel = logmel(dec.audio)
+                put(group, mel if group == "logmel" else _encoder("davenet", s)(mel), duration=duration)
+            except DecodeFailure as f:
+                put(group, None, f.status, f.message, duration)
+            except Exception as e:  # an extractor bug or OOM on one video must not lose the part
+                put(group, None, "extract_error", f"{type(e).__name__}: {e}", duration)
+
+    dims = s["dims"]
+    for group, r in results.items():
+        rows = [np.asarray(x, dtype=np.float16) if x is not None else np.zeros((0, dims[group]), np.float16)
+                for x in r["rows"]]
+        offsets = np.concatenate([[0], np.cumsum([len(x) for x in rows])]).astype(np.int64)
+        write_unit(Path(job.store, "parts", f"p{job.part:06d}", group), {
+            "data": np.concatenate(rows), "offsets": offsets,
+            "status": np.array(r["status"], dtype=object), "error": np.array(r["error"], dtype=object),
+            "duration": np.array(r["duration"], dtype=np.float64)},
+            {"part": job.part, "group": group, "videos": [v for v, _ in job.videos]}, replace=job.replace)
+    return {"part": job.part, "groups": job.groups, "videos": len(job.videos), "seconds": seconds,
+            "status": {g: dict(Counter(r["status"])) for g, r in results.items()}, "wall": time.time() - t0}
+
+
+# ---------------------------------------------------------------------------------------------
+# text: tokenised in the driver (cheap), committed as one unit
+
+def extract_text(cfg: ExtractConfig, store: FeatureStore) -> dict:
+    from features.text import Word2Vec
+
+    w2v = Word2Vec(cfg.word2vec)
+    texts = store.clips["text"]
+    tokens = [w2v.ids(t) for t in texts]
+    ids, rows, vectors = w2v.compact(tokens)
+    status = np.array(["empty_caption" if not str(t).strip() else ("ok" if len(i) else "no_known_words")
+                       for t, i in zip(texts, ids)], dtype=object)
+    offsets = np.concatenate([[0], np.cumsum([len(i) for i in ids])]).astype(np.int64)
+    flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+    write_unit(store.path / "word2vec", {"ids": flat.astype(np.int32), "offsets": offsets, "status": status,
+                                         "vocab_rows": rows, "vectors": vectors}, {"group": "word2vec"},
+               replace=True)
+    return dict(Counter(status))
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+
+def _open_or_plan(cfg: ExtractConfig) -> tuple[FeatureStore, Manifest | None]:
+    path = Path(cfg.store)
+    if path.exists() and not (path / "zarr.json").exists():
+        if any(path.iterdir()):
+            raise ExtractError(f"{path} exists and is not a feature store; choose a new --store path")
+        path.rmdir()
+    if (path / "zarr.json").exists():
+        store = FeatureStore(path)
+        if store.meta["plan_sha256"] != _plan_checksum(cfg):
+            raise ExtractError(f"{path} was planned from a different manifest/captions "
+                               f"({store.meta['manifest']}); use a new --store for a new manifest")
+        return store, None
+    clean_temporaries(path.parent) if path.parent.exists() else path.parent.mkdir(parents=True)
+    manifest = read_manifest(cfg.manifest, cfg.captions, cfg.video_root, cfg.strict)
+    plan_store(cfg, manifest)
+    return FeatureStore(path), manifest
+
+
+def _record_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str]) -> dict[str, dict]:
+    import zarr
+
+    known = store.groups
+    metas = {}
+    for g in groups:
+        meta = group_meta(cfg, g)
+        if g in known and not _same(known[g], meta):
+            raise ExtractError(
+                f"group {g!r} in {store.path} was made with different settings:\n  store: "
+                f"{ {k: known[g].get(k) for k in ('weights_sha256', 'random_init', 'params')} }\n  now:   "
+                f"{ {k: meta.get(k) for k in ('weights_sha256', 'random_init', 'params')} }\n"
+                "Use a new --store, or the same settings.")
+        metas[g] = meta
+    new = {g: m for g, m in metas.items() if g not in known}
+    if new:
+        root = zarr.open_group(str(store.path), mode="a")
+        root.attrs["groups"] = {**known, **new}
+        store.attrs = dict(root.attrs)
+    return metas
+
+
+def _jobs(cfg: ExtractConfig, store: FeatureStore, groups: list[str], settings: dict) -> list[PartJob]:
+    done = {g: store.committed(g) for g in groups}
+    failed_parts: dict[int, list[str]] = {}
+    if cfg.retry_failed:
+        for g in groups:
+            status, _ = store.video_status(g)
+            for p in np.unique(np.flatnonzero((status != "ok") & (status != "pending")) // store.part_size):
+                failed_parts.setdefault(int(p), []).append(g)
+    paths = list(store.videos["path"])
+    missing = [i for i, p in enumerate(paths) if not p]
+    if cfg.retry_failed and missing:  # files that were absent at planning time may have arrived
+        root = cfg.video_root or str(Path(cfg.manifest).parent)
+        found = index_video_root(root)
+        for i in missing:
+            paths[i] = found.get(store.videos["video_id"][i], "")
+    jobs = []
+    for p in range(store.n_parts):
+        a, b = store.part_range(p)
+        vids = [(str(store.videos["video_id"][i]), str(paths[i])) for i in range(a, b)]
+        todo = [g for g in groups if p not in done[g]]
+        if todo:
+            jobs.append(PartJob(str(store.path), p, vids, todo, settings))
+        if failed_parts.get(p):
+            jobs.append(PartJob(str(store.path), p, vids, failed_parts[p], settings, replace=True))
+    return jobs
+
+
+def extract(cfg: ExtractConfig) -> dict:
+    """Run (or resume) an extraction. Returns a summary dict."""
+    groups = cfg.wanted_groups()
+    store, manifest = _open_or_plan(cfg)
+    if manifest is not None:
+        for p in manifest.problems:
+            log.warning(p)
+    clean_temporaries(store.path)
+    metas = _record_groups(cfg, store, groups)
+    summary: dict = {"store": str(store.path), "videos": store.n_videos, "clips": store.n_clips,
+                     "groups": groups, "parts_run": 0, "failed_parts": {}}
+    if "word2vec" in groups and not (store.path / "word2vec").is_dir():
+        summary["word2vec"] = extract_text(cfg, store)
+    video_groups = [g for g in groups if g in VIDEO_GROUPS]
+    workers = cfg.workers if not cfg.scheduler else 0
+    settings = dict(resnet152_weights=cfg.resnet152_weights, davenet_weights=cfg.davenet,
+                    random_init=list(cfg.random_init), device=cfg.device, batch_size=cfg.batch_size,
+                    short_side=cfg.short_side, dims={g: metas[g]["dim"] for g in video_groups},
+                    threads=max(1, (os.cpu_count() or 1) // max(1, workers)) if not cfg.scheduler else None)
+    jobs = _jobs(cfg, store, video_groups, settings)
+    summary["parts_run"] = len(jobs)
+    if jobs:
+        _run(jobs, cfg, summary)
+    summary["status"] = {g: dict(Counter(store.video_status(g)[0])) for g in video_groups}
+    return summary
+
+
+def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(len(j.videos) for j in jobs), unit="video", disable=not cfg.progress,
+               desc="extract", dynamic_ncols=True)
+    t0, seconds, failed = time.time(), 0.0, 0
+
+    def done(job: PartJob, result: dict | None, error: str | None = None) -> None:
+        nonlocal seconds, failed
+        if result is None:
+            summary["failed_parts"][job.part] = error
+            log.error("part %d failed as a whole (it will be retried on the next run): %s", job.part, error)
+        else:
+            seconds += result["seconds"]
+            failed += max((sum(n for k, n in st.items() if k != "ok") for st in result["status"].values()),
+                          default=0)
+        bar.update(len(job.videos))
+        bar.set_postfix(failed=failed, video_s_per_s=f"{seconds / max(time.time() - t0, 1e-9):.1f}")
+
+    if not cfg.scheduler and cfg.workers == 0:
+        for job in jobs:
+            done(job, run_part(job))
+        bar.close()
+        return
+
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+    cluster = None
+    if cfg.scheduler:
+        client = Client(cfg.scheduler)
+    else:
+        cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
+        client = Client(cluster)
+    try:
+        in_flight = 2 * max(1, len(client.scheduler_info()["workers"]) or cfg.workers or 1)
+        pending = list(jobs)
+        by_key = {}
+        first = [client.submit(run_part, j, pure=False, retries=1) for j in pending[:in_flight]]
+        for f, j in zip(first, pending[:in_flight]):
+            by_key[f.key] = j
+        pending = pending[in_flight:]
+        queue = as_completed(first)
+        for fut in queue:
+            job = by_key.pop(fut.key)
+            try:
+                done(job, fut.result())
+            except Exception as e:  # a worker died or the task raised: record, keep going
+                done(job, None, f"{type(e).__name__}: {e}")
+            if pending:
+                j = pending.pop(0)
+                nf = client.submit(run_part, j, pure=False, retries=1)
+                by_key[nf.key] = j
+                queue.add(nf)
+    finally:
+        bar.close()
+        client.close()
+        if cluster is not None:
+            cluster.close()

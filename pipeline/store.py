@@ -1,0 +1,229 @@
+"""The Zarr feature store: layout, atomic writes and the read API.
+
+    store.zarr/
+      zarr.json                  root attrs: plan checksum, part size, label columns, per-group provenance
+      videos/                    video_id, path, part, label_<col>           (one row per video)
+      clips/                     key, video, start, end, text, label_<col>  (one row per clip, sorted by video)
+      word2vec/                  ids + offsets per clip, status, vocab_rows, vectors (used words only)
+      parts/p000000/<group>/     data (rows, dim) float16, offsets (videos+1), status, error, duration
+
+Every unit under ``parts/`` (and ``word2vec/``) is written to a temporary directory and committed by
+one ``os.rename``: a unit either exists whole or not at all, so a killed run never leaves a partial
+video behind, and a rerun only computes units that are missing.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+PART = "p{:06d}"
+TMP_PREFIX = ".tmp-"
+# rows per second of each time-indexed group (davenet: log-mel at 100 fps downsampled 16x)
+RATES = {"resnet152": 1.0, "frames": 1.0, "logmel": 100.0, "davenet": 100.0 / 16}
+
+
+def _write_array(group: zarr.Group, name: str, value: np.ndarray) -> None:
+    if value.dtype.kind in "UO":
+        arr = group.create_array(name, shape=value.shape, dtype=str, compressors=None)
+        if value.size:
+            arr[...] = value.astype(str)
+        return
+    rows = max(1, (1 << 20) // max(1, value[:1].nbytes)) if value.ndim == 2 else 1 << 16
+    chunks = (rows,) + value.shape[1:]
+    arr = group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks, compressors=None)
+    if value.size:
+        arr[...] = value
+
+
+def write_unit(final: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: dict,
+               replace: bool = False) -> bool:
+    """Write a Zarr group to a temp dir beside ``final`` and rename it into place.
+
+    Returns False if ``final`` already existed (another writer committed it first; contents are
+    deterministic, so its copy is as good as ours) unless ``replace``.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+    group = zarr.open_group(str(tmp), mode="w")
+    for name, value in arrays.items():
+        _write_array(group, name, np.asarray(value))
+    group.attrs.update(attrs)
+    if replace and final.exists():
+        trash = final.parent / f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, trash)  # a crash right here leaves the unit missing: it is recomputed
+        os.rename(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+    try:
+        os.rename(tmp, final)
+        return True
+    except OSError:
+        if final.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        raise
+
+
+def clean_temporaries(root: str | os.PathLike) -> int:
+    """Remove debris of killed writers (uncommitted temp dirs)."""
+    n = 0
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in [d for d in dirnames if d.startswith(TMP_PREFIX)]:
+            shutil.rmtree(Path(dirpath, d), ignore_errors=True)
+            dirnames.remove(d)
+            n += 1
+    return n
+
+
+def read_unit(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    group = zarr.open_group(str(path), mode="r")
+    out = {}
+    for name, arr in group.arrays():
+        value = arr[...]
+        out[name] = value.astype(object) if value.dtype.kind == "T" else value  # zarr strings -> python str
+    return out, dict(group.attrs)
+
+
+@dataclass
+class Group:
+    """A whole feature group in RAM: video i has rows data[offsets[i]:offsets[i+1]]."""
+    name: str
+    data: np.ndarray
+    offsets: np.ndarray
+    status: np.ndarray
+    error: np.ndarray
+    rate: float | None = None
+
+    def video(self, i: int) -> np.ndarray:
+        return self.data[self.offsets[i]:self.offsets[i + 1]]
+
+
+class FeatureStore:
+    """Read side of the store. Cheap to open; arrays are read on demand."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise FileNotFoundError(f"no feature store at {self.path} (run `pipeline extract` first)")
+        self.root = zarr.open_group(str(self.path), mode="r")
+        self.attrs = dict(self.root.attrs)
+        if "mmcache" not in self.attrs:
+            raise ValueError(f"{self.path} is a Zarr group but not an mmcache feature store")
+        self.meta = self.attrs["mmcache"]
+        self.videos, _ = read_unit(self.path / "videos")
+        self.clips, _ = read_unit(self.path / "clips")
+        self.n_videos, self.n_clips = len(self.videos["video_id"]), len(self.clips["key"])
+        self.part_size = int(self.meta["part_size"])
+        self._key_index: dict[str, int] | None = None
+
+    # ---- layout --------------------------------------------------------------------------
+    @property
+    def groups(self) -> dict[str, dict]:
+        return dict(self.attrs.get("groups", {}))
+
+    @property
+    def n_parts(self) -> int:
+        return (self.n_videos + self.part_size - 1) // self.part_size
+
+    def part_range(self, p: int) -> tuple[int, int]:
+        return p * self.part_size, min(self.n_videos, (p + 1) * self.part_size)
+
+    def unit_path(self, p: int, group: str) -> Path:
+        return self.path / "parts" / PART.format(p) / group
+
+    def committed(self, group: str) -> set[int]:
+        parts = self.path / "parts"
+        if not parts.is_dir():
+            return set()
+        return {int(d[1:]) for d in os.listdir(parts) if d.startswith("p") and (parts / d / group).is_dir()}
+
+    def labels(self, table: str = "clips") -> dict[str, np.ndarray]:
+        t = self.clips if table == "clips" else self.videos
+        return {k[len("label_"):]: v for k, v in t.items() if k.startswith("label_")}
+
+    # ---- status --------------------------------------------------------------------------
+    def video_status(self, group: str) -> tuple[np.ndarray, np.ndarray]:
+        """(status, error) per video; 'pending' where the part is not committed yet."""
+        status = np.full(self.n_videos, "pending", dtype=object)
+        error = np.full(self.n_videos, "", dtype=object)
+        for p in self.committed(group):
+            a, b = self.part_range(p)
+            g = zarr.open_group(str(self.unit_path(p, group)), mode="r")
+            status[a:b], error[a:b] = g["status"][...].astype(object), g["error"][...].astype(object)
+        return status, error
+
+    # ---- reads ---------------------------------------------------------------------------
+    def load_group(self, group: str) -> Group:
+        """Load a whole time-indexed group into RAM (what the trainers do)."""
+        if group == "word2vec":
+            raise ValueError("word2vec is per clip: use load_text()")
+        datas, lengths, status, error = [], [], [], []
+        committed = self.committed(group)
+        if not committed:
+            raise KeyError(f"group {group!r} has no data in {self.path} (have: {sorted(self.groups)})")
+        for p in range(self.n_parts):
+            a, b = self.part_range(p)
+            if p not in committed:
+                datas.append(None)
+                lengths.append(np.zeros(b - a, np.int64))
+                status.append(np.full(b - a, "pending", dtype=object))
+                error.append(np.full(b - a, "", dtype=object))
+                continue
+            arrays, _ = read_unit(self.unit_path(p, group))
+            datas.append(arrays["data"])
+            lengths.append(np.diff(arrays["offsets"]))
+            status.append(arrays["status"].astype(object))
+            error.append(arrays["error"].astype(object))
+        dim = next(d.shape[1] for d in datas if d is not None)
+        dtype = next(d.dtype for d in datas if d is not None)
+        data = np.concatenate([d if d is not None else np.zeros((0, dim), dtype) for d in datas])
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
+        return Group(group, data, offsets, np.concatenate(status), np.concatenate(error), RATES.get(group))
+
+    def load_text(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """(token ids per clip, status per clip, vectors): ids index rows of ``vectors``."""
+        arrays, _ = read_unit(self.path / "word2vec")
+        ids, off = arrays["ids"], arrays["offsets"]
+        return [ids[off[i]:off[i + 1]] for i in range(len(off) - 1)], arrays["status"], arrays["vectors"]
+
+    def clip_index(self, keys) -> np.ndarray:
+        if self._key_index is None:
+            self._key_index = {k: i for i, k in enumerate(self.clips["key"])}
+        try:
+            return np.array([self._key_index[k] for k in keys], dtype=np.int64)
+        except KeyError as e:
+            raise KeyError(f"unknown clip key {e.args[0]!r}") from None
+
+    def read(self, group: str, keys) -> list[np.ndarray]:
+        """Features of each clip's time range, for a batch of clip keys: one read call per part touched."""
+        rate = RATES.get(group)
+        if rate is None:
+            raise KeyError(f"{group!r} is not a time-indexed group")
+        idx = self.clip_index(keys)
+        vids = self.clips["video"][idx]
+        parts = vids // self.part_size
+        out: list[np.ndarray | None] = [None] * len(idx)
+        for p in np.unique(parts):
+            sel = np.flatnonzero(parts == p)
+            g = zarr.open_group(str(self.unit_path(int(p), group)), mode="r")
+            offsets = g["offsets"][...]
+            local = vids[sel] - int(p) * self.part_size
+            starts, ends, rows = [], [], []
+            for j, v in zip(sel, local):
+                n = offsets[v + 1] - offsets[v]
+                a = min(n, int(np.floor(self.clips["start"][idx[j]] * rate)))
+                b = min(n, int(np.floor(self.clips["end"][idx[j]] * rate)) + 1)
+                starts.append(len(rows))
+                rows.extend(range(offsets[v] + a, offsets[v] + b))
+                ends.append(len(rows))
+            block = g["data"].oindex[np.array(rows, dtype=np.int64), :] if rows else None
+            for j, s, e in zip(sel, starts, ends):
+                out[j] = block[s:e] if block is not None else np.zeros((0, g["data"].shape[1]), g["data"].dtype)
+        return out  # type: ignore[return-value]

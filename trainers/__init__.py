@@ -1,0 +1,1 @@
+"""Lightweight multimodal self-supervised trainers over the feature store."""
