@@ -36,7 +36,9 @@ def power_to_db(power: torch.Tensor, amin: float = 1e-10, top_db: float = 80.0) 
 def logmel(wave: np.ndarray) -> np.ndarray:
     y = torch.as_tensor(wave, dtype=torch.float64) * 10 ** (PARAMS["gain_db"] / 20)
     if y.numel() == 0:
-        y = torch.zeros(200, dtype=torch.float64)
+        y = torch.zeros(200, dtype=torch.float64)  # as AVLnet does for empty audio
+    if y.numel() <= 200:  # the centred reflect padding needs more than n_fft/2 samples
+        y = torch.nn.functional.pad(y, (0, 201 - y.numel()))
     y = y - y.mean()
     y = torch.cat([y[:1], y[1:] - PARAMS["preemphasis"] * y[:-1]]).float()
     return power_to_db(_mel()(y)).T.contiguous().numpy()

@@ -49,7 +49,10 @@ def load_state_dict(path: str | os.PathLike, what: str, flag: str) -> dict[str, 
 
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise WeightsError(f"{what}: {path} does not match the model: {str(e).splitlines()[1].strip()}") from e
     if missing or unexpected:
         raise WeightsError(f"{what}: {path} does not match the model: missing {missing[:5]}"
                            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"

@@ -1,0 +1,74 @@
+"""Shared fixtures: real sample videos, generated odd videos, and weights files in their real formats."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from pipeline.demo import write_video
+
+REAL_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
+
+
+@pytest.fixture(scope="session")
+def real_videos() -> dict[str, Path]:
+    paths = {p.stem: p for p in sorted(REAL_VIDEOS.glob("*.mp4"))}
+    if len(paths) < 2:
+        pytest.fail(f"sample videos missing under {REAL_VIDEOS}")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> dict[str, str]:
+    """A torchvision ResNet-152 state_dict, a DAVEnet state_dict and a GoogleNews-style word2vec .bin."""
+    from gensim.models import KeyedVectors
+
+    from features.davenet import DAVEnet
+
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(123)
+    torch.save(torchvision.models.resnet152(weights=None).state_dict(), d / "resnet152.pth")
+    torch.save(DAVEnet().state_dict(), d / "davenet.pth")
+    words = ["the", "onion", "cut", "New_York", "knead", "dough", "wheel", "bike", "paint", "wall", "tree"]
+    kv = KeyedVectors(vector_size=300)
+    kv.add_vectors(words, np.random.default_rng(0).normal(size=(len(words), 300)).astype(np.float32))
+    kv.save_word2vec_format(str(d / "w2v.bin"), binary=True)
+    return {"resnet152": str(d / "resnet152.pth"), "davenet": str(d / "davenet.pth"), "word2vec": str(d / "w2v.bin")}
+
+
+@pytest.fixture(scope="session")
+def odd_dataset(tmp_path_factory) -> dict[str, str]:
+    """A HowTo100M-style manifest with good, silent, truncated, empty, missing videos and bad rows."""
+    d = tmp_path_factory.mktemp("odd")
+    v = d / "videos"
+    v.mkdir()
+    for i in range(3):
+        write_video(v / f"good{i}.mp4", 4.0, (40 * i, 100, 200), 440.0 * (i + 1), size=(96, 64), seed=i)
+    write_video(v / "silent.mp4", 3.0, (10, 200, 10), None, size=(96, 64), seed=7)
+    write_video(v / "long.mp4", 12.0, (200, 10, 10), 300.0, size=(96, 64), seed=8)
+    data = (v / "long.mp4").read_bytes()
+    (v / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (v / "empty.mp4").write_bytes(b"")
+    rows = [["video_id", "category_1", "category_2", "rank", "task_id"],
+            ["good0", "Food", "Bread", "1", "10"], ["good1", "Food", "Bread", "2", "10"],
+            ["", "Food", "x", "3", "11"],  # line 4: missing id
+            ["good2", "Vehicles", "Bike", "1", "20"], ["silent", "Vehicles", "Bike", "2", "20"],
+            ["truncated", "Home", "Paint", "1", "30"], ["empty", "Home", "Paint", "2", "30"],
+            ["gone", "Home", "Paint", "3", "30"]]  # line 9: no file
+    with open(d / "howto.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    captions = {
+        "good0": {"start": [0.0, 2.0], "end": [2.0, 4.0], "text": ["cut the onion", "knead dough"]},
+        "good1": {"start": [0.5, 3.0], "end": [1.5, 2.0], "text": ["wheel bike", "bad time"]},  # [1] end<start
+        "good2": {"start": [0.0], "end": [3.0], "text": [""]},  # empty caption
+        "silent": {"start": [0.0], "end": [3.0], "text": ["zzz qqq"]},  # no known words
+        "truncated": {"start": [0.0], "end": [5.0], "text": ["paint the wall"]},
+    }
+    (d / "captions.json").write_text(json.dumps(captions))
+    return {"manifest": str(d / "howto.csv"), "captions": str(d / "captions.json"), "video_root": str(v),
+            "dir": str(d)}

@@ -1,0 +1,97 @@
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.decode import SAMPLE_RATE, DecodeFailure, decode
+from pipeline.demo import write_video
+
+
+def frames_by_rule(path, short_side=224):
+    """Independent reference: every frame decoded, frame k = last frame with time < k + 0.5 s."""
+    with av.open(str(path)) as c:
+        frames = [(float(f.pts * f.time_base), f) for f in c.decode(video=0)]
+        duration = float(c.streams.video[0].duration * c.streams.video[0].time_base)
+    picked = []
+    for k in range(int(round(duration))):
+        before = [f for t, f in frames if t < k + 0.5]
+        if before:
+            f = before[-1]
+            w = round(f.width * short_side / f.height)
+            picked.append(f.to_ndarray(width=w, height=short_side, format="rgb24"))
+    return picked
+
+
+@pytest.mark.parametrize("name,n_frames,seconds,width", [("v_GGSY1Qvo990", 18, 18.16, 299),
+                                                          ("v_ZNVhz7ctTq0", 14, 14.05, 299)])
+def test_real_videos_one_frame_per_second_and_16k_audio(real_videos, name, n_frames, seconds, width):
+    d = decode(str(real_videos[name]))
+    assert len(d.frames) == n_frames  # what ffmpeg fps=1 gives (spec: 18 and 14)
+    assert d.frames[0].shape == (224, width, 3) and d.frames[0].dtype == np.uint8
+    assert abs(len(d.audio) / SAMPLE_RATE - seconds) < 0.05
+    assert d.audio.dtype == np.float32 and 0.1 < np.abs(d.audio).max() < 2.0  # AAC may overshoot 1.0
+
+
+def test_frames_are_the_ones_the_fps_rule_picks(real_videos):
+    path = real_videos["v_GGSY1Qvo990"]
+    ours = decode(str(path), audio=False).frames
+    ref = frames_by_rule(path)
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_variable_frame_rate(tmp_path):
+    path = tmp_path / "vfr.mp4"
+    times = np.cumsum(np.r_[0, np.random.default_rng(0).uniform(0.02, 0.3, 60)])  # irregular gaps
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("mpeg4", rate=30)  # an older codec too
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 4 % 255, np.uint8), format="rgb24")
+            f.pts, f.time_base = int(t * 1000), Fraction(1, 1000)
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    d = decode(str(path), audio=False, short_side=48)
+    ref = frames_by_rule(path, 48)
+    assert len(d.frames) == len(ref) > 5
+    for a, b in zip(d.frames, ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_audio_track_is_reported_not_raised(tmp_path):
+    write_video(tmp_path / "silent.mp4", 3.0, tone=None, size=(64, 48))
+    d = decode(str(tmp_path / "silent.mp4"))
+    assert len(d.frames) == 3 and d.audio is None and d.audio_error == "no audio track"
+
+
+def test_audio_only_decode_skips_video(tmp_path):
+    write_video(tmp_path / "a.mp4", 2.0, tone=1000.0, size=(64, 48))
+    d = decode(str(tmp_path / "a.mp4"), frames=False)
+    assert d.frames == [] and abs(len(d.audio) - 2 * SAMPLE_RATE) < 2048
+    spectrum = np.abs(np.fft.rfft(d.audio[4000:20000]))
+    assert abs(np.argmax(spectrum) * SAMPLE_RATE / 16000 - 1000) < 5  # the tone survives resampling
+
+
+@pytest.mark.parametrize("content,status", [(None, "missing"), (b"", "decode_error"),
+                                            (b"not a video at all" * 100, "decode_error")])
+def test_unreadable_files(tmp_path, content, status):
+    path = tmp_path / "x.mp4"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DecodeFailure) as e:
+        decode(str(path))
+    assert e.value.status == status and e.value.message
+
+
+def test_truncated_file_fails_with_a_status(tmp_path):
+    write_video(tmp_path / "full.mp4", 6.0, size=(64, 48))
+    data = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DecodeFailure) as e:
+        decode(str(tmp_path / "cut.mp4"))
+    assert e.value.status == "decode_error"

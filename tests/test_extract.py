@@ -1,0 +1,164 @@
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.frames import FrameEncoder
+from pipeline.decode import decode
+from pipeline.extract import ExtractConfig, ExtractError, extract
+from pipeline.store import FeatureStore, read_unit
+
+
+def config(data, store, weights, **kw):
+    base = dict(manifest=data["manifest"], captions=data.get("captions"), video_root=data["video_root"],
+                store=str(store), resnet152_weights=weights["resnet152"], word2vec=weights["word2vec"],
+                workers=0, part_size=2, short_side=64, progress=False)
+    return ExtractConfig(**{**base, **kw})
+
+
+def store_arrays(path):
+    """Everything in a store, for exact comparison."""
+    path = Path(path)
+    units = [path / "videos", path / "clips", path / "word2vec", *sorted(path.glob("parts/*/*"))]
+    out = {}
+    for unit in units:
+        if unit.is_dir():
+            arrays, _ = read_unit(unit)
+            out.update({f"{unit.relative_to(path)}/{k}": v for k, v in arrays.items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def odd_store(odd_dataset, weights, tmp_path_factory):
+    store = tmp_path_factory.mktemp("s") / "odd.zarr"
+    summary = extract(config(odd_dataset, store, weights))
+    return store, summary
+
+
+def test_statuses_are_recorded_per_video_and_group(odd_store):
+    store, summary = odd_store
+    s = FeatureStore(store)
+    ids = list(s.videos["video_id"])
+    frames, _ = s.video_status("resnet152")
+    audio, errors = s.video_status("logmel")
+    by = dict(zip(ids, zip(frames, audio)))
+    assert by["good0"] == ("ok", "ok") and by["good2"] == ("ok", "ok")
+    assert by["silent"] == ("ok", "no_audio")
+    assert by["truncated"] == ("decode_error", "decode_error")
+    assert by["empty"] == ("decode_error", "decode_error")
+    assert by["gone"] == ("missing", "missing")
+    assert all(e for st, e in zip(audio, errors) if st != "ok")  # every failure has a message
+    assert summary["status"]["resnet152"] == {"ok": 4, "decode_error": 2, "missing": 1}
+
+
+def test_features_equal_direct_extractor_calls(odd_store, odd_dataset, weights):
+    store, _ = odd_store
+    s = FeatureStore(store)
+    g = s.load_group("resnet152")
+    i = list(s.videos["video_id"]).index("good1")
+    frames = decode(os.path.join(odd_dataset["video_root"], "good1.mp4"), audio=False, short_side=64).frames
+    expected = FrameEncoder("resnet152", weights["resnet152"])(frames).astype(np.float16)
+    assert g.video(i).shape == (4, 2048)
+    np.testing.assert_allclose(g.video(i).astype(np.float32), expected.astype(np.float32), atol=2e-3)
+    mel = s.load_group("logmel")
+    assert abs(len(mel.video(i)) - 401) <= 8  # 4 s at 100 frames/s, give or take AAC padding
+
+
+def test_text_group_ids_and_statuses(odd_store):
+    s = FeatureStore(odd_store[0])
+    ids, status, vectors = s.load_text()
+    texts = list(s.clips["text"])
+    assert dict(zip(texts, status)) == {"cut the onion": "ok", "knead dough": "ok", "wheel bike": "ok",
+                                        "": "empty_caption", "zzz qqq": "no_known_words", "paint the wall": "ok"}
+    assert vectors.shape[1] == 300 and len(ids[texts.index("cut the onion")]) == 3
+
+
+def test_batched_read_equals_slicing_the_loaded_group(odd_store):
+    s = FeatureStore(odd_store[0])
+    keys = list(s.clips["key"])[::-1]
+    for group in ("resnet152", "logmel"):
+        g = s.load_group(group)
+        got = s.read(group, keys)
+        for k, arr in zip(keys, got):
+            c = s.clip_index([k])[0]
+            v = s.clips["video"][c]
+            n = g.offsets[v + 1] - g.offsets[v]
+            a = min(n, int(np.floor(s.clips["start"][c] * g.rate)))
+            b = min(n, int(np.floor(s.clips["end"][c] * g.rate)) + 1)
+            np.testing.assert_array_equal(arr, g.video(v)[a:b])
+    with pytest.raises(KeyError, match="unknown clip key"):
+        s.read("resnet152", ["nope#0"])
+
+
+def test_second_run_does_no_work_and_new_group_adds_only_itself(odd_dataset, weights, tmp_path):
+    store = tmp_path / "s.zarr"
+    cfg = config(odd_dataset, store, weights, groups=["resnet152", "logmel"])
+    assert extract(cfg)["parts_run"] == 4
+    before = {p: p.stat().st_mtime_ns for p in store.glob("parts/*/resnet152")}
+    assert extract(cfg)["parts_run"] == 0
+    summary = extract(config(odd_dataset, store, weights, groups=["davenet"], davenet=weights["davenet"]))
+    assert summary["parts_run"] == 4 and summary["status"]["davenet"]["ok"] == 3
+    assert {p: p.stat().st_mtime_ns for p in store.glob("parts/*/resnet152")} == before
+    s = FeatureStore(store)
+    assert set(s.groups) == {"resnet152", "logmel", "davenet"} and not s.groups["resnet152"]["random_init"]
+    i = list(s.videos["video_id"]).index("good0")
+    assert len(s.load_group("davenet").video(i)) == -(-len(s.load_group("logmel").video(i)) // 16)
+    with pytest.raises(ExtractError, match="different settings"):
+        extract(config(odd_dataset, store, weights, groups=["resnet152"], resnet152_weights=weights["davenet"],
+                       random_init=["resnet152"]))
+
+
+def test_retry_failed_picks_up_a_video_that_arrived(odd_dataset, weights, tmp_path):
+    data = dict(odd_dataset, video_root=str(tmp_path / "videos"))
+    shutil.copytree(odd_dataset["video_root"], data["video_root"])
+    store = tmp_path / "s.zarr"
+    cfg = config(data, store, weights, groups=["logmel"])
+    extract(cfg)
+    shutil.copy(Path(data["video_root"]) / "good0.mp4", Path(data["video_root"]) / "gone.mp4")
+    assert extract(cfg)["status"]["logmel"]["missing"] == 1  # a plain rerun does no work
+    cfg.retry_failed = True
+    summary = extract(cfg)
+    assert "missing" not in summary["status"]["logmel"] and summary["status"]["logmel"]["ok"] == 4
+
+
+def test_dask_workers_give_the_same_store(odd_dataset, weights, odd_store, tmp_path):
+    store = tmp_path / "dask.zarr"
+    extract(config(odd_dataset, store, weights, workers=2))
+    a, b = store_arrays(odd_store[0]), store_arrays(store)
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].dtype.kind == "f":
+            np.testing.assert_allclose(a[k].astype(np.float32), b[k].astype(np.float32), atol=2e-3, err_msg=k)
+        else:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_sigkill_at_any_moment_then_rerun_gives_the_same_store(odd_dataset, weights, tmp_path):
+    cmd = [sys.executable, "-m", "pipeline.cli", "extract", "--manifest", odd_dataset["manifest"],
+           "--captions", odd_dataset["captions"], "--video-root", odd_dataset["video_root"],
+           "--resnet152-weights", weights["resnet152"], "--word2vec", weights["word2vec"],
+           "--workers", "2", "--part-size", "1", "--short-side", "64", "--no-progress", "--store"]
+    ref = tmp_path / "ref.zarr"
+    subprocess.run(cmd + [str(ref)], check=True, capture_output=True)
+    killed = tmp_path / "killed.zarr"
+    proc = subprocess.Popen(cmd + [str(killed)], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(killed.glob("parts/p*/resnet152")):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job: driver, scheduler and workers
+    proc.wait()
+    committed = len(list(killed.glob("parts/p*/resnet152")))
+    assert 0 < committed < 7, "the kill should land mid-run"
+    subprocess.run(cmd + [str(killed)], check=True, capture_output=True)
+    a, b = store_arrays(ref), store_arrays(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert not [p for p in killed.rglob(".tmp-*")]

@@ -1,0 +1,127 @@
+import math
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+import torchvision
+
+from features.audio import logmel
+from features.davenet import DAVEnet, DaveNetEncoder
+from features.frames import FrameEncoder
+from features.text import Word2Vec, tokenize
+from features.weights import WeightsError
+
+
+def test_resnet152_matches_a_direct_torchvision_call(weights):
+    enc = FrameEncoder("resnet152", weights["resnet152"])
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (64, 80, 3), dtype=np.uint8) for _ in range(3)]
+    ours = enc(frames)
+    ref = torchvision.models.resnet152(weights=None)
+    ref.load_state_dict(torch.load(weights["resnet152"], weights_only=True))
+    ref.fc = torch.nn.Identity()
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(ref.eval()(x), dim=1).numpy()
+    assert ours.shape == (3, 2048)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    assert enc.checksum != "" and not enc.checksum.startswith("random-init")
+
+
+def test_missing_or_wrong_weights_say_what_to_do(weights, tmp_path):
+    with pytest.raises(WeightsError, match="--resnet152-weights"):
+        FrameEncoder("resnet152", None)
+    with pytest.raises(WeightsError, match="not found"):
+        FrameEncoder("resnet152", str(tmp_path / "nope.pth"))
+    with pytest.raises(WeightsError, match="does not match"):
+        FrameEncoder("resnet152", weights["davenet"])
+    (tmp_path / "junk.pth").write_bytes(b"garbage")
+    with pytest.raises(WeightsError, match="weights_only"):
+        FrameEncoder("resnet152", str(tmp_path / "junk.pth"))
+
+
+def test_random_init_is_explicit_and_identical_across_processes():
+    a, b = FrameEncoder("resnet18", random_init=True), FrameEncoder("resnet18", random_init=True)
+    assert a.checksum == b.checksum and a.checksum.startswith("random-init:")
+
+
+def _slaney_mel(sr, n_fft, n_mels, fmin, fmax):
+    """Slaney-style mel filterbank written from the formula (librosa.filters.mel defaults)."""
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+
+    def hz_to_mel(f):
+        f = np.asarray(f, dtype=np.float64)
+        return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-9) / min_log_hz) / logstep, f / f_sp)
+
+    def mel_to_hz(m):
+        return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+    fft_f = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    fdiff, ramps = np.diff(mel_f), mel_f[:, None] - fft_f[None, :]
+    weights = np.maximum(0, np.minimum(-ramps[:-2] / fdiff[:-1, None], ramps[2:] / fdiff[1:, None]))
+    return weights * (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, None]
+
+
+def test_logmel_matches_the_avlnet_recipe_written_in_numpy():
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 2) / 16000
+    wave = (0.5 * np.sin(2 * np.pi * 700 * t) + 0.1 * rng.normal(size=t.size)).astype(np.float32)
+    y = wave.astype(np.float64) * 10 ** (-4 / 20)
+    y = y - y.mean()
+    y = np.append(y[0], y[1:] - 0.97 * y[:-1])
+    padded = np.pad(y, 200, mode="reflect")
+    n = 1 + len(y) // 160
+    frames = np.stack([padded[i * 160:i * 160 + 400] for i in range(n)])
+    power = np.abs(np.fft.rfft(frames * scipy.signal.get_window("hamming", 400, fftbins=False), axis=1)) ** 2
+    mel = _slaney_mel(16000, 400, 40, 20.0, 8000.0) @ power.T
+    db = 10 * np.log10(np.maximum(mel, 1e-10)) - 10 * np.log10(mel.max())
+    ref = np.maximum(db, db.max() - 80).T
+    ours = logmel(wave)
+    assert ours.shape == (n, 40) == (201, 40)  # 100 frames per second, centred
+    np.testing.assert_allclose(ours, ref, atol=0.02)
+    assert ours.max() == 0.0 and ours.min() >= -80.0
+
+
+def test_logmel_of_silence_and_of_nothing():
+    assert logmel(np.zeros(0, np.float32)).shape == (2, 40)  # AVLnet: empty audio -> zeros(200)
+    assert np.isfinite(logmel(np.zeros(1600, np.float32))).all()
+
+
+@pytest.mark.parametrize("frames", [1, 15, 16, 17, 100, 1000])
+def test_davenet_output_length_is_ceil_t_over_16(frames):
+    out = DAVEnet().eval()(torch.zeros(2, 40, frames))
+    assert out.shape == (2, 1024, math.ceil(frames / 16))
+
+
+def test_davenet_encoder_loads_a_checkpoint_and_matches_the_model(weights):
+    enc = DaveNetEncoder(weights["davenet"])
+    mel = np.random.default_rng(1).normal(size=(50, 40)).astype(np.float32)
+    model = DAVEnet()
+    model.load_state_dict(torch.load(weights["davenet"], weights_only=True))
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(mel.T)[None])[0].T.numpy()
+    np.testing.assert_allclose(enc(mel), expected, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) > 40e6  # ResDAVEnet is ~44M parameters
+
+
+def test_word2vec_tokens_match_gensim(weights):
+    from gensim.models import KeyedVectors
+
+    kv = KeyedVectors.load_word2vec_format(weights["word2vec"], binary=True)
+    w2v = Word2Vec(weights["word2vec"])
+    assert tokenize("Cut the onion, in New_York's kitchen!") == ["Cut", "the", "onion", "in", "New_York's", "kitchen"]
+    ids = w2v.ids("cut THE the onion xyzzy New_York")  # case-sensitive, OOV dropped
+    assert ids == [kv.key_to_index[w] for w in ["cut", "the", "onion", "New_York"]]
+    compact, rows, vectors = w2v.compact([ids, [], w2v.ids("onion dough")])
+    np.testing.assert_array_equal(vectors[compact[0]], kv[["cut", "the", "onion", "New_York"]])
+    np.testing.assert_array_equal(vectors[compact[2]], kv[["onion", "dough"]])
+    assert len(compact[1]) == 0 and len(vectors) == len(set(rows)) == 5
+
+
+def test_word2vec_missing_file_is_clear(tmp_path):
+    with pytest.raises(WeightsError, match="--word2vec"):
+        Word2Vec(str(tmp_path / "GoogleNews-vectors-negative300.bin"))

@@ -1,0 +1,51 @@
+import pytest
+
+from manifests.read import ManifestError, read_manifest
+
+
+def test_howto100m_manifest_with_captions(odd_dataset):
+    m = read_manifest(odd_dataset["manifest"], odd_dataset["captions"], odd_dataset["video_root"])
+    ids = [v.video_id for v in m.videos]
+    assert ids == ["good0", "good1", "good2", "silent", "truncated", "empty", "gone"]
+    assert m.videos[0].labels == {"category_1": "Food", "category_2": "Bread", "rank": "1", "task_id": "10"}
+    gone = m.videos[-1]
+    assert gone.path is None  # kept, recorded later as 'missing'
+    text = "\n".join(m.problems)
+    assert "line 4: missing video_id" in text
+    assert "line 9: no video file for 'gone'" in text
+    assert "captions.json['good1'][1]: bad caption time" in text
+    assert "no captions for video 'empty'" in text
+    assert [(c.video_id, c.start, c.end) for c in m.clips][:3] == [("good0", 0.0, 2.0), ("good0", 2.0, 4.0),
+                                                                  ("good1", 0.5, 1.5)]
+    assert m.clips[0].labels["task_id"] == "10"
+
+
+def test_strict_aborts_on_any_problem(odd_dataset):
+    with pytest.raises(ManifestError, match="line 4"):
+        read_manifest(odd_dataset["manifest"], odd_dataset["captions"], odd_dataset["video_root"], strict=True)
+
+
+def test_clip_per_row_csv(tmp_path, odd_dataset):
+    csv = tmp_path / "clips.csv"
+    csv.write_text("video_id,start,end,text,task\n"
+                   "good0,0,2,cut the onion,bread\n"
+                   "good0,2,1,backwards,bread\n"   # line 3
+                   "good1,0,abc,bad,bike\n"        # line 4
+                   "good1,1,3,wheel,bike\n")
+    m = read_manifest(csv, video_root=odd_dataset["video_root"])
+    assert [v.video_id for v in m.videos] == ["good0", "good1"]
+    assert [(c.video_id, c.text, c.labels) for c in m.clips] == [("good0", "cut the onion", {"task": "bread"}),
+                                                                 ("good1", "wheel", {"task": "bike"})]
+    assert any("line 3: bad clip time" in p for p in m.problems)
+    assert any("line 4: bad clip time" in p for p in m.problems)
+
+
+def test_unusable_manifests_are_clear_errors(tmp_path):
+    with pytest.raises(ManifestError, match="not found"):
+        read_manifest(tmp_path / "nope.csv")
+    (tmp_path / "a.csv").write_text("name,x\nfoo,1\n")
+    with pytest.raises(ManifestError, match="'video_id' or 'path'"):
+        read_manifest(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text("video_id,start,end\n")
+    with pytest.raises(ManifestError, match="no usable rows"):
+        read_manifest(tmp_path / "b.csv")
