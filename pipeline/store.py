@@ -122,6 +122,7 @@ class FeatureStore:
         self.n_videos, self.n_clips = len(self.videos["video_id"]), len(self.clips["key"])
         self.part_size = int(self.meta["part_size"])
         self._key_index: dict[str, int] | None = None
+        self._units: dict[tuple[int, str], tuple[zarr.Array, np.ndarray]] = {}
 
     # ---- layout --------------------------------------------------------------------------
     @property
@@ -212,8 +213,7 @@ class FeatureStore:
         out: list[np.ndarray | None] = [None] * len(idx)
         for p in np.unique(parts):
             sel = np.flatnonzero(parts == p)
-            g = zarr.open_group(str(self.unit_path(int(p), group)), mode="r")
-            offsets = g["offsets"][...]
+            data, offsets = self._unit(int(p), group)
             local = vids[sel] - int(p) * self.part_size
             starts, ends, rows = [], [], []
             for j, v in zip(sel, local):
@@ -223,7 +223,13 @@ class FeatureStore:
                 starts.append(len(rows))
                 rows.extend(range(offsets[v] + a, offsets[v] + b))
                 ends.append(len(rows))
-            block = g["data"].oindex[np.array(rows, dtype=np.int64), :] if rows else None
+            block = data.oindex[np.array(rows, dtype=np.int64), :] if rows else None
             for j, s, e in zip(sel, starts, ends):
-                out[j] = block[s:e] if block is not None else np.zeros((0, g["data"].shape[1]), g["data"].dtype)
+                out[j] = block[s:e] if block is not None else np.zeros((0, data.shape[1]), data.dtype)
         return out  # type: ignore[return-value]
+
+    def _unit(self, p: int, group: str) -> tuple[zarr.Array, np.ndarray]:
+        if (p, group) not in self._units:  # committed units are immutable: safe to cache
+            g = zarr.open_group(str(self.unit_path(p, group)), mode="r")
+            self._units[p, group] = g["data"], g["offsets"][...]
+        return self._units[p, group]

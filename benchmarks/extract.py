@@ -1,0 +1,66 @@
+"""Extraction throughput against its physical limit, measured in the same run.
+
+limit (1 core) = 1 / (1/decode + 1/forward): decoding every video once plus one bare ResNet-152 forward
+per second of video, each measured alone on one thread. The pipeline (Dask, 1 worker) should reach
+>= 0.9 of it; 2 workers >= 1.8x one worker. Usage: python benchmarks/extract.py [--videos 6 --seconds 15]
+"""
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from features.frames import FrameEncoder
+from pipeline.decode import decode
+from pipeline.demo import write_video
+from pipeline.extract import ExtractConfig, extract
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--videos", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--size", default="480x360")
+    args = ap.parse_args()
+    w, h = map(int, args.size.split("x"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    (tmp / "videos").mkdir()
+    for i in range(args.videos):
+        write_video(tmp / "videos" / f"v{i}.mp4", args.seconds, (30 * i, 120, 200), 440.0, size=(w, h), fps=30, seed=i)
+    (tmp / "m.csv").write_text("video_id\n" + "".join(f"v{i}\n" for i in range(args.videos)))
+    total = args.videos * args.seconds
+    torch.set_num_threads(1)
+
+    t = time.perf_counter()
+    frames = [decode(str(p)).frames for p in sorted((tmp / "videos").glob("*.mp4"))]
+    decode_rate = total / (time.perf_counter() - t)
+
+    enc = FrameEncoder("resnet152", random_init=True)
+    enc(frames[0][:2])  # warm-up
+    t = time.perf_counter()
+    for f in frames:
+        enc(f)
+    forward_rate = total / (time.perf_counter() - t)
+    limit = 1 / (1 / decode_rate + 1 / forward_rate)
+
+    rates = {}
+    for workers in (1, 2):
+        cfg = ExtractConfig(manifest=str(tmp / "m.csv"), store=str(tmp / f"s{workers}.zarr"),
+                            groups=["resnet152", "logmel"], random_init=["resnet152"], workers=workers,
+                            part_size=1, progress=False)
+        t = time.perf_counter()
+        extract(cfg)
+        rates[workers] = total / (time.perf_counter() - t)
+    print(f"videos: {args.videos} x {args.seconds:.0f} s at {w}x{h} 30 fps, H.264 + AAC; {os.cpu_count()} cores")
+    print(f"decode only (1 thread, frames + audio): {decode_rate:8.1f} video-s/s")
+    print(f"bare ResNet-152 forward (1 thread):     {forward_rate:8.2f} video-s/s (1 frame per s)")
+    print(f"limit decode+forward (1 core):          {limit:8.2f} video-s/s")
+    print(f"pipeline extract, 1 worker:             {rates[1]:8.2f} video-s/s = {rates[1] / limit:.2f} of the limit "
+          "(incl. cluster start, log-mel, store writes)")
+    print(f"pipeline extract, 2 workers:            {rates[2]:8.2f} video-s/s = {rates[2] / rates[1]:.2f}x one worker")
+
+
+if __name__ == "__main__":
+    main()
