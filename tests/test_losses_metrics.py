@@ -1,0 +1,90 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainers.losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
+from trainers.metrics import clustering_metrics, retrieval_metrics, retrieval_ranks
+from trainers.model import MCN, parse_combo
+
+
+def test_mms_by_hand():
+    s = torch.tensor([[2.0, 1.0], [0.5, 3.0]])
+    d = 0.001
+    # rows: -log(e^(2-d)/(e^(2-d)+e^1)), -log(e^(3-d)/(e^(3-d)+e^0.5)); columns: same with S transposed
+    rows = -math.log(math.exp(2 - d) / (math.exp(2 - d) + math.exp(1))) \
+        - math.log(math.exp(3 - d) / (math.exp(3 - d) + math.exp(0.5)))
+    cols = -math.log(math.exp(2 - d) / (math.exp(2 - d) + math.exp(0.5))) \
+        - math.log(math.exp(3 - d) / (math.exp(3 - d) + math.exp(1)))
+    assert mms(s, d).item() == pytest.approx((rows + cols) / 2, rel=1e-6)
+
+
+def test_mms_margin_only_lowers_the_positive():
+    s = torch.zeros(3, 3)
+    assert mms(s, 0.0).item() == pytest.approx(2 * math.log(3), rel=1e-6)
+    assert mms(s, 0.5).item() > mms(s, 0.0).item()
+
+
+def test_cluster_loss_by_hand():
+    x = torch.tensor([[1.0, 0.0]])
+    c = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    d = 0.001
+    logits = [2 - d, 0.0, 1.0]  # x.c_k, margin on the assigned centroid 0
+    expected = -math.log(math.exp(logits[0]) / sum(math.exp(v) for v in logits))
+    assert cluster_loss(x, c, torch.tensor([0]), d).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_reconstruction_loss_by_hand():
+    pred_v, tgt_v = torch.tensor([[1.0, 1.0], [0.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 2.0]])
+    pred_t, tgt_t = torch.tensor([[1.0], [1.0]]), torch.tensor([[1.0], [3.0]])
+    # per sample: v mse (0.5, 2.0) + t mse (0, 4) -> (0.5, 6.0); mean 3.25; x 50
+    assert reconstruction_loss([(pred_v, tgt_v), (pred_t, tgt_t)]).item() == pytest.approx(162.5)
+
+
+def test_kmeans_cosine_separates_directions_and_zeroes_empty_clusters():
+    g = torch.Generator().manual_seed(0)
+    a = torch.tensor([1.0, 0.0]) * (torch.rand(20, 1, generator=g) * 5 + 1) + 0.01 * torch.randn(20, 2, generator=g)
+    b = torch.tensor([0.0, 1.0]) * (torch.rand(20, 1, generator=g) * 5 + 1) + 0.01 * torch.randn(20, 2, generator=g)
+    labels, c = kmeans_cosine(torch.cat([a, b]), 2, generator=g)
+    assert len(set(labels[:20].tolist())) == 1 and len(set(labels[20:].tolist())) == 1 and labels[0] != labels[20]
+    # centroid = plain mean of raw members (not normalised)
+    torch.testing.assert_close(c[labels[0]], a.mean(0))
+    # an empty cluster's centroid becomes zero (fast_pytorch_kmeans behaviour)
+    labels, c = kmeans_cosine(a, 2, centroids=torch.tensor([[1.0, 0.0], [-1.0, -1.0]]), max_iter=1)
+    assert (labels == 0).all() and torch.equal(c[1], torch.zeros(2))
+    assert torch.equal(assign(a, c), labels)
+
+
+def test_retrieval_ties_count_against_the_query():
+    sim = np.array([[1.0, 1.0, 0.0],   # tie with a wrong item: pessimistic rank 2
+                    [0.0, 2.0, 1.0],   # rank 1
+                    [5.0, 4.0, 3.0]])  # rank 3
+    assert retrieval_ranks(sim).tolist() == [2, 1, 3]
+    m = retrieval_metrics(sim, ks=(1, 2))
+    assert m["R@1"] == pytest.approx(1 / 3) and m["R@2"] == pytest.approx(2 / 3) and m["MedR"] == 2
+
+
+def test_clustering_metrics_by_hand():
+    y = ["a", "a", "b", "b"]
+    perfect = clustering_metrics(y, [5, 5, 7, 7])
+    assert perfect == {"NMI": 1.0, "ARI": 1.0, "accuracy": 1.0, "purity": 1.0}
+    m = clustering_metrics(y, [0, 0, 0, 1])
+    assert m["accuracy"] == 0.75 and m["purity"] == 0.75  # best mapping 0->a, 1->b
+
+
+def test_combo_grammar():
+    assert parse_combo("va+all") == {"va": "va", "all": "vat"}
+    assert parse_combo("vt+va") == {"vt": "vt", "va": "va"}
+    for bad in ("vx", "va+av", "all+"):
+        with pytest.raises(ValueError):
+            parse_combo(bad)
+
+
+def test_each_space_has_its_own_heads_and_shares_davenet():
+    model = MCN("va+all", dim=32, video_dim=16, end_to_end_audio=True)
+    assert set(model.spaces) == {"va", "all"} and not hasattr(model.spaces["va"], "text")
+    out = model(torch.randn(3, 16), torch.randn(3, 40, 64), torch.randn(3, 5, 300))
+    assert set(out["va"][0]) == {"v", "a"} and set(out["all"][0]) == {"v", "a", "t"}
+    assert out["all"][0]["t"].shape == (3, 32) and len(out["all"][1]) == 3  # 3 decoders
+    assert model.spaces["va"].video is not model.spaces["all"].video

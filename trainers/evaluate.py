@@ -1,0 +1,97 @@
+"""`trainers eval`: embed a held-out store with a trained run, score retrieval and clustering,
+export every clip's embeddings to <run>/embeddings.zarr."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import load_clips
+from .mcn import MCNConfig, modalities_of
+from .metrics import clustering_metrics, retrieval_metrics
+from .model import MCN
+
+
+def load_run(run: str | Path) -> tuple[MCNConfig, dict, MCN]:
+    run = Path(run)
+    if not (run / "model.pt").is_file():
+        raise FileNotFoundError(f"{run} has no model.pt (train it first with `trainers mcn --out {run}`)")
+    raw = json.loads((run / "config.json").read_text())
+    cfg = MCNConfig(**{k: v for k, v in raw.items() if k in MCNConfig.__dataclass_fields__})
+    model = MCN(cfg.combo, cfg.dim, raw["video_dim"], 1024, raw["we_dim"], cfg.end_to_end_audio, not cfg.no_recon)
+    model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
+    return cfg, raw, model.eval()
+
+
+@torch.no_grad()
+def embed(model: MCN, data, batch: int = 512) -> dict[str, dict[str, np.ndarray]]:
+    out: dict[str, dict[str, list]] = {}
+    for i in range(0, len(data), batch):
+        idx = np.arange(i, min(len(data), i + batch))
+        for space, (emb, _) in model(*data.batch(idx)).items():
+            for m, e in emb.items():
+                out.setdefault(space, {}).setdefault(m, []).append(e.numpy())
+    return {s: {m: np.concatenate(v) for m, v in d.items()} for s, d in out.items()}
+
+
+def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames: int = 5120) -> dict:
+    """Text->video retrieval (score t.(v+a) where the space has audio, summed over spaces with t and v),
+    audio->video where no space has text, and k-means clustering of the fused embedding per space."""
+    from sklearn.cluster import KMeans
+
+    run = Path(run)
+    cfg, _, model = load_run(run)
+    data = load_clips(store, modalities_of(cfg.combo), min_time=0.0, max_words=cfg.max_words,
+                      end_to_end_audio=cfg.end_to_end_audio, audio_frames=audio_frames)
+    emb = embed(model, data)
+    results: dict = {"run": str(run), "store": store, "clips": len(data), "dropped": data.dropped,
+                     "ties": "pessimistic (a tie with the true item counts against it)"}
+    text_spaces = [s for s, e in emb.items() if "t" in e and "v" in e]
+    if text_spaces:
+        sim = sum(emb[s]["t"] @ (emb[s]["v"] + emb[s].get("a", 0)).T for s in text_spaces)
+        results["text_to_video"] = {**retrieval_metrics(sim), "spaces": text_spaces,
+                                    "score": "t.(v+a)" if any("a" in emb[s] for s in text_spaces) else "t.v"}
+    av_spaces = [s for s, e in emb.items() if "a" in e and "v" in e]
+    if av_spaces:
+        results["audio_to_video"] = {**retrieval_metrics(sum(emb[s]["a"] @ emb[s]["v"].T for s in av_spaces)),
+                                     "spaces": av_spaces}
+    labels = data.labels
+    names = [label] if label else [k for k, v in labels.items() if 1 < len(np.unique(v)) < len(v)]
+    if label and label not in labels:
+        raise KeyError(f"no label column {label!r} in {store} (have {sorted(labels)})")
+    results["clustering"] = {}
+    for name in names:
+        y = labels[name]
+        k = len(np.unique(y))
+        for space, e in emb.items():
+            fused = F.normalize(torch.from_numpy(sum(e.values()) / len(e)), dim=1).numpy()
+            pred = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(fused)
+            results["clustering"][f"{name}/{space}"] = {**clustering_metrics(y, pred), "k": k}
+    export(run / "embeddings.zarr", data.keys, emb)
+    (run / "eval.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def export(path: Path, keys, emb: dict) -> None:
+    from pipeline.store import write_unit
+
+    arrays = {"key": np.asarray(keys, dtype=object)}
+    arrays.update({f"{space}_{m}": e.astype(np.float32) for space, d in emb.items() for m, e in d.items()})
+    write_unit(path, arrays, {"layout": "one row per clip; arrays <space>_<modality>"}, replace=True)
+
+
+def table(results: dict) -> str:
+    lines = [f"eval of {results['run']} on {results['store']}: {results['clips']} clips; ties {results['ties']}"]
+    for task in ("text_to_video", "audio_to_video"):
+        if task in results:
+            r = results[task]
+            lines.append(f"  {task:15s} R@1 {100 * r['R@1']:5.1f}  R@5 {100 * r['R@5']:5.1f}  "
+                         f"R@10 {100 * r['R@10']:5.1f}  MedR {r['MedR']:.0f}  (N={r['N']}, chance R@1 "
+                         f"{100 / r['N']:.1f})")
+    for name, r in results.get("clustering", {}).items():
+        lines.append(f"  cluster {name:20s} NMI {r['NMI']:.3f}  ARI {r['ARI']:.3f}  acc {r['accuracy']:.3f}  "
+                     f"purity {r['purity']:.3f}  (k={r['k']})")
+    return "\n".join(lines)

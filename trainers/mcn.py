@@ -1,0 +1,212 @@
+"""`trainers mcn`: MCN training over the feature cache (MMS + clustering + reconstruction).
+
+Readable loop in the nanoGPT manner. Every batch is a pure function of (seed, step), so a run resumed
+from a checkpoint continues exactly as an uninterrupted run would (on CPU).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import ClipData, load_clips
+from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
+from .model import MCN, parse_combo
+
+
+@dataclass
+class MCNConfig:
+    store: str
+    out: str
+    combo: str = "all"
+    dim: int = 6144
+    videos_per_batch: int = 128
+    clips_per_video: int = 32  # n_pair
+    steps: int = 1000
+    lr: float = 1e-4
+    warmup: int = 5000
+    margin: float = 0.001
+    min_time: float = 10.0
+    max_words: int = 20
+    clusters: int = 256
+    cluster_every: int = 20  # full k-means every N steps, assignment only in between
+    queue_steps: int = 20  # queue length in steps (each step pushes half the clips of every video)
+    cluster_weight: float = 1.0
+    recon_weight: float = 50.0
+    no_cluster: bool = False
+    no_recon: bool = False
+    end_to_end_audio: bool = False  # DAVEnet trained on cached log-mel; else frozen cached DAVEnet features
+    audio_frames: int = 1000
+    checkpoint_every: int = 100
+    seed: int = 1
+    device: str = "cpu"
+    resume: bool = False
+    log_every: int = 10
+
+
+def modalities_of(combo: str) -> str:
+    return "".join(sorted(set("".join(parse_combo(combo).values())), key="vat".index))
+
+
+def build_model(cfg: MCNConfig, data: ClipData) -> MCN:
+    return MCN(cfg.combo, cfg.dim, video_dim=data.video.shape[1], audio_dim=1024, we_dim=data.vectors.shape[1],
+               end_to_end_audio=cfg.end_to_end_audio, recon=not cfg.no_recon)
+
+
+def sample_batch(data: ClipData, videos: np.ndarray, clips_of: list[np.ndarray], cfg: MCNConfig, step: int,
+                 steps_per_epoch: int) -> np.ndarray:
+    """Clip indices for a step: videos_per_batch videos of this epoch's permutation, clips_per_video
+    captions drawn uniformly with replacement from each (MCN). Deterministic in (seed, step)."""
+    epoch, k = divmod(step, steps_per_epoch)
+    perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(videos))
+    chosen = perm[k * cfg.videos_per_batch:(k + 1) * cfg.videos_per_batch]
+    rng = np.random.default_rng([cfg.seed, epoch, k, 1])
+    return np.concatenate([rng.choice(clips_of[v], cfg.clips_per_video) for v in chosen])
+
+
+def lr_lambda(cfg: MCNConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+class Clusterer:
+    """Queue of past fused embeddings + k-means centroids for one space."""
+
+    def __init__(self, length: int, dim: int, k: int):
+        self.queue = torch.zeros(length, dim)
+        self.filled = 0
+        self.k = k
+        self.centroids: torch.Tensor | None = None
+
+    def push(self, fused: torch.Tensor) -> None:
+        n = min(len(fused), len(self.queue))
+        self.queue = torch.cat([self.queue[n:], fused[-n:].detach().float().cpu()])
+        self.filled = min(len(self.queue), self.filled + n)
+
+    def labels(self, fused: torch.Tensor, refit: bool, generator: torch.Generator) -> torch.Tensor:
+        x = fused.detach().float().cpu()
+        if self.filled == len(self.queue):
+            x = torch.cat([self.queue, x])
+        if refit or self.centroids is None:
+            labels, self.centroids = kmeans_cosine(x, self.k, self.centroids, generator=generator)
+        else:
+            labels = assign(x, self.centroids)
+        return labels[-len(fused):]
+
+    def state(self) -> dict:
+        return {"queue": self.queue, "filled": torch.tensor(self.filled),
+                "centroids": self.centroids if self.centroids is not None else torch.zeros(0)}
+
+    def load(self, s: dict) -> None:
+        self.queue, self.filled = s["queue"], int(s["filled"])
+        self.centroids = s["centroids"] if s["centroids"].numel() else None
+
+
+def losses_for(out: dict, clusterers: dict, cfg: MCNConfig, step: int, steps_per_epoch: int, device):
+    terms = {"mms": torch.zeros((), device=device), "cluster": torch.zeros((), device=device),
+             "recon": torch.zeros((), device=device)}
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    for name, (emb, recon) in out.items():
+        mods = list(emb)
+        for i in range(len(mods)):
+            for j in range(i + 1, len(mods)):
+                terms["mms"] = terms["mms"] + mms(emb[mods[i]] @ emb[mods[j]].t(), cfg.margin)
+        if not cfg.no_cluster:
+            fused = sum(emb.values()) / len(emb)
+            c = clusterers[name]
+            if step % steps_per_epoch == 0:
+                c.centroids = None  # MCN re-initialises the centroids every epoch
+            labels = c.labels(fused, step % cfg.cluster_every == 0, g).to(device)
+            centroids = c.centroids.to(device)
+            terms["cluster"] = terms["cluster"] + sum(cluster_loss(e, centroids, labels, cfg.margin)
+                                                      for e in emb.values()) / len(emb)
+            half = fused.view(-1, cfg.clips_per_video, fused.shape[1])[:, :max(1, cfg.clips_per_video // 2)]
+            c.push(half.reshape(-1, fused.shape[1]))
+        if recon:
+            terms["recon"] = terms["recon"] + reconstruction_loss(recon, cfg.recon_weight)
+    return terms
+
+
+def save_checkpoint(path: Path, model, opt, sched, step: int, clusterers: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "step": torch.tensor(step), "clusterers": {k: c.state() for k, c in clusterers.items()}}, tmp)
+    os.replace(tmp, path)  # a crash mid-save keeps the previous checkpoint
+
+
+def train(cfg: MCNConfig, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "metrics.jsonl"
+    if (ckpt_path.exists() or log_path.exists()) and not cfg.resume:
+        raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    data = load_clips(cfg.store, modalities_of(cfg.combo), cfg.min_time, cfg.max_words, cfg.end_to_end_audio,
+                      cfg.audio_frames)
+    videos = np.unique(data.video_of)
+    clips_of = [np.flatnonzero(data.video_of == v) for v in videos]
+    if len(videos) < cfg.videos_per_batch:
+        raise ValueError(f"{len(videos)} usable videos but --videos-per-batch {cfg.videos_per_batch}; "
+                         f"lower it (dropped clips: {data.dropped})")
+    steps_per_epoch = len(videos) // cfg.videos_per_batch
+    model = build_model(cfg, data).to(cfg.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    clusterers = {name: Clusterer(cfg.queue_steps * cfg.videos_per_batch * max(1, cfg.clips_per_video // 2),
+                                  cfg.dim, cfg.clusters) for name in model.spaces}
+    step = 0
+    if cfg.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        for k, c in clusterers.items():
+            c.load(state["clusterers"][k])
+        step = int(state["step"])
+    if log_path.exists():  # drop log lines past the checkpoint: they will be recomputed identically
+        lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] < step]
+        log_path.write_text("".join(ln + "\n" for ln in lines))
+    (out_dir / "config.json").write_text(json.dumps({**asdict(cfg), "video_dim": int(data.video.shape[1]),
+                                                     "we_dim": int(data.vectors.shape[1])}, indent=1))
+    print(f"mcn {cfg.combo}: {len(data)} clips from {len(videos)} videos (dropped {data.dropped or 'none'}), "
+          f"{steps_per_epoch} steps/epoch, data ready in {time.time() - t0:.1f}s, starting at step {step}")
+    use_amp = cfg.device.startswith("cuda")
+    model.train()
+    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not progress, desc="train")
+    with open(log_path, "a") as log:
+        for step in bar:
+            idx = sample_batch(data, videos, clips_of, cfg, step, steps_per_epoch)
+            video, audio, words, nframes = data.batch(idx, cfg.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                out = model(video, audio, words, nframes)
+            out = {k: ({m: e.float() for m, e in emb.items()}, [(p.float(), t.float()) for p, t in rec])
+                   for k, (emb, rec) in out.items()}
+            terms = losses_for(out, clusterers, cfg, step, steps_per_epoch, cfg.device)
+            loss = terms["mms"] + cfg.cluster_weight * terms["cluster"] + terms["recon"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
+                       "lr": sched.get_last_lr()[0], "time": round(time.time() - t0, 3)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.3f}")
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                save_checkpoint(ckpt_path, model, opt, sched, step + 1, clusterers)
+    torch.save(model.state_dict(), out_dir / "model.pt")
+    return {"steps": cfg.steps, "clips": len(data), "videos": len(videos), "seconds": time.time() - t0}

@@ -1,0 +1,49 @@
+"""Evaluation metrics as pure functions: retrieval R@k / median rank, clustering NMI / ARI / accuracy."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+
+def retrieval_ranks(sim: np.ndarray) -> np.ndarray:
+    """1-based rank of the true item (the diagonal) for each query row.
+
+    Ties are counted pessimistically: every other candidate scoring >= the true one ranks above it.
+    (MCN's compute_metrics counts a tie as a hit instead, which inflates R@k.)
+    """
+    sim = np.asarray(sim, dtype=np.float64)
+    true = np.diag(sim)[:, None]
+    return (sim >= true).sum(axis=1)  # the true item itself is one of them
+
+
+def retrieval_metrics(sim: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+    ranks = retrieval_ranks(sim)
+    out = {f"R@{k}": float((ranks <= k).mean()) for k in ks}
+    out["MedR"] = float(np.median(ranks))
+    out["N"] = int(len(ranks))
+    return out
+
+
+def cluster_accuracy(y_true, y_pred) -> float:
+    """Best one-to-one mapping of predicted clusters to labels (Hungarian), as a fraction correct."""
+    _, t = np.unique(y_true, return_inverse=True)
+    _, p = np.unique(y_pred, return_inverse=True)
+    table = np.zeros((p.max() + 1, t.max() + 1), dtype=np.int64)
+    np.add.at(table, (p, t), 1)
+    rows, cols = linear_sum_assignment(-table)
+    return float(table[rows, cols].sum() / len(t))
+
+
+def purity(y_true, y_pred) -> float:
+    _, t = np.unique(y_true, return_inverse=True)
+    _, p = np.unique(y_pred, return_inverse=True)
+    table = np.zeros((p.max() + 1, t.max() + 1), dtype=np.int64)
+    np.add.at(table, (p, t), 1)
+    return float(table.max(axis=1).sum() / len(t))
+
+
+def clustering_metrics(y_true, y_pred) -> dict[str, float]:
+    return {"NMI": float(normalized_mutual_info_score(y_true, y_pred)),
+            "ARI": float(adjusted_rand_score(y_true, y_pred)),
+            "accuracy": cluster_accuracy(y_true, y_pred), "purity": purity(y_true, y_pred)}
