@@ -21,7 +21,7 @@ from pipeline.extract import ExtractConfig, extract
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=int, default=6)
-    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--size", default="480x360")
     args = ap.parse_args()
     w, h = map(int, args.size.split("x"))
@@ -49,6 +49,7 @@ def main():
     for workers in (1, 2):
         cfg = ExtractConfig(manifest=str(tmp / "m.csv"), store=str(tmp / f"s{workers}.zarr"),
                             groups=["resnet152", "logmel"], random_init=["resnet152"], workers=workers,
+                            threads_per_worker=1,
                             part_size=1, progress=False)
         t = time.perf_counter()
         extract(cfg)
@@ -58,7 +59,7 @@ def main():
     print(f"bare ResNet-152 forward (1 thread):     {forward_rate:8.2f} video-s/s (1 frame per s)")
     print(f"limit decode+forward (1 core):          {limit:8.2f} video-s/s")
     print(f"pipeline extract, 1 worker:             {rates[1]:8.2f} video-s/s = {rates[1] / limit:.2f} of the limit "
-          "(incl. cluster start, log-mel, store writes)")
+          "(1 thread; incl. cluster start, model load, log-mel, store writes)")
     print(f"pipeline extract, 2 workers:            {rates[2]:8.2f} video-s/s = {rates[2] / rates[1]:.2f}x one worker")
 
 

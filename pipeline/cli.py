@@ -33,6 +33,7 @@ def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True)
                    help="run these extractors untrained (e.g. resnet152,davenet); recorded in the store")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="local Dask worker processes (0 = no Dask, run in this process)")
+    p.add_argument("--threads-per-worker", type=int, help="torch threads per worker (default: cores // workers)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
     p.add_argument("--part-size", type=int, help="videos per part = one task, one commit "
                    "(default: at least 4 parts per worker, at most 64 videos; fixed when the store is planned)")

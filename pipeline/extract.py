@@ -43,6 +43,7 @@ class ExtractConfig:
     word2vec: str | None = None
     random_init: list[str] = field(default_factory=list)
     workers: int = os.cpu_count() or 1  # 0 = run in this process, no Dask
+    threads_per_worker: int | None = None  # torch threads per worker; default: cores // workers
     scheduler: str | None = None
     part_size: int | None = None  # videos per part; default: at least 4 parts per worker, at most 64 videos
     device: str = "cpu"
@@ -304,7 +305,8 @@ def _open_or_plan(cfg: ExtractConfig) -> tuple[FeatureStore, Manifest | None]:
             raise ExtractError(f"{path} was planned from a different manifest/captions "
                                f"({store.meta['manifest']}); use a new --store for a new manifest")
         return store, None
-    clean_temporaries(path.parent) if path.parent.exists() else path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(path)
     manifest = read_manifest(cfg.manifest, cfg.captions, cfg.video_root, cfg.strict)
     plan_store(cfg, manifest)
     return FeatureStore(path), manifest
@@ -377,7 +379,8 @@ def extract(cfg: ExtractConfig) -> dict:
     settings = dict(resnet152_weights=cfg.resnet152_weights, davenet_weights=cfg.davenet,
                     random_init=list(cfg.random_init), device=cfg.device, batch_size=cfg.batch_size,
                     short_side=cfg.short_side, dims={g: metas[g]["dim"] for g in video_groups},
-                    threads=max(1, (os.cpu_count() or 1) // max(1, workers)) if not cfg.scheduler else None)
+                    threads=cfg.threads_per_worker or (
+                        max(1, (os.cpu_count() or 1) // max(1, workers)) if not cfg.scheduler else None))
     jobs = _jobs(cfg, store, video_groups, settings)
     summary["parts_run"] = len(jobs)
     if jobs:

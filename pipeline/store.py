@@ -71,14 +71,21 @@ def write_unit(final: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: d
         raise
 
 
-def clean_temporaries(root: str | os.PathLike) -> int:
-    """Remove debris of killed writers (uncommitted temp dirs)."""
+def clean_temporaries(store: str | os.PathLike) -> int:
+    """Remove debris of killed writers: uncommitted temp dirs beside the store's units (and the store's own
+    planning temp beside it). Only the levels where units live are listed, never the chunk files."""
+    store = Path(store)
+    places = [(store.parent, f"{TMP_PREFIX}{store.name}-"), (store, TMP_PREFIX)]
+    if (store / "parts").is_dir():
+        places += [(store / "parts", TMP_PREFIX)]
+        places += [(d, TMP_PREFIX) for d in (store / "parts").iterdir() if d.is_dir()]
     n = 0
-    for dirpath, dirnames, _ in os.walk(root):
-        for d in [d for d in dirnames if d.startswith(TMP_PREFIX)]:
-            shutil.rmtree(Path(dirpath, d), ignore_errors=True)
-            dirnames.remove(d)
-            n += 1
+    for folder, prefix in places:
+        if folder.is_dir():
+            for d in folder.iterdir():
+                if d.name.startswith(prefix) and d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+                    n += 1
     return n
 
 

@@ -162,3 +162,14 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_same_store(odd_dataset, weig
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert not [p for p in killed.rglob(".tmp-*")]
+
+
+def test_cleanup_removes_only_this_stores_debris(tmp_path):
+    from pipeline.store import clean_temporaries
+
+    store = tmp_path / "s.zarr"
+    for d in (tmp_path / ".tmp-s.zarr-123", tmp_path / ".tmp-other-1", store / "parts" / "p000000" / ".tmp-x-9",
+              store / "parts" / "p000000" / "resnet152", store / ".tmp-word2vec-3"):
+        d.mkdir(parents=True)
+    assert clean_temporaries(store) == 3
+    assert (tmp_path / ".tmp-other-1").is_dir() and (store / "parts" / "p000000" / "resnet152").is_dir()
