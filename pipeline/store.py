@@ -13,6 +13,7 @@ video behind, and a rerun only computes units that are missing.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import uuid
@@ -98,6 +99,52 @@ def read_unit(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     return out, dict(group.attrs)
 
 
+class RowReader:
+    """Rows of a committed (immutable) 2-D unit array.
+
+    Uncompressed little-endian chunks are memory-mapped and sliced directly (the OS page cache does the
+    caching); anything else goes through zarr. Chunks never written (all fill value) read as the fill value.
+    """
+
+    MAX_MAPS = 1024
+
+    def __init__(self, arr: zarr.Array, path: Path):
+        self.arr, self.path = arr, path
+        self.rows_per_chunk = arr.chunks[0]
+        codecs = arr.metadata.to_dict().get("codecs", ())
+        self.direct = (arr.compressors == () and arr.filters == () and len(codecs) == 1
+                       and codecs[0]["name"] == "bytes" and np.dtype(arr.dtype).byteorder in "<=|"
+                       and arr.chunks[1:] == arr.shape[1:])
+        self._maps: dict[int, np.ndarray | None] = {}
+
+    def _chunk(self, c: int) -> np.ndarray | None:
+        if c not in self._maps:
+            if len(self._maps) >= self.MAX_MAPS:
+                self._maps.pop(next(iter(self._maps)))
+            f = self.path / self.arr.metadata.encode_chunk_key((c,) + (0,) * (self.arr.ndim - 1))
+            self._maps[c] = None
+            if f.is_file():
+                with open(f, "rb") as fh:  # a plain ndarray over the mapping: no np.memmap per-index overhead
+                    buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                self._maps[c] = np.frombuffer(buf, dtype=self.arr.dtype).reshape(
+                    (self.rows_per_chunk,) + self.arr.shape[1:])
+        return self._maps[c]
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Rows a..b-1 (a contiguous run, as a clip's rows are), copied out of at most a few chunks."""
+        if not self.direct:
+            return self.arr[a:b]
+        pieces, r = [], self.rows_per_chunk
+        for c in range(a // r, (b - 1) // r + 1) if b > a else []:
+            lo, hi = max(a, c * r) - c * r, min(b, (c + 1) * r) - c * r
+            m = self._chunk(c)
+            pieces.append(m[lo:hi] if m is not None else
+                          np.full((hi - lo,) + self.arr.shape[1:], self.arr.metadata.fill_value, self.arr.dtype))
+        if len(pieces) == 1:
+            return pieces[0].copy()
+        return np.concatenate(pieces) if pieces else np.zeros((0,) + self.arr.shape[1:], self.arr.dtype)
+
+
 @dataclass
 class Group:
     """A whole feature group in RAM: video i has rows data[offsets[i]:offsets[i+1]]."""
@@ -129,7 +176,7 @@ class FeatureStore:
         self.n_videos, self.n_clips = len(self.videos["video_id"]), len(self.clips["key"])
         self.part_size = int(self.meta["part_size"])
         self._key_index: dict[str, int] | None = None
-        self._units: dict[tuple[int, str], tuple[zarr.Array, np.ndarray]] = {}
+        self._units: dict[tuple[int, str], tuple[RowReader, np.ndarray]] = {}
 
     # ---- layout --------------------------------------------------------------------------
     @property
@@ -216,27 +263,24 @@ class FeatureStore:
             raise KeyError(f"{group!r} is not a time-indexed group")
         idx = self.clip_index(keys)
         vids = self.clips["video"][idx]
+        first = np.floor(self.clips["start"][idx] * rate).astype(np.int64)
+        last = np.floor(self.clips["end"][idx] * rate).astype(np.int64) + 1
         parts = vids // self.part_size
         out: list[np.ndarray | None] = [None] * len(idx)
         for p in np.unique(parts):
             sel = np.flatnonzero(parts == p)
             data, offsets = self._unit(int(p), group)
             local = vids[sel] - int(p) * self.part_size
-            starts, ends, rows = [], [], []
-            for j, v in zip(sel, local):
-                n = offsets[v + 1] - offsets[v]
-                a = min(n, int(np.floor(self.clips["start"][idx[j]] * rate)))
-                b = min(n, int(np.floor(self.clips["end"][idx[j]] * rate)) + 1)
-                starts.append(len(rows))
-                rows.extend(range(offsets[v] + a, offsets[v] + b))
-                ends.append(len(rows))
-            block = data.oindex[np.array(rows, dtype=np.int64), :] if rows else None
-            for j, s, e in zip(sel, starts, ends):
-                out[j] = block[s:e] if block is not None else np.zeros((0, data.shape[1]), data.dtype)
+            n = offsets[local + 1] - offsets[local]
+            a, b = np.minimum(n, first[sel]), np.minimum(n, last[sel])
+            a, b = offsets[local] + a, offsets[local] + np.maximum(a, b)
+            for j, lo, hi in zip(sel.tolist(), a.tolist(), b.tolist()):
+                out[j] = data.rows(lo, hi)
         return out  # type: ignore[return-value]
 
-    def _unit(self, p: int, group: str) -> tuple[zarr.Array, np.ndarray]:
+    def _unit(self, p: int, group: str) -> tuple[RowReader, np.ndarray]:
         if (p, group) not in self._units:  # committed units are immutable: safe to cache
-            g = zarr.open_group(str(self.unit_path(p, group)), mode="r")
-            self._units[p, group] = g["data"], g["offsets"][...]
+            path = self.unit_path(p, group)
+            g = zarr.open_group(str(path), mode="r")
+            self._units[p, group] = RowReader(g["data"], path / "data"), g["offsets"][...]
         return self._units[p, group]

@@ -173,3 +173,22 @@ def test_cleanup_removes_only_this_stores_debris(tmp_path):
         d.mkdir(parents=True)
     assert clean_temporaries(store) == 3
     assert (tmp_path / ".tmp-other-1").is_dir() and (store / "parts" / "p000000" / "resnet152").is_dir()
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_row_reader_matches_zarr_across_chunks(tmp_path, compressed):
+    import zarr
+
+    from pipeline.store import RowReader
+
+    data = np.arange(40 * 4, dtype=np.float16).reshape(40, 4)
+    data[6:12] = 0  # chunk 2 (rows 6..8) is all fill value: zarr does not write it
+    arr = zarr.create_array(str(tmp_path / "a"), shape=data.shape, chunks=(3, 4), dtype=data.dtype,
+                            compressors="auto" if compressed else None)
+    arr[...] = data
+    reader = RowReader(zarr.open_array(str(tmp_path / "a"), mode="r"), tmp_path / "a")
+    assert reader.direct is not compressed
+    for a in range(0, 41, 1):
+        for b in (a, a + 1, a + 5, 40):
+            if b >= a:
+                np.testing.assert_array_equal(reader.rows(a, min(b, 40)), data[a:min(b, 40)])

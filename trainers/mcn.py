@@ -5,17 +5,14 @@ from a checkpoint continues exactly as an uninterrupted run would (on CPU).
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .data import ClipData, load_clips
+from .loop import RunDir, warmup_cosine
 from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
 from .model import MCN, parse_combo
 
@@ -68,15 +65,6 @@ def sample_batch(data: ClipData, videos: np.ndarray, clips_of: list[np.ndarray],
     chosen = perm[k * cfg.videos_per_batch:(k + 1) * cfg.videos_per_batch]
     rng = np.random.default_rng([cfg.seed, epoch, k, 1])
     return np.concatenate([rng.choice(clips_of[v], cfg.clips_per_video) for v in chosen])
-
-
-def lr_lambda(cfg: MCNConfig):
-    def f(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return f
 
 
 class Clusterer:
@@ -137,21 +125,10 @@ def losses_for(out: dict, clusterers: dict, cfg: MCNConfig, step: int, steps_per
     return terms
 
 
-def save_checkpoint(path: Path, model, opt, sched, step: int, clusterers: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "step": torch.tensor(step), "clusterers": {k: c.state() for k, c in clusterers.items()}}, tmp)
-    os.replace(tmp, path)  # a crash mid-save keeps the previous checkpoint
-
-
 def train(cfg: MCNConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    out_dir = Path(cfg.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "metrics.jsonl"
-    if (ckpt_path.exists() or log_path.exists()) and not cfg.resume:
-        raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
+    run = RunDir(cfg.out, cfg.resume)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     data = load_clips(cfg.store, modalities_of(cfg.combo), cfg.min_time, cfg.max_words, cfg.end_to_end_audio,
@@ -164,49 +141,42 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
     steps_per_epoch = len(videos) // cfg.videos_per_batch
     model = build_model(cfg, data).to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))
     clusterers = {name: Clusterer(cfg.queue_steps * cfg.videos_per_batch * max(1, cfg.clips_per_video // 2),
                                   cfg.dim, cfg.clusters) for name in model.spaces}
     step = 0
-    if cfg.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if (state := run.load()) is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         for k, c in clusterers.items():
             c.load(state["clusterers"][k])
         step = int(state["step"])
-    if log_path.exists():  # drop log lines past the checkpoint: they will be recomputed identically
-        lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] < step]
-        log_path.write_text("".join(ln + "\n" for ln in lines))
-    (out_dir / "config.json").write_text(json.dumps({**asdict(cfg), "video_dim": int(data.video.shape[1]),
-                                                     "we_dim": int(data.vectors.shape[1])}, indent=1))
+    run.open_log(step)
+    run.write_config(cfg, method="mcn", video_dim=int(data.video.shape[1]), we_dim=int(data.vectors.shape[1]))
     print(f"mcn {cfg.combo}: {len(data)} clips from {len(videos)} videos (dropped {data.dropped or 'none'}), "
           f"{steps_per_epoch} steps/epoch, data ready in {time.time() - t0:.1f}s, starting at step {step}")
     use_amp = cfg.device.startswith("cuda")
     model.train()
-    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not progress, desc="train")
-    with open(log_path, "a") as log:
-        for step in bar:
-            idx = sample_batch(data, videos, clips_of, cfg, step, steps_per_epoch)
-            video, audio, words, nframes = data.batch(idx, cfg.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                out = model(video, audio, words, nframes)
-            out = {k: ({m: e.float() for m, e in emb.items()}, [(p.float(), t.float()) for p, t in rec])
-                   for k, (emb, rec) in out.items()}
-            terms = losses_for(out, clusterers, cfg, step, steps_per_epoch, cfg.device)
-            loss = terms["mms"] + cfg.cluster_weight * terms["cluster"] + terms["recon"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
-                       "lr": sched.get_last_lr()[0], "time": round(time.time() - t0, 3)}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{rec['loss']:.3f}")
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                save_checkpoint(ckpt_path, model, opt, sched, step + 1, clusterers)
-    torch.save(model.state_dict(), out_dir / "model.pt")
+    for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not progress, desc="train"):
+        idx = sample_batch(data, videos, clips_of, cfg, step, steps_per_epoch)
+        video, audio, words, nframes = data.batch(idx, cfg.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            out = model(video, audio, words, nframes)
+        out = {k: ({m: e.float() for m, e in emb.items()}, [(p.float(), t.float()) for p, t in rec])
+               for k, (emb, rec) in out.items()}
+        terms = losses_for(out, clusterers, cfg, step, steps_per_epoch, cfg.device)
+        loss = terms["mms"] + cfg.cluster_weight * terms["cluster"] + terms["recon"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            run.log({"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
+                     "lr": sched.get_last_lr()[0], "time": round(time.time() - t0, 3)})
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            run.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                      "step": torch.tensor(step + 1), "clusterers": {k: c.state() for k, c in clusterers.items()}})
+    run.close()
+    torch.save(model.state_dict(), run.path / "model.pt")
     return {"steps": cfg.steps, "clips": len(data), "videos": len(videos), "seconds": time.time() - t0}

@@ -1,0 +1,60 @@
+"""What every trainer's run folder needs: config, atomic checkpoints, a JSONL metric log, the LR schedule."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+
+class RunDir:
+    """<out>/config.json, checkpoint.pt (atomic), metrics.jsonl, model.pt."""
+
+    def __init__(self, out: str | os.PathLike, resume: bool):
+        self.path = Path(out)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.ckpt, self.log_path = self.path / "checkpoint.pt", self.path / "metrics.jsonl"
+        if (self.ckpt.exists() or self.log_path.exists()) and not resume:
+            raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it or choose a new --out")
+        self.resume = resume
+        self._log = None
+
+    def write_config(self, cfg, **extra) -> None:
+        (self.path / "config.json").write_text(json.dumps({**asdict(cfg), **extra}, indent=1))
+
+    def load(self) -> dict | None:
+        if self.resume and self.ckpt.exists():
+            return torch.load(self.ckpt, map_location="cpu", weights_only=True)
+        return None
+
+    def save(self, state: dict) -> None:
+        tmp = self.ckpt.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.ckpt)  # a crash mid-save keeps the previous checkpoint
+
+    def open_log(self, step: int) -> None:
+        """Drop log lines at or past ``step`` (a resumed run recomputes them identically), then append."""
+        if self.log_path.exists():
+            lines = [ln for ln in self.log_path.read_text().splitlines() if ln and json.loads(ln)["step"] < step]
+            self.log_path.write_text("".join(ln + "\n" for ln in lines))
+        self._log = open(self.log_path, "a")
+
+    def log(self, record: dict) -> None:
+        self._log.write(json.dumps(record) + "\n")
+        self._log.flush()
+
+    def close(self) -> None:
+        if self._log:
+            self._log.close()
+
+
+def warmup_cosine(warmup: int, total: int):
+    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then half-cosine to 0 at ``total``."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return f
