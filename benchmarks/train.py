@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_mcn import planted_store  # noqa: E402  (the planted synthetic store of the tests)
+from synthetic import planted_store  # noqa: E402  (the planted synthetic store of the tests)
 
 from trainers.data import load_clips  # noqa: E402
 from trainers.mcn import Clusterer, MCNConfig, build_model, losses_for, modalities_of, train  # noqa: E402

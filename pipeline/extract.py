@@ -403,6 +403,7 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
             log.error("part %d failed as a whole (it will be retried on the next run): %s", job.part, error)
         else:
             seconds += result["seconds"]
+            summary["task_seconds"] = summary.get("task_seconds", 0.0) + result["wall"]
             failed += max((sum(n for k, n in st.items() if k != "ok") for st in result["status"].values()),
                           default=0)
         bar.update(len(job.videos))

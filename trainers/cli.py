@@ -7,7 +7,11 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from . import mcn, mmv, selavi, xdc
 from .mcn import MCNConfig
+from .mmv import MMVConfig
+from .selavi import SeLaViConfig
+from .xdc import XDCConfig
 
 
 def add_dataclass_args(p: argparse.ArgumentParser, cls) -> None:
@@ -23,12 +27,27 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls) -> None:
             p.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
 
 
-def cmd_mcn(args) -> int:
-    from .mcn import train
+def trainer(name: str):
+    """`trainers <method>`: fill the method's config dataclass from the flags and train."""
+    def run(args) -> int:
+        cls, train = METHODS[name]
+        cfg = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        out = train(cfg, progress=not args.no_progress)
+        print(json.dumps({k: v for k, v in out.items() if k not in ("metrics", "best_head", "mean_over_heads")}))
+        if "metrics" in out:
+            from .clustering import table
+            print(table(out))
+            print(f"labels: {cfg.out}/labels.csv, {cfg.out}/labels.zarr; metrics: {cfg.out}/results.json")
+        return 0
+    return run
 
-    cfg = MCNConfig(**{f.name: getattr(args, f.name) for f in fields(MCNConfig)})
-    print(json.dumps(train(cfg, progress=not args.no_progress)))
-    return 0
+
+METHODS = {"mcn": (MCNConfig, mcn.train), "mmv": (MMVConfig, mmv.train), "xdc": (XDCConfig, xdc.train),
+           "selavi": (SeLaViConfig, selavi.train)}
+HELP = {"mcn": "MCN heads (MMS + clustering + reconstruction) over cached features",
+        "mmv": "MMV FAC/shared/disjoint heads with NCE (video-audio) and MIL-NCE (video-text)",
+        "xdc": "XDC / MDC / CDC / SDC: k-means pseudo-labels from one modality supervise the other",
+        "selavi": "SeLaVi: Sinkhorn-Knopp pseudo-labels shared by video and audio, several heads"}
 
 
 def cmd_eval(args) -> int:
@@ -49,10 +68,11 @@ def cmd_report(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="trainers", description="Train and evaluate models on a feature store.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("mcn", help="train MCN heads (MMS + clustering + reconstruction) on cached features")
-    add_dataclass_args(p, MCNConfig)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(fn=cmd_mcn)
+    for name, help_text in HELP.items():
+        p = sub.add_parser(name, help=help_text)
+        add_dataclass_args(p, METHODS[name][0])
+        p.add_argument("--no-progress", action="store_true")
+        p.set_defaults(fn=trainer(name))
     p = sub.add_parser("eval", help="retrieval and clustering on a held-out store; exports embeddings")
     p.add_argument("--run", required=True)
     p.add_argument("--store", required=True)

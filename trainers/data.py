@@ -25,6 +25,8 @@ class ClipData:
     keys: np.ndarray  # (N,) clip keys
     labels: dict[str, np.ndarray]
     dropped: dict[str, int]
+    valid: dict[str, torch.Tensor] | None = None  # per modality, when missing modalities are kept (masked)
+    candidates: torch.Tensor | None = None  # (N, K) clip indices of each clip's K nearest narrations, -1 = none
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -36,12 +38,13 @@ class ClipData:
                 self.nframes[idx].to(device))
 
 
-def merge_captions(starts, ends, i: int, min_time: float) -> tuple[int, int, list[int]]:
-    """MCN's clip extension from caption i: grow towards the nearer neighbour until >= min_time.
+def merge_captions(starts, ends, i: int, min_time: float, min_count: int = 1) -> tuple[int, int, list[int]]:
+    """MCN's clip extension from caption i: grow towards the nearer neighbour until >= min_time (and, for
+    MIL-NCE candidates, >= min_count captions; the same shortest-span rule).
     Returns (first, last, caption order for the words: current first, then neighbours as appended)."""
     s = e = i
     order = [i]
-    while ends[e] - starts[s] < min_time:
+    while ends[e] - starts[s] < min_time or len(order) < min_count:
         has_prev, has_next = s > 0, e + 1 < len(starts)
         if has_prev and has_next:
             take_prev = ends[e] - starts[s - 1] <= ends[e + 1] - starts[s]
@@ -64,15 +67,23 @@ def _audio_frames(t: float) -> int:
 
 
 def load_clips(store: FeatureStore | str, modalities: str = "vat", min_time: float = 10.0, max_words: int = 20,
-               end_to_end_audio: bool = False, audio_frames: int = 1000) -> ClipData:
+               end_to_end_audio: bool = False, audio_frames: int = 1000, keep_missing: bool = False,
+               candidates: int = 0) -> ClipData:
+    """Clips with every modality in ``modalities``; clips missing one are dropped (counted in ``dropped``),
+    or kept with ``valid`` masks when ``keep_missing``. ``candidates`` > 0 also lists, per clip, the
+    clips of its K nearest narrations in time (MIL-NCE positives)."""
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     n = store.n_clips
     video_of = store.clips["video"].astype(np.int64)
     starts, ends = store.clips["start"], store.clips["end"]
     ok = np.ones(n, bool)
     dropped: dict[str, int] = {}
+    valid: dict[str, np.ndarray] = {}
 
-    def drop(mask, why):
+    def drop(mask, modality, why):
+        valid[modality] = mask
+        if keep_missing:
+            return
         bad = ok & ~mask
         if bad.any():
             dropped[why] = int(bad.sum())
@@ -91,7 +102,7 @@ def load_clips(store: FeatureStore | str, modalities: str = "vat", min_time: flo
     frames = store.load_group("resnet152") if "v" in modalities else None
     video = np.zeros((n, frames.data.shape[1] if frames else 1), np.float32)
     if frames:
-        drop(frames.status[video_of] == "ok", "video not ok")
+        drop(frames.status[video_of] == "ok", "v", "video not ok")
         for i in np.flatnonzero(ok):
             rows = frames.video(video_of[i])[int(span[i, 0]):int(span[i, 1]) + 1].astype(np.float32)
             if len(rows):
@@ -102,7 +113,7 @@ def load_clips(store: FeatureStore | str, modalities: str = "vat", min_time: flo
     audio = np.zeros((n, 1), np.float32)
     if "a" in modalities:
         group = store.load_group("logmel" if end_to_end_audio else "davenet")
-        drop(group.status[video_of] == "ok", f"{group.name} not ok")
+        drop(group.status[video_of] == "ok", "a", f"{group.name} not ok")
         if end_to_end_audio:
             audio = np.zeros((n, 40, audio_frames), np.float16)
             for i in np.flatnonzero(ok):
@@ -122,12 +133,24 @@ def load_clips(store: FeatureStore | str, modalities: str = "vat", min_time: flo
         ids, status, vectors = store.load_text()
         vectors = np.concatenate([vectors, np.zeros((1, vectors.shape[1]), np.float32)])
         words[:] = len(vectors) - 1
-        drop(status == "ok", "caption empty or no known words")
+        drop(status == "ok", "t", "caption empty or no known words")
         for i in np.flatnonzero(ok):
             w = np.concatenate([ids[j] for j in order[i]])[:max_words]
             words[i, :len(w)] = w
 
+    cand = None
+    if candidates:
+        cand = np.full((n, candidates), -1, np.int64)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            for i in range(a, b):
+                picked = merge_captions(starts[a:b], ends[a:b], i - a, 0.0, candidates)[2][:candidates]
+                cand[i, :len(picked)] = [a + j for j in picked]
     keep = np.flatnonzero(ok)
+    if cand is not None:  # renumber to the kept clips; candidates that were dropped become -1
+        new_index = np.full(n + 1, -1, np.int64)
+        new_index[keep] = np.arange(len(keep))
+        cand = torch.from_numpy(new_index[cand[keep]])
     return ClipData(torch.from_numpy(video[keep]), torch.from_numpy(audio[keep]), torch.from_numpy(nframes[keep]),
                     torch.from_numpy(words[keep]), torch.from_numpy(vectors), video_of[keep],
-                    store.clips["key"][keep], {k: v[keep] for k, v in store.labels().items()}, dropped)
+                    store.clips["key"][keep], {k: v[keep] for k, v in store.labels().items()}, dropped,
+                    {m: torch.from_numpy(v[keep]) for m, v in valid.items()} if keep_missing else None, cand)

@@ -15,23 +15,35 @@ from .metrics import clustering_metrics, retrieval_metrics
 from .model import MCN
 
 
-def load_run(run: str | Path) -> tuple[MCNConfig, dict, MCN]:
+def load_run(run: str | Path):
+    """(config, raw config dict, model in eval mode) of a trained MCN or MMV run."""
+    from . import mmv
+
     run = Path(run)
     if not (run / "model.pt").is_file():
-        raise FileNotFoundError(f"{run} has no model.pt (train it first with `trainers mcn --out {run}`)")
+        raise FileNotFoundError(f"{run} has no model.pt (train it first, e.g. `trainers mcn --out {run}`)")
     raw = json.loads((run / "config.json").read_text())
-    cfg = MCNConfig(**{k: v for k, v in raw.items() if k in MCNConfig.__dataclass_fields__})
-    model = MCN(cfg.combo, cfg.dim, raw["video_dim"], 1024, raw["we_dim"], cfg.end_to_end_audio, not cfg.no_recon)
+    method = raw.get("method", "mcn")
+    if method == "mcn":
+        cfg = MCNConfig(**{k: v for k, v in raw.items() if k in MCNConfig.__dataclass_fields__})
+        model = MCN(cfg.combo, cfg.dim, raw["video_dim"], 1024, raw["we_dim"], cfg.end_to_end_audio,
+                    not cfg.no_recon)
+    elif method == "mmv":
+        cfg = mmv.MMVConfig(**{k: v for k, v in raw.items() if k in mmv.MMVConfig.__dataclass_fields__})
+        model = mmv.build(cfg, raw["video_dim"], raw["audio_dim"], raw["we_dim"])
+    else:
+        raise ValueError(f"{run}: `trainers eval` scores embedding models (mcn, mmv); {method} runs write "
+                         "their clustering metrics themselves (results.json)")
     model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
     return cfg, raw, model.eval()
 
 
 @torch.no_grad()
-def embed(model: MCN, data, batch: int = 512) -> dict[str, dict[str, np.ndarray]]:
+def embed(model, data, batch: int = 512) -> dict[str, dict[str, np.ndarray]]:
     out: dict[str, dict[str, list]] = {}
     for i in range(0, len(data), batch):
         idx = np.arange(i, min(len(data), i + batch))
-        for space, (emb, _) in model(*data.batch(idx)).items():
+        for space, emb in model.embed(*data.batch(idx)).items():
             for m, e in emb.items():
                 out.setdefault(space, {}).setdefault(m, []).append(e.numpy())
     return {s: {m: np.concatenate(v) for m, v in d.items()} for s, d in out.items()}
@@ -44,8 +56,9 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
 
     run = Path(run)
     cfg, _, model = load_run(run)
-    data = load_clips(store, modalities_of(cfg.combo), min_time=0.0, max_words=cfg.max_words,
-                      end_to_end_audio=cfg.end_to_end_audio, audio_frames=audio_frames)
+    modalities = modalities_of(cfg.combo) if isinstance(cfg, MCNConfig) else "vat"
+    data = load_clips(store, modalities, min_time=0.0, max_words=cfg.max_words,
+                      end_to_end_audio=getattr(cfg, "end_to_end_audio", False), audio_frames=audio_frames)
     emb = embed(model, data)
     results: dict = {"run": str(run), "store": store, "clips": len(data), "dropped": data.dropped,
                      "ties": "pessimistic (a tie with the true item counts against it)"}

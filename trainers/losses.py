@@ -1,6 +1,8 @@
 """MCN losses as small pure functions (spec: shared/spec/mcn.md section 2)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -59,3 +61,74 @@ def kmeans_cosine(x: torch.Tensor, k: int, centroids: torch.Tensor | None = None
 def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Cluster of each row by cosine similarity (centroids frozen)."""
     return (F.normalize(x.float(), dim=1) @ F.normalize(centroids, dim=1).t()).argmax(dim=1)
+
+
+# ---- MMV (spec: shared/spec/mmv_xdc_selavi.md section 2.3) -------------------------------------
+
+NEG = -1e9
+
+
+def milnce(x: torch.Tensor, y: torch.Tensor, x_valid: torch.Tensor | None = None,
+           y_valid: torch.Tensor | None = None, temperature: float = 0.07, variant: str = "code") -> torch.Tensor:
+    """NCE (y: B x D) or MIL-NCE (y: B x K x D candidates per clip) on L2-normalised embeddings / temperature.
+
+    variant 'code': the released MIL-NCE/VATT construction: denominator = logsumexp over row i and column i
+      of the B x B x K scores, so the positives are counted twice (floor log 2).
+    variant 'paper': both directions, positives counted once.
+    variant 'v2a': one direction (x -> y), InfoNCE.
+    x_valid (B,) masks clips missing x or y; y_valid (B, K) masks padding candidates. Invalid clips are
+    never negatives and the mean runs over valid clips only; no valid clip -> 0.
+    """
+    if y.dim() == 2:
+        y = y[:, None]
+        y_valid = None if y_valid is None else y_valid[:, None]
+    b, k, _ = y.shape
+    x_valid = torch.ones(b, dtype=torch.bool, device=x.device) if x_valid is None else x_valid.bool()
+    y_valid = torch.ones(b, k, dtype=torch.bool, device=x.device) if y_valid is None else y_valid.bool()
+    s = torch.einsum("id,jkd->ijk", F.normalize(x, dim=-1), F.normalize(y, dim=-1)) / temperature
+    pair_ok = x_valid[:, None, None] & x_valid[None, :, None] & y_valid[None, :, :]
+    s = s.masked_fill(~pair_ok, NEG)
+    eye = torch.eye(b, dtype=torch.bool, device=x.device)
+    numerator = torch.logsumexp(s[eye], dim=1)  # (B,) over the clip's own candidates
+    rows = s.reshape(b, b * k)
+    cols = s.permute(1, 0, 2)  # cols[i] = scores of every clip against clip i's candidates
+    if variant == "code":
+        denominator = torch.logsumexp(torch.cat([rows, cols.reshape(b, b * k)], dim=1), dim=1)
+    elif variant == "paper":
+        cols = cols.masked_fill(eye[:, :, None], NEG)  # the positives are already in the row half
+        denominator = torch.logsumexp(torch.cat([rows, cols.reshape(b, b * k)], dim=1), dim=1)
+    elif variant == "v2a":
+        denominator = torch.logsumexp(rows, dim=1)
+    else:
+        raise ValueError(f"unknown NCE variant {variant!r} (code, paper, v2a)")
+    per_clip = (denominator - numerator) * x_valid
+    return per_clip.sum() / x_valid.sum().clamp(min=1)
+
+
+# ---- SeLaVi (spec section 4.4) ------------------------------------------------------------------
+
+def sinkhorn_labels(log_p: torch.Tensor, lam: float = 20.0, marginals: torch.Tensor | None = None,
+                    tol: float = 0.1, max_iter: int = 2000, check_every: int = 10) -> tuple[torch.Tensor, int]:
+    """Sinkhorn-Knopp pseudo-labels in the log domain (float64), as SeLaVi's optimize_L_sk.
+
+    log_p (N, K): per-item log-scores; SeLaVi passes (log p_v + log p_a)/2 so that the kernel
+    P = exp(lam * log_p) = (p_v * p_a)^(lam/2). Rows get mass 1/N, columns ``marginals`` (uniform by
+    default). Converged when sum_i |beta_i / beta_new_i - 1| < tol, checked every 10 iterations, at most
+    max_iter. Labels = argmax_k beta_i P_ik alpha_k. Returns (labels, iterations).
+    """
+    logk = lam * log_p.double()
+    n, k = logk.shape
+    log_r = torch.log(marginals.double()) if marginals is not None else torch.full((k,), -math.log(k), dtype=torch.float64)
+    log_c = torch.full((n,), -math.log(n), dtype=torch.float64)
+    log_beta = log_c.clone()  # beta starts at 1/N
+    it = 0
+    while it < max_iter:
+        it += 1
+        log_alpha = log_r - torch.logsumexp(logk + log_beta[:, None], dim=0)
+        new_beta = log_c - torch.logsumexp(logk + log_alpha[None, :], dim=1)
+        if it % check_every == 0 and torch.abs(torch.exp(log_beta - new_beta) - 1).sum() < tol:
+            log_beta = new_beta
+            break
+        log_beta = new_beta
+    labels = (logk + log_alpha[None, :]).argmax(dim=1)
+    return labels, it

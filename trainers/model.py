@@ -111,3 +111,6 @@ class MCN(nn.Module):
     def forward(self, video, audio, words, nframes=None):
         a = self.audio_features(audio, nframes) if audio is not None else None
         return {name: space(video, a, words) for name, space in self.spaces.items()}
+
+    def embed(self, video, audio, words, nframes=None) -> dict[str, dict[str, torch.Tensor]]:
+        return {name: emb for name, (emb, _) in self(video, audio, words, nframes).items()}

@@ -15,15 +15,21 @@ def plot(run: str | Path) -> Path:
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
     if not rows:
         raise ValueError(f"{run}/metrics.jsonl is empty")
-    keys = [k for k in rows[0] if k not in ("step", "time", "lr")]
+    diagnostics = ("step", "time", "lr", "sk_iterations", "clusters_used")  # in metrics.jsonl, not plotted
+    keys = sorted({k for r in rows for k in r if k not in diagnostics and not k.startswith("clusters_")
+                   and r[k] is not None})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    steps = [r["step"] for r in rows]
-    for k in keys:
-        axes[0].plot(steps, [r[k] for r in rows], label=k)
-    axes[0].set(xlabel="step", ylabel="loss", title=f"{run.name}: losses")
-    axes[0].legend()
-    axes[1].plot(steps, [r["lr"] for r in rows])
-    axes[1].set(xlabel="step", ylabel="learning rate", title="schedule")
+    for k in keys:  # some series are logged only at some steps (e.g. label updates)
+        pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
+        axes[0 if "nmi" not in k else 1].plot(*zip(*pts), label=k, marker="." if len(pts) < 50 else None)
+    axes[0].set(xlabel="step (iteration for xdc)", title=f"{run.name}: losses")
+    axes[1].set(xlabel="step", title="NMI between consecutive labellings")
+    if any("lr" in r for r in rows):
+        axes[1].plot([r["step"] for r in rows if "lr" in r], [r["lr"] for r in rows if "lr" in r], label="lr")
+        axes[1].set_title("learning rate / NMI between labellings")
+    for ax in axes:
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     out = run / "losses.png"
     fig.savefig(out, dpi=100)

@@ -1,0 +1,165 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from synthetic import planted_store
+from trainers.evaluate import evaluate
+from trainers.losses import milnce, sinkhorn_labels
+from trainers.mmv import MMV, MMVConfig, train as train_mmv
+from trainers.selavi import SeLaViConfig, hungarian_alignment, marginals, train as train_selavi, update_steps
+from trainers.xdc import TARGETS, XDCConfig, balanced_sample, cluster, train as train_xdc
+
+
+# ---- losses: the spec's hand-computed values (B=2, tau=1, z_v = z_a = I) ---------------------------
+
+@pytest.mark.parametrize("variant,expected", [("v2a", math.log(1 + 1 / math.e)),
+                                              ("paper", math.log(1 + 2 / math.e)),
+                                              ("code", math.log(2 * math.e + 2) - 1)])
+def test_nce_variants_by_hand(variant, expected):
+    z = torch.eye(2)
+    assert milnce(z, z, temperature=1.0, variant=variant).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_milnce_with_identical_candidates_equals_nce():
+    z = torch.eye(2)
+    assert milnce(z, torch.stack([z, z], 1), temperature=1.0).item() == pytest.approx(
+        math.log(2 * math.e + 2) - 1, rel=1e-6)
+
+
+def test_released_loss_floor_is_log2():
+    z = torch.eye(4) * 50  # perfect, well-separated embeddings at a small temperature
+    assert milnce(z, z, temperature=0.01, variant="code").item() == pytest.approx(math.log(2), abs=1e-4)
+    assert milnce(z, z, temperature=0.01, variant="paper").item() == pytest.approx(0, abs=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["code", "paper", "v2a"])
+def test_masked_samples_are_neither_negatives_nor_averaged(variant):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 8, generator=g), torch.randn(6, 3, 8, generator=g)
+    y_ok = torch.rand(6, 3, generator=g) > 0.3
+    y_ok[:, 0] = True
+    keep = torch.tensor([True, False, True, True, False, True])
+    full = milnce(x, y, keep, y_ok, 0.07, variant)
+    alone = milnce(x[keep], y[keep], None, y_ok[keep], 0.07, variant)
+    assert full.item() == pytest.approx(alone.item(), rel=1e-5)
+    assert milnce(x, y, torch.zeros(6, dtype=torch.bool), y_ok).item() == 0.0  # no valid clip: 0, not NaN
+
+
+# ---- Sinkhorn, alignment, marginals ----------------------------------------------------------------
+
+def test_sinkhorn_spec_example():
+    p = torch.tensor([[.9, .1], [.8, .2], [.7, .3], [.6, .4]], dtype=torch.float64)
+    assert p.argmax(1).tolist() == [0, 0, 0, 0]
+    labels, _ = sinkhorn_labels(torch.log(p), lam=20.0)  # (log p_v + log p_a)/2 with p_v = p_a
+    assert labels.tolist() == [0, 0, 1, 1]
+
+
+def test_sinkhorn_balances_uniform_and_follows_given_marginals():
+    g = torch.Generator().manual_seed(1)
+    logp = torch.log_softmax(torch.randn(600, 3, generator=g) + torch.tensor([3.0, 0, 0]), 1).double()
+    labels, _ = sinkhorn_labels(logp, 20.0, tol=1e-6)
+    counts = torch.bincount(labels, minlength=3)
+    assert (counts - 200).abs().max() <= 20, counts
+    labels, _ = sinkhorn_labels(logp, 20.0, torch.tensor([0.5, 0.3, 0.2]), tol=1e-6)
+    assert (torch.bincount(labels, minlength=3) / 600 - torch.tensor([0.5, 0.3, 0.2])).abs().max() < 0.05
+
+
+def test_gaussian_marginals_follow_mass_rank():
+    sizes = np.array([10.0, 30.0, 20.0])
+    mass = torch.tensor([0.2, 0.5, 0.3])  # cluster 1 holds the most mass -> gets the largest size
+    r = marginals(sizes, mass, compat=False).numpy()
+    np.testing.assert_allclose(r, np.array([10, 30, 20]) / 60)
+    r = marginals(sizes, mass, compat=True).numpy()  # released code: r ~ 1/d (inverted)
+    assert r.argmax() == 0 and r.argmin() == 1
+    assert marginals(None, mass, False) is None
+
+
+def test_hungarian_alignment_undoes_a_known_permutation():
+    p_v = torch.softmax(torch.randn(50, 6, generator=torch.Generator().manual_seed(2)), 1)
+    pi = torch.tensor([3, 0, 5, 1, 4, 2])
+    p_a = p_v[:, pi]
+    perm = hungarian_alignment(p_v, p_a)
+    torch.testing.assert_close(p_a[:, perm], p_v)
+
+
+def test_update_schedule_is_dense_early():
+    steps = sorted(update_steps(1000, 100, 1.5))
+    assert steps[0] == 0 and steps[-1] == 1000 and steps[1] < 5 and steps[-1] - steps[-2] > 10
+
+
+# ---- XDC pieces --------------------------------------------------------------------------------------
+
+def test_xdc_variants_wire_the_right_targets():
+    assert TARGETS["xdc"] == {"v": ["a"], "a": ["v"]}  # each encoder learns from the other's clusters
+    assert TARGETS["sdc"] == {"v": ["v"], "a": ["a"]} and TARGETS["cdc"] == {"v": ["cat"], "a": ["cat"]}
+    assert TARGETS["mdc"] == {"v": ["v", "a"], "a": ["a", "v"]}
+
+
+def test_kmeans_on_duplicated_points_leaves_no_cluster_empty():
+    x = torch.tensor([[1.0, 0], [0, 1.0], [-1.0, -1.0]]).repeat(20, 1)
+    labels = cluster(x, 3, pca=0, seed=0)
+    assert len(np.unique(labels)) == 3
+
+
+def test_balanced_sampler_draws_clusters_equally():
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    idx = balanced_sample(labels, 300, np.random.default_rng(0))
+    assert np.bincount(labels[idx]).tolist() == [100, 100, 100]
+
+
+# ---- each trainer learns planted structure -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    words = rng.normal(size=(48, 300))
+    mixers = rng.normal(size=(300, 64)) / 10, rng.normal(size=(300, 1024)) / 10
+    d = tmp_path_factory.mktemp("stores")
+    return {"train": planted_store(d / "train.zarr", 48, 1, words, mixers),
+            "eval": planted_store(d / "eval.zarr", 12, 2, words, mixers),
+            "classes": planted_store(d / "classes.zarr", 48, 3, words, mixers, classes=4)}
+
+
+def test_mmv_fac_learns_retrieval(stores, tmp_path):
+    cfg = MMVConfig(store=str(stores["train"]), out=str(tmp_path / "mmv"), batch_size=64, steps=150, warmup=10,
+                    lr=2e-3, candidates=3, dim_va=64, dim_vat=32, text_dim=128)
+    train_mmv(cfg, progress=False)
+    r = evaluate(tmp_path / "mmv", str(stores["eval"]))
+    chance = 1 / r["text_to_video"]["N"]
+    assert r["text_to_video"]["R@1"] > 10 * chance, r["text_to_video"]
+    assert r["audio_to_video"]["R@1"] > 10 * chance, r["audio_to_video"]
+
+
+@pytest.mark.parametrize("graph", ["shared", "disjoint"])
+def test_mmv_graphs_and_fac_shares_the_va_to_vat_head(graph, stores, tmp_path):
+    cfg = MMVConfig(store=str(stores["train"]), out=str(tmp_path / graph), graph=graph, batch_size=32, steps=3,
+                    warmup=1, dim_va=16, dim_vat=8, text_dim=16, loss="paper")
+    assert train_mmv(cfg, progress=False)["steps"] == 3
+    fac = MMV("fac", 64, 1024, 300, 16, 8, 16).eval()
+    video = torch.randn(2, 64)
+    spaces = fac.embed(video, torch.randn(2, 1024), torch.randn(2, 5, 300))
+    with torch.no_grad():  # FAC: video reaches the text space through its video-audio embedding
+        expected = torch.nn.functional.normalize(fac.va_vat(torch.relu(fac.v_va(video))), dim=-1)
+    torch.testing.assert_close(spaces["vt"]["v"], expected)
+    assert spaces["vt"]["t"].shape == (2, 8) and spaces["va"]["a"].shape == (2, 16)
+
+
+def test_xdc_clusters_recover_the_planted_classes(stores, tmp_path):
+    # 192 clips: PCA-whitening to many dims would amplify noise directions, so L2 only (--pca 0)
+    cfg = XDCConfig(store=str(stores["classes"]), out=str(tmp_path / "xdc"), k=4, iterations=4, epochs=2,
+                    batch_size=32, pca=0)
+    out = train_xdc(cfg, progress=False)
+    for source in ("cluster_v", "cluster_a"):  # chance NMI here is ~0.02
+        assert out["metrics"]["task"][source]["NMI"] > 0.8, out["metrics"]["task"]
+    assert (tmp_path / "xdc" / "labels.csv").read_text().count("\n") == 193
+
+
+def test_selavi_heads_recover_the_planted_classes(stores, tmp_path):
+    cfg = SeLaViConfig(store=str(stores["classes"]), out=str(tmp_path / "selavi"), heads=3, k=4, epochs=15,
+                       batch_size=32, label_updates=10, distribution="gauss")
+    out = train_selavi(cfg, progress=False)
+    assert out["best_head"]["task"]["NMI"] > 0.5, out["best_head"]
+    assert out["metrics"]["task"]["head0"]["NMI"] > 0.3, out["metrics"]["task"]["head0"]
+    assert set(out["labellings"]) >= {"head0", "pseudo_head0"}

@@ -1,0 +1,150 @@
+"""`trainers mmv`: MMV (Alayrac et al. 2020) heads over the cache, with the FAC / shared / disjoint graphs.
+
+Spec: shared/spec/mmv_xdc_selavi.md section 2. Video-audio pairs use NCE, video-text pairs MIL-NCE over
+the K narrations nearest in time; both on L2-normalised embeddings at temperature 0.07, weighted and
+normalised by the sum of weights. Clips missing a modality are masked (never negatives, not averaged).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import ClipData, load_clips
+from .loop import RunDir, warmup_cosine
+from .losses import milnce
+from .model import SentenceMaxpool
+
+GRAPHS = ("fac", "shared", "disjoint")
+
+
+@dataclass
+class MMVConfig:
+    store: str
+    out: str
+    graph: str = "fac"
+    dim_va: int = 512  # fine video-audio space
+    dim_vat: int = 256  # coarse space shared with text (FAC)
+    text_dim: int = 2048  # word2vec -> Conv1D(1x1) -> ReLU -> max over words
+    candidates: int = 5  # MIL-NCE positives: the anchor narration and its nearest neighbours in time
+    max_words: int = 16
+    min_time: float = 0.0
+    temperature: float = 0.07
+    weight_va: float = 1.0
+    weight_vt: float = 1.0
+    loss: str = "code"  # code: released loss (positives counted twice); paper: the paper's formula
+    batch_size: int = 256
+    steps: int = 1000
+    lr: float = 2e-3
+    warmup: int = 5000
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 1
+    device: str = "cpu"
+    resume: bool = False
+
+
+def mlp_bn(d_in: int, d_out: int) -> nn.Sequential:
+    """MMV's 'mlp@512' head with BN after the projection: Linear -> BN -> ReLU -> Linear(no bias) -> BN."""
+    return nn.Sequential(nn.Linear(d_in, d_out), nn.BatchNorm1d(d_out), nn.ReLU(),
+                         nn.Linear(d_out, d_out, bias=False), nn.BatchNorm1d(d_out))
+
+
+class MMV(nn.Module):
+    def __init__(self, graph: str, video_dim: int, audio_dim: int, we_dim: int, dim_va: int = 512,
+                 dim_vat: int = 256, text_dim: int = 2048):
+        super().__init__()
+        if graph not in GRAPHS:
+            raise ValueError(f"unknown MMV graph {graph!r}; choose from {GRAPHS}")
+        self.graph = graph
+        self.text_backbone = SentenceMaxpool(we_dim, text_dim)
+        self.v_va, self.a_va = mlp_bn(video_dim, dim_va), nn.Linear(audio_dim, dim_va)
+        if graph == "fac":  # text meets video in a coarser space reached *through* the video-audio space
+            self.va_vat = nn.Sequential(nn.Linear(dim_va, dim_vat), nn.BatchNorm1d(dim_vat))
+            self.t_vt = nn.Linear(text_dim, dim_vat)
+        elif graph == "shared":  # one head per modality, one space
+            self.t_vt = nn.Linear(text_dim, dim_va)
+        else:  # disjoint: video has a separate head for text
+            self.v_vt, self.t_vt = mlp_bn(video_dim, dim_va), nn.Linear(text_dim, dim_va)
+
+    def video_text(self, video: torch.Tensor, z_v_va: torch.Tensor) -> torch.Tensor:
+        if self.graph == "fac":
+            return self.va_vat(torch.relu(z_v_va))
+        return z_v_va if self.graph == "shared" else self.v_vt(video)
+
+    def text(self, words: torch.Tensor) -> torch.Tensor:
+        """(..., W, 300) word vectors -> (..., D) text embedding."""
+        lead = words.shape[:-2]
+        return self.t_vt(self.text_backbone(words.reshape(-1, *words.shape[-2:]))).reshape(*lead, -1)
+
+    def embed(self, video, audio, words, nframes=None) -> dict[str, dict[str, torch.Tensor]]:
+        """L2-normalised embeddings per space (MMV scores are cosine similarities)."""
+        z_v_va = self.v_va(video)
+        spaces = {"va": {"v": z_v_va, "a": self.a_va(audio)},
+                  "vt": {"v": self.video_text(video, z_v_va), "t": self.text(words)}}
+        return {s: {m: F.normalize(z, dim=-1) for m, z in d.items()} for s, d in spaces.items()}
+
+
+def build(cfg: MMVConfig, video_dim: int, audio_dim: int, we_dim: int) -> MMV:
+    return MMV(cfg.graph, video_dim, audio_dim, we_dim, cfg.dim_va, cfg.dim_vat, cfg.text_dim)
+
+
+def mmv_loss(model: MMV, data: ClipData, idx: np.ndarray, cfg: MMVConfig) -> dict[str, torch.Tensor]:
+    video, audio, _, _ = data.batch(idx, cfg.device)
+    cand = data.candidates[idx]  # (B, K), -1 where a clip has fewer narrations
+    cand_ok = (cand >= 0) & data.valid["t"][cand.clamp(min=0)]
+    words = data.vectors[data.words[cand.clamp(min=0)]].to(cfg.device)  # (B, K, W, 300)
+    v, a = data.valid["v"][idx], data.valid["a"][idx]
+    z_v_va = model.v_va(video)
+    nce = milnce(z_v_va, model.a_va(audio), (v & a).to(cfg.device), None, cfg.temperature, cfg.loss)
+    mil = milnce(model.video_text(video, z_v_va), model.text(words), (v & cand_ok.any(1)).to(cfg.device),
+                 cand_ok.to(cfg.device), cfg.temperature, cfg.loss)
+    total = (cfg.weight_va * nce + cfg.weight_vt * mil) / (cfg.weight_va + cfg.weight_vt)
+    return {"loss": total, "nce_va": nce, "milnce_vt": mil}
+
+
+def train(cfg: MMVConfig, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    run = RunDir(cfg.out, cfg.resume)
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    data = load_clips(cfg.store, "vat", cfg.min_time, cfg.max_words, keep_missing=True, candidates=cfg.candidates)
+    if len(data) < cfg.batch_size:
+        raise ValueError(f"{len(data)} clips but --batch-size {cfg.batch_size}; lower it")
+    model = build(cfg, data.video.shape[1], data.audio.shape[1], data.vectors.shape[1]).to(cfg.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))
+    step = 0
+    if (state := run.load()) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step = int(state["step"])
+    run.open_log(step)
+    run.write_config(cfg, method="mmv", video_dim=int(data.video.shape[1]), audio_dim=int(data.audio.shape[1]),
+                     we_dim=int(data.vectors.shape[1]))
+    missing = {m: int((~v).sum()) for m, v in data.valid.items()}
+    print(f"mmv {cfg.graph}: {len(data)} clips (missing, masked: {missing}), loss variant {cfg.loss}, "
+          f"starting at step {step}")
+    model.train()
+    for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not progress, desc="train"):
+        idx = np.random.default_rng([cfg.seed, step]).choice(len(data), cfg.batch_size, replace=False)
+        terms = mmv_loss(model, data, idx, cfg)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+        sched.step()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            run.log({"step": step, **{k: v.item() for k, v in terms.items()}, "lr": sched.get_last_lr()[0],
+                     "time": round(time.time() - t0, 3)})
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            run.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                      "step": torch.tensor(step + 1)})
+    run.close()
+    torch.save(model.state_dict(), run.path / "model.pt")
+    return {"steps": cfg.steps, "clips": len(data), "seconds": time.time() - t0}

@@ -1,0 +1,178 @@
+"""`trainers selavi`: labelling videos from scratch (Asano, Patrick et al. 2020) over the cache.
+
+Spec: shared/spec/mmv_xdc_selavi.md section 4. Several heads per modality; on a t^1.5 schedule every clip
+gets a pseudo-label per head from Sinkhorn-Knopp on (p_v * p_a)^(lambda/2) with uniform or Gaussian
+cluster-size priors; at the first update the audio head is aligned to the video head (exact Hungarian
+matching); both modalities are trained on the *same* label (modality splicing): 1/2 CE_v + 1/2 CE_a.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import normalized_mutual_info_score
+from torch import nn
+
+from .clustering import all_features, encoder, export_labels
+from .data import load_clips
+from .loop import RunDir
+from .losses import sinkhorn_labels
+
+
+@dataclass
+class SeLaViConfig:
+    store: str
+    out: str
+    heads: int = 10
+    k: int = 32
+    lam: float = 20.0
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-2
+    label_updates: int = 100
+    schedule_power: float = 1.5
+    distribution: str = "uniform"  # uniform | gauss
+    gauss_sd: float = 0.1
+    compat_marginals: bool = False  # reproduce the released code's r ~ 1/d (see spec 4.5)
+    align: str = "hungarian"  # hungarian | none
+    feat_dim: int = 512
+    dropout: float = 0.3
+    checkpoint_every: int = 100
+    seed: int = 1
+    device: str = "cpu"
+    resume: bool = False
+
+
+def mlp_head(dim: int, k: int, dropout: float) -> nn.Sequential:
+    """SeLaVi's MLPv2."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(),
+                         nn.Dropout(dropout), nn.Linear(dim, k))
+
+
+def update_steps(total: int, n: int, power: float) -> set[int]:
+    """Label updates at total * t^power for t on linspace(0, 1, n): dense early, first at step 0."""
+    return {int(total * t ** power) for t in np.linspace(0, 1, n)}
+
+
+def hungarian_alignment(p_v: torch.Tensor, p_a: torch.Tensor) -> np.ndarray:
+    """Permutation pi minimising sum_ik |p_v[i,k] - p_a[i,pi(k)]| exactly (the objective splits over
+    column pairs: C_kl = sum_i |p_v[i,k] - p_a[i,l]|)."""
+    cost = torch.cdist(p_v.double().t(), p_a.double().t(), p=1).numpy()
+    _, perm = linear_sum_assignment(cost)
+    return perm
+
+
+def marginals(sizes: np.ndarray | None, mass: torch.Tensor, compat: bool) -> torch.Tensor | None:
+    """Column marginals from sampled cluster sizes, matched by rank to the current cluster masses:
+    the cluster holding the most mass gets the largest size (r ~ d), or r ~ 1/d with ``compat``."""
+    if sizes is None:
+        return None
+    d = np.empty_like(sizes)
+    d[np.argsort(mass.numpy())] = np.sort(sizes)
+    r = 1 / d if compat else d
+    return torch.from_numpy(r / r.sum())
+
+
+class SeLaVi(nn.Module):
+    def __init__(self, video_dim: int, audio_dim: int, cfg: SeLaViConfig):
+        super().__init__()
+        self.encoders = nn.ModuleDict({"v": encoder(video_dim, cfg.feat_dim), "a": encoder(audio_dim, cfg.feat_dim)})
+        self.heads = nn.ModuleDict({m: nn.ModuleList([mlp_head(cfg.feat_dim, cfg.k, cfg.dropout)
+                                                      for _ in range(cfg.heads)]) for m in "va"})
+
+    @torch.no_grad()
+    def log_probs(self, data) -> dict[str, list[torch.Tensor]]:
+        feats = all_features(self.encoders, data)
+        was = self.training
+        self.eval()
+        out = {m: [F.log_softmax(h(torch.relu(feats[m])).double(), dim=1) for h in self.heads[m]] for m in "va"}
+        self.train(was)
+        return out
+
+
+def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    run = RunDir(cfg.out, cfg.resume)
+    t0 = time.time()
+    data = load_clips(cfg.store, "va", min_time=0.0)
+    n = len(data)
+    if n < max(cfg.batch_size, cfg.k):
+        raise ValueError(f"{n} clips: lower --batch-size / --k")
+    torch.manual_seed(cfg.seed)
+    model = SeLaVi(data.video.shape[1], data.audio.shape[1], cfg).to(cfg.device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5)
+    steps_per_epoch = n // cfg.batch_size
+    total = cfg.epochs * steps_per_epoch
+    updates = update_steps(total, cfg.label_updates, cfg.schedule_power)
+    rng_sizes = np.random.default_rng([cfg.seed, 7])
+    sizes = [np.maximum(1.0, (1 + cfg.gauss_sd * rng_sizes.normal(size=cfg.k)) * n / cfg.k)
+             if cfg.distribution == "gauss" else None for _ in range(cfg.heads)]  # one sample per head, kept
+    if cfg.distribution not in ("uniform", "gauss"):
+        raise ValueError(f"unknown --distribution {cfg.distribution!r} (uniform, gauss)")
+    labels = torch.zeros(cfg.heads, n, dtype=torch.long)
+    step, aligned = 0, False
+    if (state := run.load()) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        labels, step, aligned = state["labels"], int(state["step"]), bool(state["aligned"])
+    run.open_log(step)
+    run.write_config(cfg, method="selavi")
+    print(f"selavi: {n} clips, {cfg.heads} heads, k={cfg.k}, {total} steps, {len(updates)} label updates, "
+          f"{cfg.distribution} marginals, starting at step {step}")
+    model.train()
+    record: dict = {}
+    for step in tqdm(range(step, total), initial=step, total=total, disable=not progress, desc="train"):
+        if step in updates:
+            logp = model.log_probs(data)
+            if not aligned and cfg.align == "hungarian":
+                for h in range(cfg.heads):
+                    perm = hungarian_alignment(logp["v"][h].exp(), logp["a"][h].exp())
+                    last = model.heads["a"][h][-1]
+                    with torch.no_grad():  # output k of the audio head now predicts what its output perm[k] did
+                        last.weight.copy_(last.weight[perm])
+                        last.bias.copy_(last.bias[perm])
+                logp = model.log_probs(data)
+            aligned = True
+            old = labels.clone()
+            iters = []
+            for h in range(cfg.heads):
+                joint = (logp["v"][h] + logp["a"][h]) / 2
+                r = marginals(sizes[h], torch.exp(cfg.lam * joint).sum(0), cfg.compat_marginals)
+                labels[h], it = sinkhorn_labels(joint, cfg.lam, r)
+                iters.append(it)
+            record = {"nmi_prev": float(np.mean([normalized_mutual_info_score(old[h], labels[h])
+                                                 for h in range(cfg.heads)])),
+                      "sk_iterations": float(np.mean(iters)),
+                      "clusters_used": float(np.mean([len(torch.unique(labels[h])) for h in range(cfg.heads)]))}
+        epoch, k = divmod(step, steps_per_epoch)
+        idx = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(n)[k * cfg.batch_size:
+                                                                                      (k + 1) * cfg.batch_size])
+        z = {"v": model.encoders["v"](data.video[idx].to(cfg.device)),
+             "a": model.encoders["a"](data.audio[idx].to(cfg.device))}
+        y = labels[:, idx].to(cfg.device)
+        ce = {m: torch.stack([F.cross_entropy(head(torch.relu(z[m])), y[h])
+                              for h, head in enumerate(model.heads[m])]).mean() for m in "va"}
+        loss = 0.5 * ce["v"] + 0.5 * ce["a"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 10 == 0 or step == total - 1 or record:
+            run.log({"step": step, "loss": loss.item(), "ce_v": ce["v"].item(), "ce_a": ce["a"].item(), **record,
+                     "time": round(time.time() - t0, 3)})
+            record = {}
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
+            run.save({"model": model.state_dict(), "opt": opt.state_dict(), "labels": labels,
+                      "step": torch.tensor(step + 1), "aligned": torch.tensor(aligned)})
+    run.close()
+    torch.save(model.state_dict(), run.path / "model.pt")
+    # test-time clusters: argmax of p_v * p_a per head, no Sinkhorn (SeLaVi's get_clusters)
+    logp = model.log_probs(data)
+    predicted = {f"head{h}": (logp["v"][h] + logp["a"][h]).argmax(1).numpy() for h in range(cfg.heads)}
+    pseudo = {f"pseudo_head{h}": labels[h].numpy() for h in range(cfg.heads)}
+    results = export_labels(run.path, data, {**predicted, **pseudo}, best_of="head")
+    return {"steps": total, "clips": n, "seconds": time.time() - t0, **results}
