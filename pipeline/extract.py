@@ -240,16 +240,18 @@ def run_part(job: PartJob) -> dict:
                     continue
                 if cached_mel is not None and group == "davenet":
                     off = cached_mel["offsets"]
+                    duration = float(cached_mel["duration"][i])
                     if cached_mel["status"][i] != "ok":
                         raise DecodeFailure(cached_mel["status"][i], cached_mel["error"][i])
                     mel = cached_mel["data"][off[i]:off[i + 1]].astype(np.float32)
-                    duration = float(cached_mel["duration"][i])
                 elif mel is None:
                     if dec is None:
                         raise DecodeFailure(failure.status, failure.message)
                     if dec.audio is None:
                         raise DecodeFailure("no_audio", dec.audio_error or "no audio")
-                    mel = logmel(dec.audio)
+                    # rounded as stored, so DAVEnet sees the same input whether the log-mel was just
+                    # computed or read back from the store (a resumed or incremental run)
+                    mel = logmel(dec.audio).astype(np.float16).astype(np.float32)
                 put(group, mel if group == "logmel" else _encoder("davenet", s)(mel), duration=duration)
             except DecodeFailure as f:
                 put(group, None, f.status, f.message, duration)

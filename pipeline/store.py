@@ -106,7 +106,7 @@ class RowReader:
     caching); anything else goes through zarr. Chunks never written (all fill value) read as the fill value.
     """
 
-    MAX_MAPS = 1024
+    MAX_MAPS = 256
 
     def __init__(self, arr: zarr.Array, path: Path):
         self.arr, self.path = arr, path
@@ -161,6 +161,8 @@ class Group:
 
 class FeatureStore:
     """Read side of the store. Cheap to open; arrays are read on demand."""
+
+    MAX_UNITS = 256
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -280,6 +282,8 @@ class FeatureStore:
 
     def _unit(self, p: int, group: str) -> tuple[RowReader, np.ndarray]:
         if (p, group) not in self._units:  # committed units are immutable: safe to cache
+            if len(self._units) >= self.MAX_UNITS:  # bounded: each holds memory maps
+                self._units.pop(next(iter(self._units)))
             path = self.unit_path(p, group)
             g = zarr.open_group(str(path), mode="r")
             self._units[p, group] = RowReader(g["data"], path / "data"), g["offsets"][...]

@@ -109,6 +109,11 @@ def test_second_run_does_no_work_and_new_group_adds_only_itself(odd_dataset, wei
     assert set(s.groups) == {"resnet152", "logmel", "davenet"} and not s.groups["resnet152"]["random_init"]
     i = list(s.videos["video_id"]).index("good0")
     assert len(s.load_group("davenet").video(i)) == -(-len(s.load_group("logmel").video(i)) // 16)
+    one_shot = tmp_path / "one_shot.zarr"  # davenet from the stored log-mel == davenet in the same run
+    extract(config(odd_dataset, one_shot, weights, groups=["logmel", "davenet"], davenet=weights["davenet"]))
+    a, b = store_arrays(store), store_arrays(one_shot)
+    for k in [k for k in b if "/davenet/" in k]:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     with pytest.raises(ExtractError, match="different settings"):
         extract(config(odd_dataset, store, weights, groups=["resnet152"], resnet152_weights=weights["davenet"],
                        random_init=["resnet152"]))
@@ -192,3 +197,12 @@ def test_row_reader_matches_zarr_across_chunks(tmp_path, compressed):
         for b in (a, a + 1, a + 5, 40):
             if b >= a:
                 np.testing.assert_array_equal(reader.rows(a, min(b, 40)), data[a:min(b, 40)])
+
+
+def test_existing_dask_scheduler_address(odd_dataset, weights, tmp_path):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        summary = extract(config(odd_dataset, tmp_path / "s.zarr", weights, groups=["logmel"],
+                                 scheduler=cluster.scheduler_address))
+    assert summary["parts_run"] == 4 and summary["status"]["logmel"]["ok"] == 3

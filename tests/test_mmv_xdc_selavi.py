@@ -163,3 +163,12 @@ def test_selavi_heads_recover_the_planted_classes(stores, tmp_path):
     assert out["best_head"]["task"]["NMI"] > 0.5, out["best_head"]
     assert out["metrics"]["task"]["head0"]["NMI"] > 0.3, out["metrics"]["task"]["head0"]
     assert set(out["labellings"]) >= {"head0", "pseudo_head0"}
+
+
+def test_xdc_resumes_at_iteration_boundaries(stores, tmp_path):
+    base = dict(store=str(stores["classes"]), k=4, epochs=1, batch_size=32, pca=0)
+    full = train_xdc(XDCConfig(out=str(tmp_path / "full"), iterations=3, **base), progress=False)
+    train_xdc(XDCConfig(out=str(tmp_path / "cut"), iterations=2, **base), progress=False)
+    resumed = train_xdc(XDCConfig(out=str(tmp_path / "cut"), iterations=3, resume=True, **base), progress=False)
+    assert full["metrics"] == resumed["metrics"]
+    assert (tmp_path / "full" / "labels.csv").read_text() == (tmp_path / "cut" / "labels.csv").read_text()

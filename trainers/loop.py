@@ -21,6 +21,7 @@ class RunDir:
             raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it or choose a new --out")
         self.resume = resume
         self._log = None
+        self._tb = None
 
     def write_config(self, cfg, **extra) -> None:
         (self.path / "config.json").write_text(json.dumps({**asdict(cfg), **extra}, indent=1))
@@ -41,14 +42,25 @@ class RunDir:
             lines = [ln for ln in self.log_path.read_text().splitlines() if ln and json.loads(ln)["step"] < step]
             self.log_path.write_text("".join(ln + "\n" for ln in lines))
         self._log = open(self.log_path, "a")
+        try:  # TensorBoard too, when it is installed
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(self.path / "tensorboard"), purge_step=step)
+        except ImportError:
+            self._tb = None
 
     def log(self, record: dict) -> None:
         self._log.write(json.dumps(record) + "\n")
         self._log.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, record["step"])
 
     def close(self) -> None:
         if self._log:
             self._log.close()
+        if self._tb is not None:
+            self._tb.close()
 
 
 def warmup_cosine(warmup: int, total: int):
