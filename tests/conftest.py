@@ -72,3 +72,17 @@ def odd_dataset(tmp_path_factory) -> dict[str, str]:
     (d / "captions.json").write_text(json.dumps(captions))
     return {"manifest": str(d / "howto.csv"), "captions": str(d / "captions.json"), "video_root": str(v),
             "dir": str(d)}
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory):
+    """Planted synthetic stores: train / eval share the word->feature mixing; classes has 4 clip classes."""
+    from synthetic import planted_store
+
+    rng = np.random.default_rng(0)
+    words = rng.normal(size=(48, 300))
+    mixers = rng.normal(size=(300, 64)) / 10, rng.normal(size=(300, 1024)) / 10
+    d = tmp_path_factory.mktemp("stores")
+    return {"train": planted_store(d / "train.zarr", 48, 1, words, mixers),
+            "eval": planted_store(d / "eval.zarr", 12, 2, words, mixers),
+            "classes": planted_store(d / "classes.zarr", 48, 3, words, mixers, classes=4)}

@@ -5,23 +5,17 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 import zarr
 
-from synthetic import planted_store
 from trainers.data import load_clips, merge_captions
 from trainers.evaluate import evaluate
 from trainers.mcn import MCNConfig, train
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    words = rng.normal(size=(48, 300))
-    mixers = rng.normal(size=(300, 64)) / 10, rng.normal(size=(300, 1024)) / 10
-    d = tmp_path_factory.mktemp("planted")
-    return planted_store(d / "train.zarr", 48, 1, words, mixers), planted_store(d / "eval.zarr", 12, 2, words, mixers)
+def planted(stores):
+    return stores["train"], stores["eval"]
 
 
 def small(store, out, **kw):

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic import planted_store
 from trainers.evaluate import evaluate
 from trainers.losses import milnce, sinkhorn_labels
 from trainers.mmv import MMV, MMVConfig, train as train_mmv
@@ -110,17 +109,6 @@ def test_balanced_sampler_draws_clusters_equally():
 
 
 # ---- each trainer learns planted structure -----------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    words = rng.normal(size=(48, 300))
-    mixers = rng.normal(size=(300, 64)) / 10, rng.normal(size=(300, 1024)) / 10
-    d = tmp_path_factory.mktemp("stores")
-    return {"train": planted_store(d / "train.zarr", 48, 1, words, mixers),
-            "eval": planted_store(d / "eval.zarr", 12, 2, words, mixers),
-            "classes": planted_store(d / "classes.zarr", 48, 3, words, mixers, classes=4)}
-
 
 def test_mmv_fac_learns_retrieval(stores, tmp_path):
     cfg = MMVConfig(store=str(stores["train"]), out=str(tmp_path / "mmv"), batch_size=64, steps=150, warmup=10,

@@ -50,8 +50,9 @@ def embed(model, data, batch: int = 512) -> dict[str, dict[str, np.ndarray]]:
 
 
 def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames: int = 5120) -> dict:
-    """Text->video retrieval (score t.(v+a) where the space has audio, summed over spaces with t and v),
-    audio->video where no space has text, and k-means clustering of the fused embedding per space."""
+    """Text->video retrieval (score t.(v+a) in spaces that also hold audio, as MCN on YouCook2; summed over
+    spaces holding t and v), audio->video over spaces holding a and v, and k-means clustering of the fused
+    embedding of each space against the label columns."""
     from sklearn.cluster import KMeans
 
     run = Path(run)

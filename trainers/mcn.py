@@ -56,7 +56,7 @@ def build_model(cfg: MCNConfig, data: ClipData) -> MCN:
                end_to_end_audio=cfg.end_to_end_audio, recon=not cfg.no_recon)
 
 
-def sample_batch(data: ClipData, videos: np.ndarray, clips_of: list[np.ndarray], cfg: MCNConfig, step: int,
+def sample_batch(videos: np.ndarray, clips_of: list[np.ndarray], cfg: MCNConfig, step: int,
                  steps_per_epoch: int) -> np.ndarray:
     """Clip indices for a step: videos_per_batch videos of this epoch's permutation, clips_per_video
     captions drawn uniformly with replacement from each (MCN). Deterministic in (seed, step)."""
@@ -159,7 +159,7 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
     use_amp = cfg.device.startswith("cuda")
     model.train()
     for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not progress, desc="train"):
-        idx = sample_batch(data, videos, clips_of, cfg, step, steps_per_epoch)
+        idx = sample_batch(videos, clips_of, cfg, step, steps_per_epoch)
         video, audio, words, nframes = data.batch(idx, cfg.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             out = model(video, audio, words, nframes)
