@@ -64,11 +64,14 @@ class DaveNetEncoder:
 
     def __init__(self, weights: str | None = None, random_init: bool = False, device: str = "cpu"):
         torch.manual_seed(0)
-        model = DAVEnet()
         if random_init:
+            model = DAVEnet()
             self.checksum = "random-init:" + state_dict_sha256(model.state_dict())
         else:
-            load_into(model, load_state_dict(weights, "DAVEnet", "--davenet"), "DAVEnet", weights)
+            state = load_state_dict(weights, "DAVEnet", "--davenet")
+            with torch.device("meta"):
+                model = DAVEnet()
+            load_into(model, state, "DAVEnet", weights)
             self.checksum = sha256(weights)
         self.model, self.device, self.dim = model.eval().to(device), device, model.dim
 

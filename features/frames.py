@@ -19,11 +19,14 @@ class FrameEncoder:
     def __init__(self, arch: str = "resnet152", weights: str | None = None, random_init: bool = False,
                  device: str = "cpu", batch_size: int = 32):
         torch.manual_seed(0)  # random-init weights must be identical in every worker
-        model = torchvision.models.get_model(arch, weights=None)
         if random_init:
+            model = torchvision.models.get_model(arch, weights=None)
             self.checksum = "random-init:" + state_dict_sha256(model.state_dict())
         else:
-            load_into(model, load_state_dict(weights, arch, f"--{arch}-weights"), arch, weights)
+            state = load_state_dict(weights, arch, f"--{arch}-weights")
+            with torch.device("meta"):  # the weights replace every tensor: skip the random init
+                model = torchvision.models.get_model(arch, weights=None)
+            load_into(model, state, arch, weights)
             self.checksum = sha256(weights)
         model.fc = torch.nn.Identity()
         self.model = model.eval().to(device, memory_format=torch.channels_last)

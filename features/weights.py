@@ -49,8 +49,9 @@ def load_state_dict(path: str | os.PathLike, what: str, flag: str) -> dict[str, 
 
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path) -> None:
+    """Load (assign) ``state`` into ``model``, which may live on the meta device (no wasted random init)."""
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:  # shape mismatches
         raise WeightsError(f"{what}: {path} does not match the model: {str(e).splitlines()[1].strip()}") from e
     if missing or unexpected:

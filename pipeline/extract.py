@@ -417,6 +417,7 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
         bar.close()
         return
 
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -425,8 +426,13 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
     if cfg.scheduler:
         client = Client(cfg.scheduler)
     else:
-        cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers: glibc then hands CNN activation buffers
+        # back to the OS and faults them in again on every batch (ResNet-152 forward 8% slower, measured).
+        environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+                   if k != "MALLOC_TRIM_THRESHOLD_"}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
         client = Client(cluster)
     try:
         in_flight = 2 * max(1, len(client.scheduler_info()["workers"]) or cfg.workers or 1)
