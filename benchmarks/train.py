@@ -41,7 +41,7 @@ def main():
     trainer_rate = (len(rows) - 1 - warm) / (rows[-1]["time"] - rows[warm]["time"])
 
     data = load_clips(str(store), modalities_of(cfg.combo), cfg.min_time)
-    model = build_model(cfg, data)
+    model = build_model(cfg, data.video.shape[1], data.vectors.shape[1])
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     clusterers = {n: Clusterer(cfg.queue_steps * cfg.videos_per_batch * cfg.clips_per_video // 2, cfg.dim,
                                cfg.clusters) for n in model.spaces}

@@ -35,9 +35,7 @@ def power_to_db(power: torch.Tensor, amin: float = 1e-10, top_db: float = 80.0) 
 @torch.inference_mode()
 def logmel(wave: np.ndarray) -> np.ndarray:
     y = torch.as_tensor(wave, dtype=torch.float64) * 10 ** (PARAMS["gain_db"] / 20)
-    if y.numel() == 0:
-        y = torch.zeros(200, dtype=torch.float64)  # as AVLnet does for empty audio
-    if y.numel() <= 200:  # the centred reflect padding needs more than n_fft/2 samples
+    if y.numel() <= 200:  # AVLnet pads empty audio to zeros(200); the centred reflect padding needs > 200
         y = torch.nn.functional.pad(y, (0, 201 - y.numel()))
     y = y - y.mean()
     y = torch.cat([y[:1], y[1:] - PARAMS["preemphasis"] * y[:-1]]).float()

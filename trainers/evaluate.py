@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import load_clips
-from .mcn import MCNConfig, modalities_of
+from .mcn import MCNConfig, build_model, modalities_of
 from .metrics import clustering_metrics, retrieval_metrics
-from .model import MCN
 
 
 def load_run(run: str | Path):
@@ -26,8 +25,7 @@ def load_run(run: str | Path):
     method = raw.get("method", "mcn")
     if method == "mcn":
         cfg = MCNConfig(**{k: v for k, v in raw.items() if k in MCNConfig.__dataclass_fields__})
-        model = MCN(cfg.combo, cfg.dim, raw["video_dim"], 1024, raw["we_dim"], cfg.end_to_end_audio,
-                    not cfg.no_recon)
+        model = build_model(cfg, raw["video_dim"], raw["we_dim"])
     elif method == "mmv":
         cfg = mmv.MMVConfig(**{k: v for k, v in raw.items() if k in mmv.MMVConfig.__dataclass_fields__})
         model = mmv.build(cfg, raw["video_dim"], raw["audio_dim"], raw["we_dim"])

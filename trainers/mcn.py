@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import ClipData, load_clips
+from .data import load_clips
 from .loop import RunDir, warmup_cosine
 from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
 from .model import MCN, parse_combo
@@ -51,8 +51,8 @@ def modalities_of(combo: str) -> str:
     return "".join(sorted(set("".join(parse_combo(combo).values())), key="vat".index))
 
 
-def build_model(cfg: MCNConfig, data: ClipData) -> MCN:
-    return MCN(cfg.combo, cfg.dim, video_dim=data.video.shape[1], audio_dim=1024, we_dim=data.vectors.shape[1],
+def build_model(cfg: MCNConfig, video_dim: int, we_dim: int) -> MCN:
+    return MCN(cfg.combo, cfg.dim, video_dim=video_dim, audio_dim=1024, we_dim=we_dim,
                end_to_end_audio=cfg.end_to_end_audio, recon=not cfg.no_recon)
 
 
@@ -139,7 +139,7 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
         raise ValueError(f"{len(videos)} usable videos but --videos-per-batch {cfg.videos_per_batch}; "
                          f"lower it (dropped clips: {data.dropped})")
     steps_per_epoch = len(videos) // cfg.videos_per_batch
-    model = build_model(cfg, data).to(cfg.device)
+    model = build_model(cfg, data.video.shape[1], data.vectors.shape[1]).to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))
     clusterers = {name: Clusterer(cfg.queue_steps * cfg.videos_per_batch * max(1, cfg.clips_per_video // 2),

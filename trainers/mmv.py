@@ -94,7 +94,7 @@ def build(cfg: MMVConfig, video_dim: int, audio_dim: int, we_dim: int) -> MMV:
 
 
 def mmv_loss(model: MMV, data: ClipData, idx: np.ndarray, cfg: MMVConfig) -> dict[str, torch.Tensor]:
-    video, audio, _, _ = data.batch(idx, cfg.device)
+    video, audio = data.video[idx].to(cfg.device), data.audio[idx].to(cfg.device)
     cand = data.candidates[idx]  # (B, K), -1 where a clip has fewer narrations
     cand_ok = (cand >= 0) & data.valid["t"][cand.clamp(min=0)]
     words = data.vectors[data.words[cand.clamp(min=0)]].to(cfg.device)  # (B, K, W, 300)

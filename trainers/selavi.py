@@ -136,7 +136,7 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
                     with torch.no_grad():  # output k of the audio head now predicts what its output perm[k] did
                         last.weight.copy_(last.weight[perm])
                         last.bias.copy_(last.bias[perm])
-                logp = model.log_probs(data)
+                    logp["a"][h] = logp["a"][h][:, perm]
             aligned = True
             old = labels.clone()
             iters = []
