@@ -1,59 +1,90 @@
-"""Read a manifest into videos and clips, reporting bad rows by line number.
+"""Read a manifest as streams: videos into a small per-video table, clips one video at a time.
 
 Two layouts are accepted:
 
-* HowTo100M: ``video_id,category_1,category_2,rank,task_id`` (any extra columns), one row per video;
-  clips come from a captions JSON ``{video_id: {"start": [...], "end": [...], "text": [...]}}``.
+* HowTo100M: ``video_id,category_1,category_2,rank,task_id`` (any extra columns), one row per video; clips
+  come from a caption table: the HowTo100M JSON ``{video_id: {"start": [...], "end": [...], "text": [...]}}``
+  (parsed streaming, one video at a time), or one caption per row as JSONL / CSV / Parquet with
+  ``video_id, start, end, text`` (each video's rows together, in any video order).
 * Clip-per-row (YouCook2 / MSR-VTT style): ``video_id`` or ``path``, ``start``, ``end``, optional ``text``.
+  These are evaluation sets; their rows are grouped by video in RAM.
 
-Every column that is not structural is kept as a label for evaluation.
+Every column that is not structural is kept as a label. Bad rows go to a :class:`Problems` log (a file in
+the store, the first few also printed), never into a list in RAM.
 """
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
+
+import numpy as np
 
 VIDEO_EXTENSIONS = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ogv"}
 STRUCTURAL = {"video_id", "path", "start", "end", "text"}
+CAPTION_TABLES = (".json", ".jsonl", ".csv", ".parquet")
+log = logging.getLogger("mmcache")
 
 
 class ManifestError(ValueError):
     """The manifest cannot be used at all (or has bad rows under --strict)."""
 
 
-@dataclass
-class Video:
-    video_id: str
-    path: str | None  # resolved file path; None when no file was found
-    labels: dict[str, str]
-    line: int
+class Problems:
+    """Bad rows, handed to ``sink`` (a callable taking one message) as they are found; only a count and
+    the first ``show`` stay in RAM (and are logged)."""
+
+    def __init__(self, sink=None, show: int = 20, where: str = ""):
+        self.sink, self.show, self.where = sink, show, where
+        self.count, self.first = 0, []
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if len(self.first) < self.show:
+            self.first.append(message)
+            log.warning(message)
+        if self.sink:
+            self.sink(message)
+
+    def close(self) -> None:
+        if self.count > len(self.first):
+            log.warning("... %d more problems%s", self.count - len(self.first),
+                        f" (all of them in {self.where})" if self.where else "")
 
 
 @dataclass
-class Clip:
-    video_id: str
-    start: float
-    end: float
-    text: str
-    labels: dict[str, str]
-    where: str  # "line 12" or "captions[vid][3]" for messages
+class Videos:
+    """One row per video of the manifest, in manifest order (kept in RAM: ~1.2M rows at HowTo100M size)."""
+    ids: list[str]
+    paths: list[str | None]  # resolved file path; None when no file was found
+    labels: dict[str, list[str]]  # video-level label columns
+    index: dict[str, int]
+    clip_rows: bool  # clip-per-row manifest (clips come from the manifest itself)
+    clip_labels: list[str] = field(default_factory=list)  # clip-level label columns (clip-per-row manifests)
+    _grouped: dict[int, list] = field(default_factory=dict, repr=False)  # clip-per-row rows, by video
 
 
 @dataclass
-class Manifest:
-    videos: list[Video]
-    clips: list[Clip]
-    problems: list[str] = field(default_factory=list)
-    label_columns: list[str] = field(default_factory=list)
+class VideoClips:
+    """The clips of one video, in the order read."""
+    video: int  # index into Videos
+    start: np.ndarray
+    end: np.ndarray
+    text: list[str]
+    labels: dict[str, list[str]]  # clip-level labels (clip-per-row manifests), else {}
+
+    def __len__(self) -> int:
+        return len(self.start)
 
 
-def _float(value: str | float | None) -> float | None:
+def _float(value) -> float | None:
     try:
-        x = float(value)  # type: ignore[arg-type]
+        x = float(value)
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
@@ -70,8 +101,9 @@ def index_video_root(root: str | os.PathLike) -> dict[str, str]:
     return found
 
 
-def read_manifest(manifest: str | os.PathLike, captions: str | os.PathLike | None = None,
-                  video_root: str | os.PathLike | None = None, strict: bool = False) -> Manifest:
+def read_videos(manifest: str | os.PathLike, video_root: str | os.PathLike | None, problems: Problems,
+                captions: str | os.PathLike | None = None) -> Videos:
+    """The video table of a manifest (one pass over the CSV)."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise ManifestError(f"manifest not found: {manifest}")
@@ -80,84 +112,196 @@ def read_manifest(manifest: str | os.PathLike, captions: str | os.PathLike | Non
         reader = csv.DictReader(f)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         reader.fieldnames = columns
-        rows = [(reader.line_num, row) for row in reader]
-    if "video_id" not in columns and "path" not in columns:
-        raise ManifestError(f"{manifest}: needs a 'video_id' or 'path' column, found {columns}")
-    clip_rows = "start" in columns and "end" in columns
-    if clip_rows and captions:
-        raise ManifestError(f"{manifest} has start/end columns (one clip per row); --captions is for "
-                            "HowTo100M-style manifests with one row per video")
-    labels = [c for c in columns if c not in STRUCTURAL]
-    stems = index_video_root(root) if "path" not in columns else {}
-    problems: list[str] = []
-    videos: dict[str, Video] = {}
-    clips: list[Clip] = []
-
-    for line, row in rows:
-        vid = (row.get("video_id") or "").strip()
-        rel = (row.get("path") or "").strip()
-        if not vid and rel:
-            vid = Path(rel).stem
-        if not vid:
-            problems.append(f"{manifest.name} line {line}: missing video_id/path")
-            continue
-        row_labels = {c: (row.get(c) or "").strip() for c in labels}
-        if clip_rows:
-            start, end = _float(row.get("start")), _float(row.get("end"))
-            if start is None or end is None or start < 0 or end <= start:
-                problems.append(f"{manifest.name} line {line}: bad clip time start={row.get('start')!r} "
-                                f"end={row.get('end')!r} (need 0 <= start < end)")
+        if "video_id" not in columns and "path" not in columns:
+            raise ManifestError(f"{manifest}: needs a 'video_id' or 'path' column, found {columns}")
+        clip_rows = "start" in columns and "end" in columns
+        if clip_rows and captions:
+            raise ManifestError(f"{manifest} has start/end columns (one clip per row); --captions is for "
+                                "HowTo100M-style manifests with one row per video")
+        if not clip_rows and not captions:
+            log.warning("%s has no start/end columns and no --captions was given: videos get features, "
+                        "but there are no clips to train on", manifest)
+        labels = [c for c in columns if c not in STRUCTURAL]
+        stems = index_video_root(root) if "path" not in columns else {}
+        v = Videos([], [], {} if clip_rows else {c: [] for c in labels}, {}, clip_rows,
+                   labels if clip_rows else [])
+        path_of: dict[str, str] = {}
+        for row in reader:
+            line = reader.line_num
+            vid = (row.get("video_id") or "").strip()
+            rel = (row.get("path") or "").strip()
+            if not vid and rel:
+                vid = Path(rel).stem
+            if not vid:
+                problems.add(f"{manifest.name} line {line}: missing video_id/path")
                 continue
-            clips.append(Clip(vid, start, end, (row.get("text") or "").strip(), row_labels, f"line {line}"))
-        if vid in videos:
-            if not clip_rows:
-                problems.append(f"{manifest.name} line {line}: duplicate video_id {vid!r} "
-                                f"(first on line {videos[vid].line})")
-            continue
-        path = str(root / rel) if rel else stems.get(vid)
-        if path is None or not Path(path).is_file():
-            problems.append(f"{manifest.name} line {line}: no video file for {vid!r}"
-                            f" (looked for {path or str(root / (vid + '.*'))}); recorded as 'missing'")
-            path = None
-        videos[vid] = Video(vid, path, {} if clip_rows else row_labels, line)
+            if clip_rows:
+                start, end = _float(row.get("start")), _float(row.get("end"))
+                if start is None or end is None or start < 0 or end <= start:
+                    problems.add(f"{manifest.name} line {line}: bad clip time start={row.get('start')!r} "
+                                 f"end={row.get('end')!r} (need 0 <= start < end)")
+                    continue
+            if vid in v.index:
+                if not clip_rows:
+                    problems.add(f"{manifest.name} line {line}: duplicate video_id {vid!r} (row ignored)")
+                    continue
+            else:
+                path = str(root / rel) if rel else stems.get(vid)
+                if path is None or not Path(path).is_file():
+                    problems.add(f"{manifest.name} line {line}: no video file for {vid!r}"
+                                 f" (looked for {path or str(root / (vid + '.*'))}); recorded as 'missing'")
+                    path = None
+                v.index[vid] = len(v.ids)
+                v.ids.append(vid)
+                v.paths.append(path)
+                path_of[vid] = path
+                if not clip_rows:
+                    for c in labels:
+                        v.labels[c].append((row.get(c) or "").strip())
+            if clip_rows:
+                v._grouped.setdefault(v.index[vid], []).append(
+                    (start, end, (row.get("text") or "").strip(), [(row.get(c) or "").strip() for c in labels]))
+    if not v.ids:
+        raise ManifestError(f"{manifest}: no usable rows" + "".join("\n  " + p for p in problems.first))
+    return v
 
-    if captions:
-        clips = _read_captions(Path(captions), videos, problems)
-    if strict and problems:
-        raise ManifestError("manifest problems (--strict):\n  " + "\n  ".join(problems))
-    if not videos:
-        raise ManifestError(f"{manifest}: no usable rows" + ("".join("\n  " + p for p in problems[:20])))
-    return Manifest(list(videos.values()), clips, problems, labels)
 
-
-def _read_captions(path: Path, videos: dict[str, Video], problems: list[str]) -> list[Clip]:
+def iter_clips(videos: Videos, captions: str | os.PathLike | None, problems: Problems) -> Iterator[VideoClips]:
+    """Each manifest video's clips, one video at a time, in the order the caption source lists them."""
+    if videos.clip_rows:
+        for i, rows in videos._grouped.items():
+            yield VideoClips(i, np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                             [r[2] for r in rows], {c: [r[3][k] for r in rows] for k, c in enumerate(videos.clip_labels)})
+        videos._grouped.clear()
+        return
+    if not captions:
+        return
+    path = Path(captions)
     if not path.is_file():
         raise ManifestError(f"captions file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ManifestError(f"{path}: expected an object {{video_id: {{start, end, text}}}}")
-    clips: list[Clip] = []
-    for vid, video in videos.items():
-        cap = data.get(vid)
-        if cap is None:
-            problems.append(f"{path.name}: no captions for video {vid!r}; it gets features but no clips")
+    kind = path.suffix.lower()
+    if kind not in CAPTION_TABLES:
+        raise ManifestError(f"{path}: captions must be {', '.join(CAPTION_TABLES)} (got {kind!r})")
+    source = _json_videos(path) if kind == ".json" else _grouped(_table_rows(path, kind), path)
+    seen = np.zeros(len(videos.ids), bool)
+    unknown = 0
+    for vid, where, loc, starts, ends, texts in source:
+        i = videos.index.get(vid)
+        if i is None:
+            unknown += 1
             continue
-        starts, ends, texts = cap.get("start", []), cap.get("end", []), cap.get("text", [])
+        if seen[i]:
+            problems.add(f"{where}: captions for {vid!r} again after other videos' captions (a caption table "
+                         "must list each video's rows together; sort it by video_id); these are skipped")
+            continue
+        seen[i] = True
         if not (len(starts) == len(ends) == len(texts)):
-            problems.append(f"{path.name}[{vid!r}]: start/end/text lengths differ "
-                            f"({len(starts)}/{len(ends)}/{len(texts)}); video skipped for clips")
+            problems.add(f"{where}: start/end/text lengths differ ({len(starts)}/{len(ends)}/{len(texts)}); "
+                         "video skipped for clips")
             continue
-        for i, (s, e, t) in enumerate(zip(starts, ends, texts)):
-            s, e = _float(s), _float(e)
-            if s is None or e is None or s < 0 or e <= s:
-                problems.append(f"{path.name}[{vid!r}][{i}]: bad caption time ({starts[i]!r}, {ends[i]!r})")
-                continue
-            clips.append(Clip(vid, s, e, str(t if t is not None else "").strip(), video.labels,
-                              f"captions[{vid}][{i}]"))
-    unknown = len(set(data) - set(videos))
+        s = np.array([_float(x) for x in starts], dtype=float)  # None -> nan
+        e = np.array([_float(x) for x in ends], dtype=float)
+        good = (s >= 0) & (e > s)  # nan compares False
+        for j in np.flatnonzero(~good):
+            problems.add(f"{loc(j)}: bad caption time ({starts[j]!r}, {ends[j]!r}); caption skipped")
+        if good.any():
+            yield VideoClips(i, s[good], e[good],
+                             [str(t if t is not None else "").strip() for t, g in zip(texts, good) if g], {})
+    for i in np.flatnonzero(~seen):
+        problems.add(f"{path.name}: no captions for video {videos.ids[i]!r}; it gets features but no clips")
     if unknown:
-        problems.append(f"{path.name}: {unknown} captioned videos are not in the manifest (ignored)")
-    return clips
+        problems.add(f"{path.name}: {unknown} captioned videos are not in the manifest (ignored)")
+
+
+def _json_videos(path: Path):
+    """HowTo100M captions JSON, streamed with ijson: one (video_id, where, starts, ends, texts) at a time."""
+    import ijson
+
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+        if not head.startswith(b"{"):
+            raise ManifestError(f"{path}: expected a JSON object {{video_id: {{start, end, text}}}}")
+        f.seek(0)
+        try:
+            for vid, cap in ijson.kvitems(f, "", use_float=True):
+                where = f"{path.name}[{vid!r}]"
+                loc = (lambda w: lambda j: f"{w}[{j}]")(where)
+                if not isinstance(cap, dict):
+                    yield vid, where, loc, [None], [], []  # reported as a length mismatch
+                    continue
+                yield vid, where, loc, cap.get("start", []), cap.get("end", []), cap.get("text", [])
+        except ijson.JSONError as e:
+            raise ManifestError(f"{path}: not valid JSON ({e})") from e
+
+
+def _table_rows(path: Path, kind: str):
+    """(where, video_id, start, end, text) per caption row of a JSONL / CSV / Parquet caption table."""
+    need = ("video_id", "start", "end")
+    if kind == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ManifestError(f"{path} line {n}: not valid JSON ({e})") from e
+                if not isinstance(row, dict) or any(k not in row for k in need):
+                    raise ManifestError(f"{path} line {n}: each line must be an object with {need} (+ text)")
+                yield f"{path.name} line {n}", str(row["video_id"]), row["start"], row["end"], row.get("text", "")
+    elif kind == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            reader.fieldnames = [c.strip() for c in (reader.fieldnames or [])]
+            if any(k not in reader.fieldnames for k in need):
+                raise ManifestError(f"{path}: a caption table needs columns {need} (+ text), has {reader.fieldnames}")
+            for row in reader:
+                yield (f"{path.name} line {reader.line_num}", row["video_id"].strip(), row["start"], row["end"],
+                       row.get("text") or "")
+    else:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        if any(k not in names for k in need):
+            raise ManifestError(f"{path}: a caption table needs columns {need} (+ text), has {names}")
+        n = 0
+        for batch in pf.iter_batches(columns=[*need, *(["text"] if "text" in names else [])], batch_size=65536):
+            cols = batch.to_pydict()
+            texts = cols.get("text") or [""] * batch.num_rows
+            for vid, s, e, t in zip(cols["video_id"], cols["start"], cols["end"], texts):
+                yield f"{path.name} row {n}", str(vid), s, e, t
+                n += 1
+
+
+def _grouped(rows, path: Path):
+    """Consecutive rows of one video -> (video_id, where, loc, starts, ends, texts)."""
+    current, wheres, starts, ends, texts = None, [], [], [], []
+    for w, vid, s, e, t in rows:
+        if vid != current:
+            if current is not None:
+                yield current, wheres[0], wheres.__getitem__, starts, ends, texts
+            current, wheres, starts, ends, texts = vid, [], [], [], []
+        wheres.append(w)
+        starts.append(s)
+        ends.append(e)
+        texts.append(t)
+    if current is not None:
+        yield current, wheres[0], wheres.__getitem__, starts, ends, texts
+
+
+@dataclass
+class Manifest:
+    """A whole manifest in RAM: for small sets, tests and tools; planning streams instead."""
+    videos: Videos
+    clips: list[VideoClips]
+    problems: list[str]
+
+
+def read_manifest(manifest, captions=None, video_root=None, strict: bool = False) -> Manifest:
+    problems = Problems(show=10**9)
+    videos = read_videos(manifest, video_root, problems, captions)
+    clips = list(iter_clips(videos, captions, problems))
+    if strict and problems.count:
+        raise ManifestError("manifest problems (--strict):\n  " + "\n  ".join(problems.first))
+    return Manifest(videos, clips, problems.first)

@@ -52,6 +52,8 @@ def config_from(args: argparse.Namespace) -> ExtractConfig:
 def print_summary(summary: dict) -> None:
     print(f"store {summary['store']}: {summary['videos']} videos, {summary['clips']} clips; "
           f"{summary['parts_run']} part tasks run this time")
+    if summary.get("problems"):
+        print(f"  {summary['problems']} manifest/caption problems (`pipeline status --problems N` lists them)")
     for g, counts in summary.get("status", {}).items():
         print(f"  {g:10s} " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     if "word2vec" in summary:
@@ -73,16 +75,19 @@ def cmd_status(args) -> int:
     from .store import FeatureStore
 
     store = FeatureStore(args.store)
-    print(f"{store.path}: {store.n_videos} videos, {store.n_clips} clips, {store.n_parts} parts")
+    print(f"{store.path}: {store.n_videos} videos, {store.n_clips} clips, {store.n_parts} parts; "
+          f"{store.meta.get('manifest_problems', 0)} manifest problems")
+    for line in store.problems(args.problems):
+        print(f"    {line}")
     out = {"videos": store.n_videos, "clips": store.n_clips, "groups": {}}
     for g, meta in store.groups.items():
         if g == "word2vec":
             if not (store.path / "word2vec").is_dir():
                 continue
-            _, status, vectors = store.load_text()
-            vals, counts = np.unique(status.astype(str), return_counts=True)
-            out["groups"][g] = {"status": dict(zip(vals.tolist(), counts.tolist())), "vocab": len(vectors)}
-            print(f"  word2vec   vocab {len(vectors)}; " + ", ".join(f"{k}={v}" for k, v in zip(vals, counts)))
+            counts = store.text_status_counts()
+            vocab = len(store.word_vectors())
+            out["groups"][g] = {"status": counts, "vocab": vocab}
+            print(f"  word2vec   vocab {vocab}; " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
             continue
         status, error = store.video_status(g)
         vals, counts = np.unique(status.astype(str), return_counts=True)
@@ -129,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", required=True)
     p.add_argument("--show", type=int, default=20, help="failures to list per group")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--problems", type=int, default=10, help="manifest/caption problems to list (default 10)")
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("demo", help="generate the built-in demo dataset and extract it")
     p.add_argument("--out", default="demo")
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.fn(args)
-    except (ExtractError, FileNotFoundError, ValueError) as e:
+    except (ExtractError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

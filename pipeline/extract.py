@@ -4,7 +4,6 @@ manifest -> plan (videos, clips, parts) -> per part: decode each video once -> e
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -15,14 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from features.audio import PARAMS as LOGMEL_PARAMS
-from manifests.read import Manifest, index_video_root, read_manifest
+from manifests.read import index_video_root
 
 from .decode import DecodeFailure, decode
-from .store import FeatureStore, clean_temporaries, write_unit
+from .plan import plan_checksum, plan_store
+from .store import CLIP_CHUNK, FeatureStore, add_groups, clean_temporaries, write_part, write_text
 
 VIDEO_GROUPS = ("resnet152", "logmel", "davenet")
 ALL_GROUPS = VIDEO_GROUPS + ("word2vec",)
-FORMAT_VERSION = 1
 log = logging.getLogger("mmcache")
 
 
@@ -104,55 +103,6 @@ def group_meta(cfg: ExtractConfig, group: str) -> dict:
 def _same(a: dict, b: dict) -> bool:
     keys = ("extractor", "weights_sha256", "random_init", "params")
     return all(a.get(k) == b.get(k) for k in keys)
-
-
-# ---------------------------------------------------------------------------------------------
-# plan
-
-def _plan_checksum(cfg: ExtractConfig) -> str:
-    h = hashlib.sha256()
-    for p in (cfg.manifest, cfg.captions):
-        if p:
-            h.update(Path(p).read_bytes())
-    return h.hexdigest()
-
-
-def plan_store(cfg: ExtractConfig, manifest: Manifest) -> None:
-    """Write videos/ and clips/ and the root attrs into a temp dir, then rename it to the store."""
-    import zarr
-
-    final = Path(cfg.store)
-    part_size = cfg.part_size or max(1, min(64, -(-len(manifest.videos) // (4 * max(1, cfg.workers)))))
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    videos = manifest.videos
-    order = {v.video_id: i for i, v in enumerate(videos)}
-    clips = sorted(manifest.clips, key=lambda c: order[c.video_id])  # stable: manifest order within a video
-    seen: Counter = Counter()
-    keys = []
-    for c in clips:
-        keys.append(f"{c.video_id}#{seen[c.video_id]}")
-        seen[c.video_id] += 1
-    vlabels = sorted({k for v in videos for k in v.labels})
-    clabels = sorted({k for c in clips for k in c.labels})
-    write_unit(tmp / "videos", {
-        "video_id": np.array([v.video_id for v in videos], dtype=object),
-        "path": np.array([v.path or "" for v in videos], dtype=object),
-        "part": np.arange(len(videos), dtype=np.int32) // part_size,
-        **{f"label_{k}": np.array([v.labels.get(k, "") for v in videos], dtype=object) for k in vlabels}}, {})
-    write_unit(tmp / "clips", {
-        "key": np.array(keys, dtype=object),
-        "video": np.array([order[c.video_id] for c in clips], dtype=np.int32),
-        "start": np.array([c.start for c in clips], dtype=np.float64),
-        "end": np.array([c.end for c in clips], dtype=np.float64),
-        "text": np.array([c.text for c in clips], dtype=object),
-        **{f"label_{k}": np.array([c.labels.get(k, "") for c in clips], dtype=object) for k in clabels}}, {})
-    root = zarr.open_group(str(tmp), mode="a")
-    root.attrs.update({"mmcache": dict(version=FORMAT_VERSION, plan_sha256=_plan_checksum(cfg),
-                                       manifest=str(cfg.manifest), captions=cfg.captions,
-                                       part_size=part_size, n_videos=len(videos), n_clips=len(clips),
-                                       manifest_problems=manifest.problems[:1000]),
-                       "groups": {}})
-    os.rename(tmp, final)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,44 +208,37 @@ def run_part(job: PartJob) -> dict:
             except Exception as e:  # an extractor bug or OOM on one video must not lose the part
                 put(group, None, "extract_error", f"{type(e).__name__}: {e}", duration)
 
-    dims = s["dims"]
     for group, r in results.items():
-        rows = [np.asarray(x, dtype=np.float16) if x is not None else np.zeros((0, dims[group]), np.float16)
-                for x in r["rows"]]
-        offsets = np.concatenate([[0], np.cumsum([len(x) for x in rows])]).astype(np.int64)
-        write_unit(Path(job.store, "parts", f"p{job.part:06d}", group), {
-            "data": np.concatenate(rows), "offsets": offsets,
-            "status": np.array(r["status"], dtype=object), "error": np.array(r["error"], dtype=object),
-            "duration": np.array(r["duration"], dtype=np.float64)},
-            {"part": job.part, "group": group, "videos": [v for v, _ in job.videos]}, replace=job.replace)
+        write_part(job.store, job.part, group, r["rows"], r["status"], r["error"], r["duration"],
+                   s["dims"][group], {"videos": [v for v, _ in job.videos]}, replace=job.replace)
     return {"part": job.part, "groups": job.groups, "videos": len(job.videos), "seconds": seconds,
             "status": {g: dict(Counter(r["status"])) for g, r in results.items()}, "wall": time.time() - t0}
 
 
 # ---------------------------------------------------------------------------------------------
-# text: tokenised in the driver (cheap), committed as one unit
+# text: tokenised in the driver, streamed over the clip table a chunk at a time, committed as one unit
 
 def extract_text(cfg: ExtractConfig, store: FeatureStore) -> dict:
+    from tqdm import tqdm
+
     from features.text import Word2Vec
 
     w2v = Word2Vec(cfg.word2vec)
-    texts = store.clips["text"]
-    tokens = [w2v.ids(t) for t in texts]
-    ids, rows, vectors = w2v.compact(tokens)
-    status = np.array(["empty_caption" if not str(t).strip() else ("ok" if len(i) else "no_known_words")
-                       for t, i in zip(texts, ids)], dtype=object)
-    offsets = np.concatenate([[0], np.cumsum([len(i) for i in ids])]).astype(np.int64)
-    flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
-    write_unit(store.path / "word2vec", {"ids": flat.astype(np.int32), "offsets": offsets, "status": status,
-                                         "vocab_rows": rows, "vectors": vectors}, {"group": "word2vec"},
-               replace=True)
-    return dict(Counter(status))
+
+    def chunks():
+        for a in tqdm(range(0, store.n_clips, CLIP_CHUNK), disable=not cfg.progress, desc="word2vec", unit="chunk"):
+            texts = store.clip_values("text", np.arange(a, min(store.n_clips, a + CLIP_CHUNK)))
+            ids = [np.asarray(w2v.ids(t), np.int32) for t in texts]
+            yield np.array(["empty_caption" if not str(t).strip() else ("ok" if len(i) else "no_known_words")
+                            for t, i in zip(texts, ids)], dtype=object), ids
+
+    return write_text(store, chunks(), len(w2v.kv.key_to_index), lambda rows: w2v.kv.vectors[rows])
 
 
 # ---------------------------------------------------------------------------------------------
 # driver
 
-def _open_or_plan(cfg: ExtractConfig) -> tuple[FeatureStore, Manifest | None]:
+def _open_or_plan(cfg: ExtractConfig) -> FeatureStore:
     path = Path(cfg.store)
     if path.exists() and not (path / "zarr.json").exists():
         if any(path.iterdir()):
@@ -303,20 +246,19 @@ def _open_or_plan(cfg: ExtractConfig) -> tuple[FeatureStore, Manifest | None]:
         path.rmdir()
     if (path / "zarr.json").exists():
         store = FeatureStore(path)
-        if store.meta["plan_sha256"] != _plan_checksum(cfg):
+        if store.meta["plan_sha256"] != plan_checksum(cfg.manifest, cfg.captions):
             raise ExtractError(f"{path} was planned from a different manifest/captions "
                                f"({store.meta['manifest']}); use a new --store for a new manifest")
-        return store, None
+        return store
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_temporaries(path)
-    manifest = read_manifest(cfg.manifest, cfg.captions, cfg.video_root, cfg.strict)
-    plan_store(cfg, manifest)
-    return FeatureStore(path), manifest
+    plan = plan_store(path, cfg.manifest, cfg.captions, cfg.video_root, cfg.strict, cfg.part_size, cfg.workers)
+    log.info("planned %s: %d videos, %d clips, %d problems (%s)", path, plan["videos"], plan["clips"],
+             plan["problems"], plan["problems_at"])
+    return FeatureStore(path)
 
 
 def _record_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str]) -> dict[str, dict]:
-    import zarr
-
     known = store.groups
     metas = {}
     for g in groups:
@@ -328,11 +270,7 @@ def _record_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str]) -
                 f"{ {k: meta.get(k) for k in ('weights_sha256', 'random_init', 'params')} }\n"
                 "Use a new --store, or the same settings.")
         metas[g] = meta
-    new = {g: m for g, m in metas.items() if g not in known}
-    if new:
-        root = zarr.open_group(str(store.path), mode="a")
-        root.attrs["groups"] = {**known, **new}
-        store.attrs = dict(root.attrs)
+    store.attrs = add_groups(store.path, metas)
     return metas
 
 
@@ -366,10 +304,7 @@ def _jobs(cfg: ExtractConfig, store: FeatureStore, groups: list[str], settings: 
 def extract(cfg: ExtractConfig) -> dict:
     """Run (or resume) an extraction. Returns a summary dict."""
     groups = cfg.wanted_groups()
-    store, manifest = _open_or_plan(cfg)
-    if manifest is not None:
-        for p in manifest.problems:
-            log.warning(p)
+    store = _open_or_plan(cfg)
     clean_temporaries(store.path)
     metas = _record_groups(cfg, store, groups)
     summary: dict = {"store": str(store.path), "videos": store.n_videos, "clips": store.n_clips,
@@ -387,7 +322,10 @@ def extract(cfg: ExtractConfig) -> dict:
     summary["parts_run"] = len(jobs)
     if jobs:
         _run(jobs, cfg, summary)
+    for g in video_groups:
+        store.write_status_index(g)
     summary["status"] = {g: dict(Counter(store.video_status(g)[0])) for g in video_groups}
+    summary["problems"] = store.meta.get("manifest_problems", 0)
     return summary
 
 

@@ -1,37 +1,62 @@
-"""The Zarr feature store: layout, atomic writes and the read API.
+"""The Zarr feature store: layout, atomic writes and the lazy read API.
 
-    store.zarr/
-      zarr.json                  root attrs: plan checksum, part size, label columns, per-group provenance
-      videos/                    video_id, path, part, label_<col>           (one row per video)
-      clips/                     key, video, start, end, text, label_<col>  (one row per clip, sorted by video)
-      word2vec/                  ids + offsets per clip, status, vocab_rows, vectors (used words only)
+    store.zarr/                  a Zarr v3 group all the way down (README: "Store layout")
+      zarr.json                  attrs: mmcache (version, plan checksum, part size, counts), per-group provenance
+      problems                   every bad manifest/caption row found while planning (strings)
+      videos/                    video_id, path, part, clip_offsets (n+1), label_<col>     (one row per video)
+      clips/                     video, start, end, text, label_<col>   (one row per clip, grouped by video,
+                                 chunked: clips of video i are rows clip_offsets[i]:clip_offsets[i+1])
+      word2vec/                  ids + offsets per clip, status, ok_per_video, vocab_rows, vectors
       parts/p000000/<group>/     data (rows, dim) float16, offsets (videos+1), status, error, duration
+      status/<group>/            every video's status in one place (rewritten after each extraction)
 
-Every unit under ``parts/`` (and ``word2vec/``) is written to a temporary directory and committed by
-one ``os.rename``: a unit either exists whole or not at all, so a killed run never leaves a partial
-video behind, and a rerun only computes units that are missing.
+Every unit under ``parts/`` (and ``word2vec/``, ``status/``) is written to a temporary directory and
+committed by one ``os.rename``: a unit exists whole or not at all, so a killed run never leaves a partial
+video behind, and a rerun only computes units that are missing. Opening a store reads one small JSON file;
+per-video columns load on first use (~1.2M rows at HowTo100M size), per-clip columns are only ever read
+for the clips asked for.
 """
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+FORMAT_VERSION = 2
 PART = "p{:06d}"
 TMP_PREFIX = ".tmp-"
+CLIP_CHUNK = 1 << 16  # rows per chunk of the per-clip columns
 # rows per second of each time-indexed group (davenet: log-mel at 100 fps downsampled 16x)
 RATES = {"resnet152": 1.0, "frames": 1.0, "logmel": 100.0, "davenet": 100.0 / 16}
+GROUP_JSON = {"zarr_format": 3, "node_type": "group", "attributes": {}}
+
+
+class StoreError(ValueError):
+    """The path is not a usable feature store (missing, another format, damaged)."""
+
+
+def ensure_group(path: str | os.PathLike) -> None:
+    """Make ``path`` a Zarr v3 group if it is not one yet (atomic, safe with concurrent writers)."""
+    path = Path(path)
+    if (path / "zarr.json").is_file():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / f"{TMP_PREFIX}zarr.json-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(GROUP_JSON))
+    os.replace(tmp, path / "zarr.json")
 
 
 def _write_array(group: zarr.Group, name: str, value: np.ndarray) -> None:
     if value.dtype.kind in "UO":
-        arr = group.create_array(name, shape=value.shape, dtype=str, compressors=None)
+        arr = group.create_array(name, shape=value.shape, dtype=str)
         if value.size:
             arr[...] = value.astype(str)
         return
@@ -50,12 +75,19 @@ def write_unit(final: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: d
     deterministic, so its copy is as good as ours) unless ``replace``.
     """
     final = Path(final)
+    if (final.parent.parent / "zarr.json").is_file():  # inside a store: keep the hierarchy valid Zarr
+        ensure_group(final.parent)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
     group = zarr.open_group(str(tmp), mode="w")
     for name, value in arrays.items():
         _write_array(group, name, np.asarray(value))
     group.attrs.update(attrs)
+    return commit(tmp, final, replace)
+
+
+def commit(tmp: Path, final: Path, replace: bool = False) -> bool:
+    """Rename a finished temp dir into place (see write_unit)."""
     if replace and final.exists():
         trash = final.parent / f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
         os.rename(final, trash)  # a crash right here leaves the unit missing: it is recomputed
@@ -72,13 +104,120 @@ def write_unit(final: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: d
         raise
 
 
+class ColumnWriter:
+    """Appends rows to 1-D columns of a Zarr group, one whole chunk at a time (RAM: one chunk per column).
+    Numbers are stored uncompressed (so readers memory-map them), strings with Zarr's default codec."""
+
+    def __init__(self, group: zarr.Group, dtypes: dict[str, str | type], chunk: int = CLIP_CHUNK):
+        self.chunk, self.n = chunk, 0
+        self.arrays = {name: group.create_array(name, shape=(0,), dtype=dt, chunks=(chunk,),
+                                                **({} if dt is str else {"compressors": None}))
+                       for name, dt in dtypes.items()}
+        self.buffer: dict[str, list] = {name: [] for name in dtypes}
+        self.buffered = 0
+
+    def append(self, columns: dict[str, np.ndarray | list]) -> None:
+        n = len(next(iter(columns.values())))
+        for name, values in columns.items():
+            self.buffer[name].append(np.asarray(values, dtype=object if self.arrays[name].dtype.kind == "T"
+                                                else self.arrays[name].dtype))
+        self.buffered += n
+        if self.buffered >= self.chunk:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self.buffered:
+            return
+        joined = {name: np.concatenate(parts) for name, parts in self.buffer.items()}
+        take = self.buffered if final else self.buffered // self.chunk * self.chunk
+        for name, arr in self.arrays.items():
+            arr.resize((self.n + take,))
+            arr[self.n:self.n + take] = joined[name][:take]
+            self.buffer[name] = [joined[name][take:]]
+        self.n += take
+        self.buffered -= take
+
+    def close(self) -> int:
+        self._flush(final=True)
+        return self.n
+
+
+def write_part(store: str | os.PathLike, part: int, group: str, rows: list, status, error, duration,
+               dim: int, attrs: dict | None = None, replace: bool = False) -> bool:
+    """Commit one (part, group) unit: each video's rows (None for a failed video) and its status."""
+    rows = [np.asarray(x, dtype=np.float16) if x is not None else np.zeros((0, dim), np.float16) for x in rows]
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in rows])]).astype(np.int64)
+    return write_unit(Path(store, "parts", PART.format(part), group), {
+        "data": np.concatenate(rows), "offsets": offsets, "status": np.asarray(status, dtype=object),
+        "error": np.asarray(error, dtype=object), "duration": np.asarray(duration, dtype=np.float64)},
+        {"part": part, "group": group, **(attrs or {})}, replace=replace)
+
+
+def write_text(store: "FeatureStore", chunks, vocab_size: int, vectors) -> dict[str, int]:
+    """Commit the word2vec unit from ``chunks``: (status per clip, token ids per clip) for consecutive clips,
+    in clip order, streamed (RAM: one chunk, plus a flag per vocabulary word). Ids are renumbered to the
+    words used; ``vectors(used_rows)`` gives their vectors."""
+    from collections import Counter
+
+    tmp = store.path / f"{TMP_PREFIX}word2vec-{uuid.uuid4().hex[:8]}"
+    group = zarr.open_group(str(tmp), mode="w")
+    ids_out = ColumnWriter(group, {"ids": "int32"}, chunk=1 << 20)
+    per_clip = ColumnWriter(group, {"status": str, "ends": "int64"})
+    used = np.zeros(vocab_size, bool)
+    ok_per_video = np.zeros(store.n_videos, np.int32)
+    counts: Counter = Counter()
+    a = total = 0
+    for status, ids in chunks:
+        status = np.asarray(status, dtype=object)
+        counts.update(status.tolist())
+        flat = np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, np.int32)
+        used[flat] = True
+        ids_out.append({"ids": flat})
+        ends = total + np.cumsum([len(i) for i in ids], dtype=np.int64)
+        total = int(ends[-1]) if len(ends) else total
+        per_clip.append({"status": status, "ends": ends})
+        np.add.at(ok_per_video, store.clip_video(a + np.flatnonzero(status == "ok")), 1)
+        a += len(status)
+    if a != store.n_clips:
+        raise ValueError(f"text for {a} clips, but the store has {store.n_clips}")
+    ids_out.close()
+    per_clip.close()
+    vocab_rows = np.flatnonzero(used)
+    remap = (np.cumsum(used) - 1).astype(np.int32)
+    big = 1 << 22
+    for b in range(0, group["ids"].shape[0], big):
+        group["ids"][b:b + big] = remap[group["ids"][b:b + big]]
+    offsets = group.create_array("offsets", shape=(a + 1,), dtype="int64", chunks=(CLIP_CHUNK,), compressors=None)
+    offsets[0] = 0
+    for b in range(0, a, big):
+        offsets[b + 1:b + 1 + big] = group["ends"][b:b + big]
+    del group["ends"]
+    for name, value in (("ok_per_video", ok_per_video), ("vocab_rows", vocab_rows),
+                        ("vectors", np.asarray(vectors(vocab_rows), dtype=np.float32))):
+        group.create_array(name, shape=value.shape, dtype=value.dtype, compressors=None)[...] = value
+    group.attrs.update({"group": "word2vec"})
+    commit(tmp, store.path / "word2vec", replace=True)
+    return dict(counts)
+
+
+def add_groups(store: str | os.PathLike, metas: dict[str, dict]) -> dict:
+    """Record the provenance of new feature groups in the root attributes; returns the root attributes."""
+    root = zarr.open_group(str(store), mode="a")
+    groups = dict(root.attrs.get("groups", {}))
+    if any(g not in groups for g in metas):
+        root.attrs["groups"] = {**groups, **{g: m for g, m in metas.items() if g not in groups}}
+    return dict(root.attrs)
+
+
 def clean_temporaries(store: str | os.PathLike) -> int:
     """Remove debris of killed writers: uncommitted temp dirs beside the store's units (and the store's own
     planning temp beside it). Only the levels where units live are listed, never the chunk files."""
     store = Path(store)
     places = [(store.parent, f"{TMP_PREFIX}{store.name}-"), (store, TMP_PREFIX)]
+    for sub in ("parts", "status"):
+        if (store / sub).is_dir():
+            places += [(store / sub, TMP_PREFIX)]
     if (store / "parts").is_dir():
-        places += [(store / "parts", TMP_PREFIX)]
         places += [(d, TMP_PREFIX) for d in (store / "parts").iterdir() if d.is_dir()]
     n = 0
     for folder, prefix in places:
@@ -100,10 +239,10 @@ def read_unit(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
 
 
 class RowReader:
-    """Rows of a committed (immutable) 2-D unit array.
+    """Rows of a committed (immutable) 1-D or 2-D array.
 
     Uncompressed little-endian chunks are memory-mapped and sliced directly (the OS page cache does the
-    caching); anything else goes through zarr. Chunks never written (all fill value) read as the fill value.
+    caching); anything else goes through zarr. A missing chunk file reads as the fill value.
     """
 
     MAX_MAPS = 256
@@ -116,6 +255,9 @@ class RowReader:
                        and codecs[0]["name"] == "bytes" and np.dtype(arr.dtype).byteorder in "<=|"
                        and arr.chunks[1:] == arr.shape[1:])
         self._maps: dict[int, np.ndarray | None] = {}
+
+    def __len__(self) -> int:
+        return self.arr.shape[0]
 
     def _chunk(self, c: int) -> np.ndarray | None:
         if c not in self._maps:
@@ -159,26 +301,36 @@ class Group:
         return self.data[self.offsets[i]:self.offsets[i + 1]]
 
 
+@dataclass
+class Unit:
+    """One committed (part, group) unit, opened for reading."""
+    data: RowReader
+    offsets: np.ndarray
+    status: np.ndarray
+
+
 class FeatureStore:
-    """Read side of the store. Cheap to open; arrays are read on demand."""
+    """Read side of the store. Opening reads the root metadata only; everything else loads on first use."""
 
     MAX_UNITS = 256
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
-            raise FileNotFoundError(f"no feature store at {self.path} (run `pipeline extract` first)")
-        self.root = zarr.open_group(str(self.path), mode="r")
-        self.attrs = dict(self.root.attrs)
+            raise StoreError(f"no feature store at {self.path} (run `pipeline extract` first)")
+        self.attrs = json.loads((self.path / "zarr.json").read_text()).get("attributes", {})
         if "mmcache" not in self.attrs:
-            raise ValueError(f"{self.path} is a Zarr group but not an mmcache feature store")
+            raise StoreError(f"{self.path} is a Zarr group but not an mmcache feature store")
         self.meta = self.attrs["mmcache"]
-        self.videos, _ = read_unit(self.path / "videos")
-        self.clips, _ = read_unit(self.path / "clips")
-        self.n_videos, self.n_clips = len(self.videos["video_id"]), len(self.clips["key"])
+        version = self.meta.get("version")
+        if version != FORMAT_VERSION:
+            raise StoreError(f"{self.path} uses store layout v{version}; this mmcache reads v{FORMAT_VERSION}. "
+                             f"Rebuild it into a new store: pipeline extract --manifest {self.meta.get('manifest')}"
+                             + (f" --captions {self.meta['captions']}" if self.meta.get("captions") else "")
+                             + " --store NEW.zarr (with the same extractor flags)")
+        self.n_videos, self.n_clips = int(self.meta["n_videos"]), int(self.meta["n_clips"])
         self.part_size = int(self.meta["part_size"])
-        self._key_index: dict[str, int] | None = None
-        self._units: dict[tuple[int, str], tuple[RowReader, np.ndarray]] = {}
+        self._units: dict[tuple[int, str], Unit] = {}
 
     # ---- layout --------------------------------------------------------------------------
     @property
@@ -201,90 +353,194 @@ class FeatureStore:
             return set()
         return {int(d[1:]) for d in os.listdir(parts) if d.startswith("p") and (parts / d / group).is_dir()}
 
-    def labels(self, table: str = "clips") -> dict[str, np.ndarray]:
-        t = self.clips if table == "clips" else self.videos
-        return {k[len("label_"):]: v for k, v in t.items() if k.startswith("label_")}
+    def problems(self, limit: int | None = None) -> list[str]:
+        """The first ``limit`` manifest/caption problems found while planning."""
+        arr = zarr.open_array(str(self.path / "problems"), mode="r")
+        return arr[:limit].astype(object).tolist() if arr.shape[0] else []
+
+    # ---- per video (in RAM on first use) --------------------------------------------------
+    @cached_property
+    def videos(self) -> dict[str, np.ndarray]:
+        return read_unit(self.path / "videos")[0]
+
+    @cached_property
+    def video_index(self) -> dict[str, int]:
+        return {str(v): i for i, v in enumerate(self.videos["video_id"])}
+
+    @property
+    def clip_offsets(self) -> np.ndarray:
+        return self.videos["clip_offsets"]
+
+    # ---- per clip (read on demand) ----------------------------------------------------------
+    @cached_property
+    def _clips(self) -> zarr.Group:
+        return zarr.open_group(str(self.path / "clips"), mode="r")
+
+    @cached_property
+    def _columns(self) -> dict[str, RowReader]:
+        return {name: RowReader(arr, self.path / "clips" / name) for name, arr in self._clips.arrays()
+                if arr.dtype.kind != "T"}
+
+    def clip_rows(self, column: str, a: int, b: int) -> np.ndarray:
+        """A numeric clip column (video, start, end) for clips a..b-1."""
+        return self._columns[column].rows(a, b)
+
+    def clip_values(self, column: str, idx) -> np.ndarray:
+        """Any clip column (text, label_<col>, ...) at the clip indices ``idx``."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if not len(idx):
+            return np.zeros(0, dtype=object)
+        value = self._clips[column].get_orthogonal_selection(idx)
+        return value.astype(object) if value.dtype.kind == "T" else value
+
+    def clip_video(self, idx) -> np.ndarray:
+        return np.searchsorted(self.clip_offsets, np.asarray(idx, dtype=np.int64), side="right") - 1
+
+    def clip_index(self, keys) -> np.ndarray:
+        """Clip keys ``<video_id>#<n>`` (the n-th clip of the video) -> clip indices."""
+        out = np.empty(len(keys), np.int64)
+        for j, key in enumerate(keys):
+            vid, _, n = str(key).rpartition("#")
+            v = self.video_index.get(vid)
+            if v is None or not n.isdigit() or int(n) >= self.clip_offsets[v + 1] - self.clip_offsets[v]:
+                raise KeyError(f"unknown clip key {key!r}")
+            out[j] = self.clip_offsets[v] + int(n)
+        return out
+
+    def clip_keys(self, idx) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        vids = self.clip_video(idx)
+        ids = self.videos["video_id"]
+        return np.array([f"{ids[v]}#{i - self.clip_offsets[v]}" for v, i in zip(vids.tolist(), idx.tolist())],
+                        dtype=object)
+
+    def labels(self, idx=None) -> dict[str, np.ndarray]:
+        """Label columns (video-level ones repeated per clip) at clip indices ``idx`` (default: all clips)."""
+        idx = np.arange(self.n_clips) if idx is None else np.asarray(idx, dtype=np.int64)
+        out = {k[len("label_"):]: v[self.clip_video(idx)] for k, v in self.videos.items() if k.startswith("label_")}
+        for name in self._clips.array_keys():
+            if name.startswith("label_"):
+                out[name[len("label_"):]] = self.clip_values(name, idx)
+        return out
 
     # ---- status --------------------------------------------------------------------------
     def video_status(self, group: str) -> tuple[np.ndarray, np.ndarray]:
-        """(status, error) per video; 'pending' where the part is not committed yet."""
+        """(status, error) per video; 'pending' where the part is not committed yet. Read from the
+        consolidated ``status/<group>`` unit when it is up to date, else from every committed unit."""
+        index = self.path / "status" / group
+        committed = self.committed(group)
+        if index.is_dir():
+            g = zarr.open_group(str(index), mode="r")
+            newest = max((self.unit_path(p, group).stat().st_mtime_ns for p in committed), default=0)
+            if g.attrs.get("parts") == len(committed) and newest <= g.attrs.get("written_ns", -1):
+                return g["status"][...].astype(object), g["error"][...].astype(object)
         status = np.full(self.n_videos, "pending", dtype=object)
         error = np.full(self.n_videos, "", dtype=object)
-        for p in self.committed(group):
+        for p in committed:
             a, b = self.part_range(p)
             g = zarr.open_group(str(self.unit_path(p, group)), mode="r")
             status[a:b], error[a:b] = g["status"][...].astype(object), g["error"][...].astype(object)
         return status, error
 
-    # ---- reads ---------------------------------------------------------------------------
-    def load_group(self, group: str) -> Group:
-        """Load a whole time-indexed group into RAM (what the trainers do)."""
-        if group == "word2vec":
-            raise ValueError("word2vec is per clip: use load_text()")
-        datas, lengths, status, error = [], [], [], []
+    def write_status_index(self, group: str) -> None:
+        """Consolidate every video's status of ``group`` into ``status/<group>`` (trainers read it at start)."""
+        import time
+
+        written = time.time_ns()
         committed = self.committed(group)
-        if not committed:
-            raise KeyError(f"group {group!r} has no data in {self.path} (have: {sorted(self.groups)})")
-        for p in range(self.n_parts):
-            a, b = self.part_range(p)
-            if p not in committed:
-                datas.append(None)
-                lengths.append(np.zeros(b - a, np.int64))
-                status.append(np.full(b - a, "pending", dtype=object))
-                error.append(np.full(b - a, "", dtype=object))
-                continue
-            arrays, _ = read_unit(self.unit_path(p, group))
-            datas.append(arrays["data"])
-            lengths.append(np.diff(arrays["offsets"]))
-            status.append(arrays["status"].astype(object))
-            error.append(arrays["error"].astype(object))
-        dim = next(d.shape[1] for d in datas if d is not None)
-        dtype = next(d.dtype for d in datas if d is not None)
-        data = np.concatenate([d if d is not None else np.zeros((0, dim), dtype) for d in datas])
-        offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
-        return Group(group, data, offsets, np.concatenate(status), np.concatenate(error), RATES.get(group))
+        status, error = self.video_status(group)
+        write_unit(self.path / "status" / group, {"status": status, "error": error},
+                   {"parts": len(committed), "written_ns": written}, replace=True)
 
-    def load_text(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-        """(token ids per clip, status per clip, vectors): ids index rows of ``vectors``."""
-        arrays, _ = read_unit(self.path / "word2vec")
-        ids, off = arrays["ids"], arrays["offsets"]
-        return [ids[off[i]:off[i + 1]] for i in range(len(off) - 1)], arrays["status"], arrays["vectors"]
-
-    def clip_index(self, keys) -> np.ndarray:
-        if self._key_index is None:
-            self._key_index = {k: i for i, k in enumerate(self.clips["key"])}
-        try:
-            return np.array([self._key_index[k] for k in keys], dtype=np.int64)
-        except KeyError as e:
-            raise KeyError(f"unknown clip key {e.args[0]!r}") from None
-
-    def read(self, group: str, keys) -> list[np.ndarray]:
-        """Features of each clip's time range, for a batch of clip keys: one read call per part touched."""
-        rate = RATES.get(group)
-        if rate is None:
-            raise KeyError(f"{group!r} is not a time-indexed group")
-        idx = self.clip_index(keys)
-        vids = self.clips["video"][idx]
-        first = np.floor(self.clips["start"][idx] * rate).astype(np.int64)
-        last = np.floor(self.clips["end"][idx] * rate).astype(np.int64) + 1
-        parts = vids // self.part_size
-        out: list[np.ndarray | None] = [None] * len(idx)
-        for p in np.unique(parts):
-            sel = np.flatnonzero(parts == p)
-            data, offsets = self._unit(int(p), group)
-            local = vids[sel] - int(p) * self.part_size
-            n = offsets[local + 1] - offsets[local]
-            a, b = np.minimum(n, first[sel]), np.minimum(n, last[sel])
-            a, b = offsets[local] + a, offsets[local] + np.maximum(a, b)
-            for j, lo, hi in zip(sel.tolist(), a.tolist(), b.tolist()):
-                out[j] = data.rows(lo, hi)
-        return out  # type: ignore[return-value]
-
-    def _unit(self, p: int, group: str) -> tuple[RowReader, np.ndarray]:
+    # ---- reads ---------------------------------------------------------------------------
+    def unit(self, p: int, group: str) -> Unit:
         if (p, group) not in self._units:  # committed units are immutable: safe to cache
             if len(self._units) >= self.MAX_UNITS:  # bounded: each holds memory maps
                 self._units.pop(next(iter(self._units)))
             path = self.unit_path(p, group)
+            if not path.is_dir():
+                raise KeyError(f"group {group!r} has no committed data for part {p} in {self.path} "
+                               "(extraction unfinished? `pipeline status`)")
             g = zarr.open_group(str(path), mode="r")
-            self._units[p, group] = RowReader(g["data"], path / "data"), g["offsets"][...]
+            self._units[p, group] = Unit(RowReader(g["data"], path / "data"), g["offsets"][...],
+                                         g["status"][...].astype(object))
         return self._units[p, group]
+
+    def video_rows(self, group: str, v: int, a: int = 0, b: int | None = None) -> np.ndarray:
+        """Rows a..b-1 of video v's features in ``group`` (clamped to the rows it has)."""
+        p = v // self.part_size
+        u = self.unit(p, group)
+        local = v - p * self.part_size
+        lo, hi = int(u.offsets[local]), int(u.offsets[local + 1])
+        b = hi - lo if b is None else b
+        a, b = min(max(a, 0), hi - lo), min(max(b, 0), hi - lo)
+        return u.data.rows(lo + a, lo + max(a, b))
+
+    def read(self, group: str, keys) -> list[np.ndarray]:
+        """Features of each clip's time range, for a batch of clip keys (or clip indices)."""
+        rate = RATES.get(group)
+        if rate is None:
+            raise KeyError(f"{group!r} is not a time-indexed group")
+        idx = np.asarray(keys, dtype=np.int64) if np.asarray(keys).dtype.kind in "iu" else self.clip_index(keys)
+        out = []
+        for i, v in zip(idx.tolist(), self.clip_video(idx).tolist()):
+            s, e = self.clip_rows("start", i, i + 1)[0], self.clip_rows("end", i, i + 1)[0]
+            out.append(self.video_rows(group, v, int(np.floor(s * rate)), int(np.floor(e * rate)) + 1))
+        return out
+
+    def load_group(self, group: str) -> Group:
+        """A whole time-indexed group in RAM (tools and tests on small stores; trainers stream instead)."""
+        if group == "word2vec":
+            raise ValueError("word2vec is per clip: use the text reader")
+        committed = self.committed(group)
+        if not committed:
+            raise KeyError(f"group {group!r} has no data in {self.path} (have: {sorted(self.groups)})")
+        datas, lengths = [], []
+        for p in range(self.n_parts):
+            a, b = self.part_range(p)
+            if p not in committed:
+                lengths.append(np.zeros(b - a, np.int64))
+                continue
+            u = self.unit(p, group)
+            datas.append(u.data.rows(0, len(u.data)))
+            lengths.append(np.diff(u.offsets))
+        status, error = self.video_status(group)
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
+        return Group(group, np.concatenate(datas), offsets, status, error, RATES.get(group))
+
+    # ---- text ----------------------------------------------------------------------------
+    @cached_property
+    def _text(self) -> zarr.Group:
+        if not (self.path / "word2vec").is_dir():
+            raise KeyError(f"no word2vec group in {self.path} (extract with --word2vec)")
+        return zarr.open_group(str(self.path / "word2vec"), mode="r")
+
+    @cached_property
+    def _text_readers(self) -> dict[str, RowReader]:
+        return {k: RowReader(self._text[k], self.path / "word2vec" / k) for k in ("ids", "offsets")}
+
+    def word_ids(self, a: int, b: int) -> list[np.ndarray]:
+        """Token ids (rows of ``word_vectors()``) of clips a..b-1."""
+        off = self._text_readers["offsets"].rows(a, b + 1)
+        ids = self._text_readers["ids"].rows(int(off[0]), int(off[-1])) if b > a else np.zeros(0, np.int32)
+        return [ids[off[i] - off[0]:off[i + 1] - off[0]] for i in range(b - a)]
+
+    def text_ok_per_video(self) -> np.ndarray:
+        """Clips with at least one known word, per video."""
+        return self._text["ok_per_video"][...]
+
+    def word_vectors(self) -> np.ndarray:
+        return self._text["vectors"][...]
+
+    def text_status_counts(self) -> dict[str, int]:
+        """Clips per text status, counted a chunk at a time."""
+        from collections import Counter
+
+        arr, counts = self._text["status"], Counter()
+        for a in range(0, arr.shape[0], CLIP_CHUNK):
+            counts.update(arr[a:a + CLIP_CHUNK].astype(object).tolist())
+        return dict(counts)
+
+    def text_status(self, idx) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        return self._text["status"].get_orthogonal_selection(idx).astype(object) if len(idx) else np.zeros(0, object)

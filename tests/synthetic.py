@@ -1,8 +1,11 @@
-"""Synthetic feature stores with planted cross-modal structure, written with the real store writer."""
-import numpy as np
-import zarr
+"""Synthetic feature stores with planted cross-modal structure, written with the store's own writer API
+(plan_store from a clip-per-row manifest, write_part per unit, write_text for the word ids)."""
+import csv
 
-from pipeline.store import write_unit
+import numpy as np
+
+from pipeline.plan import plan_store
+from pipeline.store import FeatureStore, add_groups, write_part, write_text
 
 CLIP_S = 2.0
 
@@ -15,8 +18,7 @@ def planted_store(path, n_videos, seed, word_vectors, mixers, clips_per_video=4,
     """
     rng = np.random.default_rng(seed)
     wv, wa = mixers
-    keys, video, start, text, task, ids = [], [], [], [], [], []
-    frames, audio = [], []
+    rows, ids, frames, audio = [], [], [], []
     for v in range(n_videos):
         f_rows, a_rows = [], []
         own = np.array_split(np.arange(vocab), classes)[v % classes] if classes else np.arange(vocab)
@@ -25,29 +27,21 @@ def planted_store(path, n_videos, seed, word_vectors, mixers, clips_per_video=4,
             meaning = word_vectors[words].mean(0)
             f_rows.append(meaning @ wv + 0.05 * rng.normal(size=(int(CLIP_S), wv.shape[1])))
             a_rows.append(meaning @ wa + 0.05 * rng.normal(size=(int(CLIP_S * 6.25), 1024)))
-            keys.append(f"v{v}#{c}")
-            video.append(v)
-            start.append(c * CLIP_S)
-            text.append(" ".join(f"w{w}" for w in words))
-            task.append(f"c{v % classes}" if classes else f"t{words[0] % 3}")
+            rows.append([f"v{v}", c * CLIP_S, c * CLIP_S + CLIP_S - 0.01, " ".join(f"w{w}" for w in words),
+                         f"c{v % classes}" if classes else f"t{words[0] % 3}"])
             ids.append(words.astype(np.int32))
         frames.append(np.concatenate(f_rows))
         audio.append(np.concatenate(a_rows))
-    n = len(keys)
-    write_unit(path / "videos", {"video_id": np.array([f"v{i}" for i in range(n_videos)], dtype=object),
-                                 "path": np.array([""] * n_videos, dtype=object)}, {})
-    write_unit(path / "clips", {"key": np.array(keys, dtype=object), "video": np.array(video, np.int32),
-                                "start": np.array(start), "end": np.array(start) + CLIP_S - 0.01,
-                                "text": np.array(text, dtype=object), "label_task": np.array(task, dtype=object)}, {})
-    for name, rows in (("resnet152", frames), ("davenet", audio)):
-        write_unit(path / "parts" / "p000000" / name, {
-            "data": np.concatenate(rows).astype(np.float16),
-            "offsets": np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64),
-            "status": np.array(["ok"] * n_videos, dtype=object), "error": np.array([""] * n_videos, dtype=object),
-            "duration": np.full(n_videos, clips_per_video * CLIP_S)}, {})
-    write_unit(path / "word2vec", {"ids": np.concatenate(ids), "offsets": np.arange(n + 1, dtype=np.int64) * 3,
-                                   "status": np.array(["ok"] * n, dtype=object),
-                                   "vocab_rows": np.arange(vocab), "vectors": word_vectors.astype(np.float32)}, {})
-    zarr.open_group(str(path), mode="a").attrs.update({"mmcache": {"version": 1, "part_size": n_videos},
-                                                       "groups": {"resnet152": {}, "davenet": {}, "word2vec": {}}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = path.parent / f"{path.name}.csv"
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows([["video_id", "start", "end", "text", "task"], *rows])
+    plan_store(path, str(manifest), part_size=n_videos)
+    ok = ["ok"] * n_videos
+    for name, data in (("resnet152", frames), ("davenet", audio)):
+        write_part(path, 0, name, data, ok, [""] * n_videos, [clips_per_video * CLIP_S] * n_videos,
+                   data[0].shape[1])
+    store = FeatureStore(path)
+    write_text(store, [(["ok"] * len(ids), ids)], vocab, lambda used: word_vectors[used])
+    add_groups(path, {"resnet152": {"dim": wv.shape[1]}, "davenet": {"dim": 1024}, "word2vec": {"dim": 300}})
     return path

@@ -70,27 +70,38 @@ def test_features_equal_direct_extractor_calls(odd_store, odd_dataset, weights):
     assert abs(len(mel.video(i)) - 401) <= 8  # 4 s at 100 frames/s, give or take AAC padding
 
 
-def test_text_group_ids_and_statuses(odd_store):
+def test_text_group_ids_and_statuses(odd_store, weights):
+    from gensim.models import KeyedVectors
+
     s = FeatureStore(odd_store[0])
-    ids, status, vectors = s.load_text()
-    texts = list(s.clips["text"])
+    every = np.arange(s.n_clips)
+    texts, status, ids = list(s.clip_values("text", every)), s.text_status(every), s.word_ids(0, s.n_clips)
     assert dict(zip(texts, status)) == {"cut the onion": "ok", "knead dough": "ok", "wheel bike": "ok",
                                         "": "empty_caption", "zzz qqq": "no_known_words", "paint the wall": "ok"}
-    assert vectors.shape[1] == 300 and len(ids[texts.index("cut the onion")]) == 3
+    kv = KeyedVectors.load_word2vec_format(weights["word2vec"], binary=True)
+    vectors = s.word_vectors()
+    for text, i in zip(texts, ids):  # ids index the store's vectors: the same words gensim finds
+        np.testing.assert_array_equal(vectors[i], kv[[w for w in text.split() if w in kv.key_to_index]]
+                                      if len(i) else np.zeros((0, 300), np.float32))
+    assert len(ids[texts.index("cut the onion")]) == 3
+    ok = s.text_ok_per_video()
+    assert ok[s.video_index["good0"]] == 2 and ok[s.video_index["good2"]] == 0  # empty caption
 
 
 def test_batched_read_equals_slicing_the_loaded_group(odd_store):
     s = FeatureStore(odd_store[0])
-    keys = list(s.clips["key"])[::-1]
+    keys = list(s.clip_keys(np.arange(s.n_clips)))[::-1]
+    assert keys[-1] == f"{s.videos['video_id'][0]}#0"
     for group in ("resnet152", "logmel"):
         g = s.load_group(group)
         got = s.read(group, keys)
         for k, arr in zip(keys, got):
             c = s.clip_index([k])[0]
-            v = s.clips["video"][c]
+            v = s.clip_video([c])[0]
+            assert s.clip_rows("video", c, c + 1)[0] == v
             n = g.offsets[v + 1] - g.offsets[v]
-            a = min(n, int(np.floor(s.clips["start"][c] * g.rate)))
-            b = min(n, int(np.floor(s.clips["end"][c] * g.rate)) + 1)
+            a = min(n, int(np.floor(s.clip_rows("start", c, c + 1)[0] * g.rate)))
+            b = min(n, int(np.floor(s.clip_rows("end", c, c + 1)[0] * g.rate)) + 1)
             np.testing.assert_array_equal(arr, g.video(v)[a:b])
     with pytest.raises(KeyError, match="unknown clip key"):
         s.read("resnet152", ["nope#0"])

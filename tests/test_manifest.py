@@ -3,21 +3,26 @@ import pytest
 from manifests.read import ManifestError, read_manifest
 
 
+def flat(m):
+    """(video_id, start, end, text, clip labels) per clip, in the order read."""
+    return [(m.videos.ids[c.video], float(c.start[i]), float(c.end[i]), c.text[i],
+             {k: v[i] for k, v in c.labels.items()}) for c in m.clips for i in range(len(c))]
+
+
 def test_howto100m_manifest_with_captions(odd_dataset):
     m = read_manifest(odd_dataset["manifest"], odd_dataset["captions"], odd_dataset["video_root"])
-    ids = [v.video_id for v in m.videos]
+    ids = m.videos.ids
     assert ids == ["good0", "good1", "good2", "silent", "truncated", "empty", "gone"]
-    assert m.videos[0].labels == {"category_1": "Food", "category_2": "Bread", "rank": "1", "task_id": "10"}
-    gone = m.videos[-1]
-    assert gone.path is None  # kept, recorded later as 'missing'
+    assert {k: v[0] for k, v in m.videos.labels.items()} == {"category_1": "Food", "category_2": "Bread",
+                                                             "rank": "1", "task_id": "10"}
+    assert m.videos.paths[-1] is None  # kept, recorded later as 'missing'
     text = "\n".join(m.problems)
     assert "line 4: missing video_id" in text
     assert "line 9: no video file for 'gone'" in text
     assert "captions.json['good1'][1]: bad caption time" in text
     assert "no captions for video 'empty'" in text
-    assert [(c.video_id, c.start, c.end) for c in m.clips][:3] == [("good0", 0.0, 2.0), ("good0", 2.0, 4.0),
-                                                                  ("good1", 0.5, 1.5)]
-    assert m.clips[0].labels["task_id"] == "10"
+    assert flat(m)[:3] == [("good0", 0.0, 2.0, "cut the onion", {}), ("good0", 2.0, 4.0, "knead dough", {}),
+                           ("good1", 0.5, 1.5, "wheel bike", {})]
 
 
 def test_strict_aborts_on_any_problem(odd_dataset):
@@ -33,9 +38,9 @@ def test_clip_per_row_csv(tmp_path, odd_dataset):
                    "good1,0,abc,bad,bike\n"        # line 4
                    "good1,1,3,wheel,bike\n")
     m = read_manifest(csv, video_root=odd_dataset["video_root"])
-    assert [v.video_id for v in m.videos] == ["good0", "good1"]
-    assert [(c.video_id, c.text, c.labels) for c in m.clips] == [("good0", "cut the onion", {"task": "bread"}),
-                                                                 ("good1", "wheel", {"task": "bike"})]
+    assert m.videos.ids == ["good0", "good1"]
+    assert [(v, t, lab) for v, _, _, t, lab in flat(m)] == [("good0", "cut the onion", {"task": "bread"}),
+                                                           ("good1", "wheel", {"task": "bike"})]
     assert any("line 3: bad clip time" in p for p in m.problems)
     assert any("line 4: bad clip time" in p for p in m.problems)
 

@@ -5,13 +5,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import zarr
 
-from trainers.data import load_clips, merge_captions
+from pipeline.store import FeatureStore
+from trainers.data import ClipReader, merge_captions, step_loader
 from trainers.evaluate import evaluate
-from trainers.mcn import MCNConfig, train
+from trainers.mcn import MCNConfig, MCNSampler, clip_spec, train
 
 @pytest.fixture(scope="module")
 def planted(stores):
@@ -34,11 +36,50 @@ def test_merge_captions_follows_mcn():
 
 
 def test_loader_pools_like_mcn(planted):
-    data = load_clips(planted[0], "vat", min_time=0.0)
-    assert data.video.shape == (192, 64) and data.audio.shape == (192, 1024)
-    torch.testing.assert_close(data.video.norm(dim=1), torch.ones(192))
-    assert data.words.shape == (192, 20) and (data.words[:, 3:] == len(data.vectors) - 1).all()
-    assert (data.vectors[-1] == 0).all()
+    reader = ClipReader(planted[0], clip_spec(small(planted[0], "x")))
+    b = reader.batch(reader.all_clips())
+    assert b["video"].shape == (192, 64) and b["audio"].shape == (192, 1024)
+    np.testing.assert_allclose(np.linalg.norm(b["video"], axis=1), np.ones(192), rtol=1e-5)
+    assert b["words"].shape == (192, 20) and (b["words"][:, 3:] == len(reader.vectors) - 1).all()
+    assert (reader.vectors[-1] == 0).all()
+
+
+def in_ram_batch(store, clips, min_time, max_words=20):
+    """MCN's clip forming written out again over whole groups loaded in RAM (the layout-free reference)."""
+    s = FeatureStore(store)
+    frames, audio = s.load_group("resnet152"), s.load_group("davenet")
+    starts, ends = s.clip_rows("start", 0, s.n_clips), s.clip_rows("end", 0, s.n_clips)
+    ids, video_of, off = s.word_ids(0, s.n_clips), s.clip_video(np.arange(s.n_clips)), s.clip_offsets
+    pad = len(s.word_vectors())
+    out = {"video": [], "audio": [], "words": []}
+    for c in clips:
+        v = video_of[c]
+        a, b = off[v], off[v + 1]
+        first, last, order = merge_captions(starts[a:b], ends[a:b], c - a, min_time)
+        t0, t1 = starts[a + first], ends[a + last]
+        x = frames.video(v)[int(t0):int(t1) + 1].astype(np.float32).max(0)
+        out["video"].append(x / np.linalg.norm(x))
+        out["audio"].append(audio.video(v)[int(np.floor(t0 * 6.25)):int(np.floor(t1 * 6.25)) + 1]
+                            .astype(np.float32).mean(0))
+        w = np.concatenate([ids[a + o] for o in order])[:max_words]
+        out["words"].append(np.r_[w, np.full(max_words - len(w), pad)])
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def test_streamed_batches_equal_in_ram_batches_in_worker_processes(planted):
+    cfg = small(planted[0], "x", min_time=5.0, videos_per_batch=4)  # merging joins 3 captions per clip
+    reader = ClipReader(cfg.store, clip_spec(cfg))
+    sampler = MCNSampler(reader.usable_videos(), cfg.videos_per_batch, cfg.clips_per_video, cfg.seed)
+    streamed = list(step_loader(cfg.store, clip_spec(cfg), sampler, 10, 16, workers=2))
+    assert len(streamed) == 6
+    for step, b in zip(range(10, 16), streamed):
+        clips = sampler(reader, step)
+        np.testing.assert_array_equal(b["clips"].numpy(), clips)  # a pure function of (seed, step)
+        ref = in_ram_batch(cfg.store, clips, cfg.min_time)
+        np.testing.assert_array_equal(b["words"].numpy(), ref["words"])
+        np.testing.assert_allclose(b["video"].numpy(), ref["video"], rtol=1e-6)
+        np.testing.assert_allclose(b["audio"].numpy(), ref["audio"], rtol=1e-6)
+    assert len(set(np.concatenate([b["clips"].numpy() for b in streamed]) // 4)) > 8  # videos vary by step
 
 
 def test_mcn_learns_planted_structure(planted, tmp_path):
@@ -66,7 +107,7 @@ def test_killed_training_resumes_to_the_same_model(planted, tmp_path):
     args = [sys.executable, "-m", "trainers.cli", "mcn", "--store", str(planted[0]), "--combo", "all", "--dim", "64",
             "--videos-per-batch", "8", "--clips-per-video", "4", "--steps", "80", "--warmup", "5", "--lr", "1e-3",
             "--min-time", "0", "--clusters", "4", "--cluster-every", "7", "--queue-steps", "2",
-            "--checkpoint-every", "5", "--no-progress", "--out"]
+            "--checkpoint-every", "5", "--loader-workers", "1", "--no-progress", "--out"]
     subprocess.run(args + [str(tmp_path / "ref")], check=True, capture_output=True)
     proc = subprocess.Popen(args + [str(tmp_path / "cut")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -1,17 +1,45 @@
-"""Pieces shared by the pseudo-label trainers (XDC, SeLaVi): encoders over cached features, a whole-set
-feature pass, and the export of pseudo-labels with their metrics against the store's label columns."""
+"""Pieces shared by the pseudo-label trainers (XDC, SeLaVi): the clip features they cluster, encoders over
+them, a whole-set feature pass, and the export of pseudo-labels with their metrics against the store's
+label columns."""
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data import ClipData
+from .data import ClipReader, ClipSpec
 from .metrics import clustering_metrics
+
+
+@dataclass
+class ClipFeatures:
+    """Pooled video and audio features of every usable clip, in RAM (N x (Dv + Da) float32)."""
+    video: torch.Tensor
+    audio: torch.Tensor
+    keys: np.ndarray
+    labels: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def load_features(store: str, batch: int = 4096) -> ClipFeatures:
+    """Every clip with video and audio (caption time span, no merging), read from the store in batches."""
+    reader = ClipReader(store, ClipSpec("va", min_time=0.0))
+    clips = reader.all_clips()
+    video, audio = [], []
+    for _, b in reader.iter_batches(clips, batch):
+        video.append(b["video"])
+        audio.append(b["audio"])
+    dims = ((0, reader.video_dim), (0, reader.audio_dim))
+    return ClipFeatures(*(torch.from_numpy(np.concatenate(x) if x else np.zeros(d, np.float32))
+                          for x, d in zip((video, audio), dims)),
+                        reader.store.clip_keys(clips), reader.store.labels(clips))
 
 
 def encoder(d_in: int, d_out: int = 512, hidden: int = 512) -> nn.Sequential:
@@ -21,7 +49,7 @@ def encoder(d_in: int, d_out: int = 512, hidden: int = 512) -> nn.Sequential:
 
 
 @torch.no_grad()
-def all_features(encoders: nn.ModuleDict, data: ClipData, batch: int = 4096) -> dict[str, torch.Tensor]:
+def all_features(encoders: nn.ModuleDict, data: ClipFeatures, batch: int = 4096) -> dict[str, torch.Tensor]:
     """Encoder outputs for every clip, eval mode (no augmentation), keyed 'v' / 'a'."""
     was = encoders.training
     encoders.eval()
@@ -31,7 +59,7 @@ def all_features(encoders: nn.ModuleDict, data: ClipData, batch: int = 4096) -> 
     return out
 
 
-def export_labels(run: Path, data: ClipData, labels: dict[str, np.ndarray], best_of: str | None = None) -> dict:
+def export_labels(run: Path, data: ClipFeatures, labels: dict[str, np.ndarray], best_of: str | None = None) -> dict:
     """Write <run>/labels.csv and labels.zarr (one column per labelling) and score each labelling against
     every label column of the store. ``best_of``: prefix of the labellings to pick the best (oracle) from."""
     from pipeline.store import write_unit

@@ -1,41 +1,32 @@
-"""Clips from the feature store, as MCN's loader forms them (spec: shared/spec/mcn.md section 5).
+"""Clips from the feature store, formed as MCN's loader forms them (spec: shared/spec/mcn.md section 5),
+read batch by batch.
 
-Everything a clip needs is computed once, in RAM, when the data is built: caption merging up to
-``min_time``, max-pooled video, pooled frozen audio (or the log-mel window for end-to-end audio) and
-word ids. A training batch is then only an index gather, so ablations start in seconds.
+Nothing per clip is held in RAM: a batch reads its videos' clip times, word ids and feature rows from the
+store's memory-mapped units, then forms each clip (caption merging up to ``min_time``, max-pooled video,
+pooled frozen audio or the log-mel window, word ids). Only per-video flags (status of each group, clips
+with known words) are loaded at start-up. :func:`step_loader` runs this in DataLoader worker processes, so
+reads overlap compute, and a batch stays a pure function of (seed, step).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pipeline.store import FeatureStore
+from pipeline.store import RATES, FeatureStore
 
 
-@dataclass
-class ClipData:
-    video: torch.Tensor  # (N, Dv) float32: max-pool over the clip's 1 fps rows, L2-normalised
-    audio: torch.Tensor  # (N, 1024) pooled frozen DAVEnet, or (N, 40, F) float16 log-mel window
-    nframes: torch.Tensor  # (N,) unpadded log-mel frames (end-to-end) or zeros
-    words: torch.Tensor  # (N, max_words) int64 into ``vectors``; padding -> the last (zero) row
-    vectors: torch.Tensor  # (V + 1, 300) float32, last row zeros
-    video_of: np.ndarray  # (N,) video index of each clip
-    keys: np.ndarray  # (N,) clip keys
-    labels: dict[str, np.ndarray]
-    dropped: dict[str, int]
-    valid: dict[str, torch.Tensor] | None = None  # per modality, when missing modalities are kept (masked)
-    candidates: torch.Tensor | None = None  # (N, K) clip indices of each clip's K nearest narrations, -1 = none
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def batch(self, idx, device="cpu"):
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        words = self.vectors[self.words[idx]]
-        return (self.video[idx].to(device), self.audio[idx].to(device).float(), words.to(device),
-                self.nframes[idx].to(device))
+@dataclass(frozen=True)
+class ClipSpec:
+    """What a trainer asks of each clip."""
+    modalities: str = "vat"  # which of v, a, t are read
+    min_time: float = 10.0  # merge neighbouring captions until the clip lasts this long (MCN)
+    max_words: int = 20
+    end_to_end_audio: bool = False  # log-mel windows instead of pooled frozen DAVEnet features
+    audio_frames: int = 1000
+    candidates: int = 0  # > 0: also the words of each clip's K nearest narrations (MIL-NCE positives)
 
 
 def merge_captions(starts, ends, i: int, min_time: float, min_count: int = 1) -> tuple[int, int, list[int]]:
@@ -66,91 +57,153 @@ def _audio_frames(t: float) -> int:
     return max(0, (int(t * 16000) - 200) // 160)
 
 
-def load_clips(store: FeatureStore | str, modalities: str = "vat", min_time: float = 10.0, max_words: int = 20,
-               end_to_end_audio: bool = False, audio_frames: int = 1000, keep_missing: bool = False,
-               candidates: int = 0) -> ClipData:
-    """Clips with every modality in ``modalities``; clips missing one are dropped (counted in ``dropped``),
-    or kept with ``valid`` masks when ``keep_missing``. ``candidates`` > 0 also lists, per clip, the
-    clips of its K nearest narrations in time (MIL-NCE positives)."""
-    store = store if isinstance(store, FeatureStore) else FeatureStore(store)
-    n = store.n_clips
-    video_of = store.clips["video"].astype(np.int64)
-    starts, ends = store.clips["start"], store.clips["end"]
-    ok = np.ones(n, bool)
-    dropped: dict[str, int] = {}
-    valid: dict[str, np.ndarray] = {}
+class ClipReader:
+    """Forms clips of a store on demand. Per-video flags are in RAM; per-clip data is read per batch."""
 
-    def drop(mask, modality, why):
-        valid[modality] = mask
-        if keep_missing:
-            return
-        bad = ok & ~mask
-        if bad.any():
-            dropped[why] = int(bad.sum())
-        ok[:] &= mask
+    def __init__(self, store: FeatureStore | str, spec: ClipSpec):
+        self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+        self.spec = spec
+        s, n = self.store, self.store.n_videos
+        self.counts = np.diff(s.clip_offsets)
+        self.video_group = "resnet152" if "v" in spec.modalities else None
+        self.audio_group = ("logmel" if spec.end_to_end_audio else "davenet") if "a" in spec.modalities else None
+        self.ok = {}  # per modality, per video
+        for m, group in (("v", self.video_group), ("a", self.audio_group)):
+            if group:
+                if group not in s.groups:
+                    raise KeyError(f"{s.path} has no {group!r} group (have {sorted(s.groups)}); extract it first")
+                self.ok[m] = s.video_status(group)[0] == "ok"
+        self.text_ok = s.text_ok_per_video() if "t" in spec.modalities or spec.candidates else None
+        vectors = s.word_vectors() if self.text_ok is not None else np.zeros((0, 300), np.float32)
+        self.pad = len(vectors)  # padding id -> the appended zero row
+        self.vectors = torch.from_numpy(np.concatenate([vectors, np.zeros((1, vectors.shape[1]), np.float32)]))
+        self.video_dim = int(s.groups[self.video_group]["dim"]) if self.video_group else 1
+        self.audio_dim = int(s.groups[self.audio_group]["dim"]) if self.audio_group else 1
 
-    # caption merging inside each video (clips are stored sorted by video)
-    span = np.zeros((n, 2))
-    order: list[list[int]] = [[] for _ in range(n)]
-    bounds = np.flatnonzero(np.r_[True, video_of[1:] != video_of[:-1], True])
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        for i in range(a, b):
-            s, e, o = merge_captions(starts[a:b], ends[a:b], i - a, min_time)
-            span[i] = starts[a + s], ends[a + e]
-            order[i] = [a + j for j in o]
+    # ---- which clips can be used ------------------------------------------------------------
+    def usable_videos(self) -> np.ndarray:
+        """Videos with at least one clip that has every modality (MCN drops the others)."""
+        ok = self.counts > 0
+        for m in self.ok.values():
+            ok &= m
+        if "t" in self.spec.modalities:
+            ok &= self.text_ok > 0
+        return np.flatnonzero(ok)
 
-    frames = store.load_group("resnet152") if "v" in modalities else None
-    video = np.zeros((n, frames.data.shape[1] if frames else 1), np.float32)
-    if frames:
-        drop(frames.status[video_of] == "ok", "v", "video not ok")
-        for i in np.flatnonzero(ok):
-            rows = frames.video(video_of[i])[int(span[i, 0]):int(span[i, 1]) + 1].astype(np.float32)
-            if len(rows):
-                v = rows.max(axis=0)
-                video[i] = v / max(np.linalg.norm(v), 1e-12)
+    def dropped(self) -> dict[str, int]:
+        """Clips left out by usable_videos / usable_clips, by first reason."""
+        out, left = {}, np.ones(len(self.counts), bool)
+        for m, why in (("v", "video not ok"), ("a", f"{self.audio_group} not ok")):
+            if m in self.ok and (bad := left & ~self.ok[m]).any():
+                out[why] = int(self.counts[bad].sum())
+                left &= self.ok[m]
+        if "t" in self.spec.modalities and (n := int((self.counts[left] - self.text_ok[left]).sum())):
+            out["caption empty or no known words"] = n
+        return out
 
-    nframes = np.zeros(n, np.int64)
-    audio = np.zeros((n, 1), np.float32)
-    if "a" in modalities:
-        group = store.load_group("logmel" if end_to_end_audio else "davenet")
-        drop(group.status[video_of] == "ok", "a", f"{group.name} not ok")
-        if end_to_end_audio:
-            audio = np.zeros((n, 40, audio_frames), np.float16)
-            for i in np.flatnonzero(ok):
-                mel = group.video(video_of[i])[_audio_frames(span[i, 0]):_audio_frames(span[i, 1])][:audio_frames]
-                audio[i, :, :len(mel)], nframes[i] = mel.T, len(mel)
-        else:
-            audio = np.zeros((n, group.data.shape[1]), np.float32)
-            for i in np.flatnonzero(ok):
-                rows = group.video(video_of[i])[int(np.floor(span[i, 0] * group.rate)):
-                                               int(np.floor(span[i, 1] * group.rate)) + 1]
-                if len(rows):
-                    audio[i] = rows.astype(np.float32).mean(axis=0)
+    def usable_clips(self, v: int) -> np.ndarray:
+        """Clip indices of video v that have every modality (text: at least one known word)."""
+        a, b = int(self.store.clip_offsets[v]), int(self.store.clip_offsets[v + 1])
+        if "t" not in self.spec.modalities:
+            return np.arange(a, b)
+        return a + np.flatnonzero([len(w) > 0 for w in self.store.word_ids(a, b)])
 
-    vectors = np.zeros((1, 300), np.float32)
-    words = np.zeros((n, max_words), np.int64)
-    if "t" in modalities:
-        ids, status, vectors = store.load_text()
-        vectors = np.concatenate([vectors, np.zeros((1, vectors.shape[1]), np.float32)])
-        words[:] = len(vectors) - 1
-        drop(status == "ok", "t", "caption empty or no known words")
-        for i in np.flatnonzero(ok):
-            w = np.concatenate([ids[j] for j in order[i]])[:max_words]
-            words[i, :len(w)] = w
+    # ---- forming clips -------------------------------------------------------------------
+    def batch(self, clips) -> dict[str, np.ndarray]:
+        """Arrays for the clips at indices ``clips`` (any order, repeats allowed):
+        video (B, Dv) float32, audio (B, Da) float32 or (B, 40, F) float16, nframes (B,), words (B, W) ids
+        into ``vectors`` (padding = the zero row), valid_<m> (B,) bool; with candidates also cand_words
+        (B, K, W) and cand_ok (B, K)."""
+        spec, s = self.spec, self.store
+        clips = np.asarray(clips, dtype=np.int64)
+        B, K, W = len(clips), spec.candidates, spec.max_words
+        out = {"video": np.zeros((B, self.video_dim), np.float32),
+               "audio": (np.zeros((B, 40, spec.audio_frames), np.float16) if spec.end_to_end_audio
+                         else np.zeros((B, self.audio_dim), np.float32)),
+               "nframes": np.zeros(B, np.int64), "words": np.full((B, W), self.pad, np.int64),
+               **{f"valid_{m}": np.zeros(B, bool) for m in "vat"}}
+        if K:
+            out["cand_words"] = np.full((B, K, W), self.pad, np.int64)
+            out["cand_ok"] = np.zeros((B, K), bool)
+        videos, inverse = np.unique(s.clip_video(clips), return_inverse=True)
+        for k, v in enumerate(videos.tolist()):
+            at = np.flatnonzero(inverse == k)
+            a, b = int(s.clip_offsets[v]), int(s.clip_offsets[v + 1])
+            starts, ends = s.clip_rows("start", a, b), s.clip_rows("end", a, b)
+            ids = s.word_ids(a, b) if self.text_ok is not None else None
+            frames = s.video_rows(self.video_group, v) if "v" in self.ok and self.ok["v"][v] else None
+            audio = s.video_rows(self.audio_group, v) if "a" in self.ok and self.ok["a"][v] else None
+            out["valid_v"][at] = frames is not None
+            out["valid_a"][at] = audio is not None
+            for j, i in zip(at.tolist(), (clips[at] - a).tolist()):
+                first, last, order = merge_captions(starts, ends, i, spec.min_time)
+                t0, t1 = starts[first], ends[last]
+                if frames is not None:
+                    rows = frames[int(t0):int(t1) + 1]
+                    if len(rows):
+                        x = rows.astype(np.float32).max(axis=0)
+                        out["video"][j] = x / max(np.linalg.norm(x), 1e-12)
+                if audio is not None:
+                    if spec.end_to_end_audio:
+                        mel = audio[_audio_frames(t0):_audio_frames(t1)][:spec.audio_frames]
+                        out["audio"][j, :, :len(mel)], out["nframes"][j] = mel.T, len(mel)
+                    else:
+                        rate = RATES[self.audio_group]
+                        rows = audio[int(np.floor(t0 * rate)):int(np.floor(t1 * rate)) + 1]
+                        if len(rows):
+                            out["audio"][j] = rows.astype(np.float32).mean(axis=0)
+                if ids is not None:
+                    out["valid_t"][j] = len(ids[i]) > 0
+                    w = np.concatenate([ids[o] for o in order])[:W]
+                    out["words"][j, :len(w)] = w
+                if K:
+                    for c, o in enumerate(merge_captions(starts, ends, i, 0.0, K)[2][:K]):
+                        w = np.concatenate([ids[x] for x in merge_captions(starts, ends, o, spec.min_time)[2]])[:W]
+                        out["cand_words"][j, c, :len(w)] = w
+                        out["cand_ok"][j, c] = len(ids[o]) > 0
+        return out
 
-    cand = None
-    if candidates:
-        cand = np.full((n, candidates), -1, np.int64)
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            for i in range(a, b):
-                picked = merge_captions(starts[a:b], ends[a:b], i - a, 0.0, candidates)[2][:candidates]
-                cand[i, :len(picked)] = [a + j for j in picked]
-    keep = np.flatnonzero(ok)
-    if cand is not None:  # renumber to the kept clips; candidates that were dropped become -1
-        new_index = np.full(n + 1, -1, np.int64)
-        new_index[keep] = np.arange(len(keep))
-        cand = torch.from_numpy(new_index[cand[keep]])
-    return ClipData(torch.from_numpy(video[keep]), torch.from_numpy(audio[keep]), torch.from_numpy(nframes[keep]),
-                    torch.from_numpy(words[keep]), torch.from_numpy(vectors), video_of[keep],
-                    store.clips["key"][keep], {k: v[keep] for k, v in store.labels().items()}, dropped,
-                    {m: torch.from_numpy(v[keep]) for m, v in valid.items()} if keep_missing else None, cand)
+    def all_clips(self) -> np.ndarray:
+        """Every usable clip, in store order (evaluation and whole-set passes; small stores only)."""
+        return np.concatenate([self.usable_clips(v) for v in self.usable_videos()] or [np.zeros(0, np.int64)])
+
+    def iter_batches(self, clips: np.ndarray, size: int = 1024):
+        """(clip indices, batch) over ``clips`` in order, ``size`` at a time."""
+        for i in range(0, len(clips), size):
+            yield clips[i:i + size], self.batch(clips[i:i + size])
+
+
+# ---- DataLoader: one batch per step, formed in worker processes --------------------------------
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` = the batch of that step: ``sample(reader, step)`` picks clip indices (a pure function
+    of the step), the reader forms them. Each worker process opens the store itself."""
+
+    def __init__(self, store: str, spec: ClipSpec, sample):
+        self.path, self.spec, self.sample = str(store), spec, sample
+        self._reader, self._pid = None, None
+
+    def reader(self) -> ClipReader:
+        if self._reader is None or self._pid != os.getpid():
+            self._reader, self._pid = ClipReader(self.path, self.spec), os.getpid()
+        return self._reader
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, step: int) -> dict[str, np.ndarray]:
+        reader = self.reader()
+        clips = self.sample(reader, step)
+        return {"clips": clips, **reader.batch(clips)}
+
+
+def step_loader(store: str, spec: ClipSpec, sample, first: int, last: int, workers: int):
+    """Batches for steps first..last-1, in order, formed by ``workers`` processes (0: in this process)."""
+    return torch.utils.data.DataLoader(StepBatches(store, spec, sample), batch_size=None,
+                                       sampler=range(first, last), num_workers=workers,
+                                       prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def default_workers() -> int:
+    """Loader processes: one beside the training process where there is a spare core."""
+    return 1 if (os.cpu_count() or 1) > 1 else 0

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import load_clips
+from .data import ClipReader, ClipSpec
 from .mcn import MCNConfig, build_model, modalities_of
 from .metrics import clustering_metrics, retrieval_metrics
 
@@ -37,11 +37,13 @@ def load_run(run: str | Path):
 
 
 @torch.no_grad()
-def embed(model, data, batch: int = 512) -> dict[str, dict[str, np.ndarray]]:
+def embed(model, reader: ClipReader, clips: np.ndarray, batch: int = 512) -> dict[str, dict[str, np.ndarray]]:
+    """Every clip's embedding per space and modality, read from the store ``batch`` clips at a time."""
     out: dict[str, dict[str, list]] = {}
-    for i in range(0, len(data), batch):
-        idx = np.arange(i, min(len(data), i + batch))
-        for space, emb in model.embed(*data.batch(idx)).items():
+    for _, b in reader.iter_batches(clips, batch):
+        inputs = (torch.from_numpy(b["video"]), torch.from_numpy(b["audio"]).float(),
+                  reader.vectors[torch.from_numpy(b["words"])], torch.from_numpy(b["nframes"]))
+        for space, emb in model.embed(*inputs).items():
             for m, e in emb.items():
                 out.setdefault(space, {}).setdefault(m, []).append(e.numpy())
     return {s: {m: np.concatenate(v) for m, v in d.items()} for s, d in out.items()}
@@ -56,10 +58,11 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
     run = Path(run)
     cfg, _, model = load_run(run)
     modalities = modalities_of(cfg.combo) if isinstance(cfg, MCNConfig) else "vat"
-    data = load_clips(store, modalities, min_time=0.0, max_words=cfg.max_words,
-                      end_to_end_audio=getattr(cfg, "end_to_end_audio", False), audio_frames=audio_frames)
-    emb = embed(model, data)
-    results: dict = {"run": str(run), "store": store, "clips": len(data), "dropped": data.dropped,
+    reader = ClipReader(store, ClipSpec(modalities, 0.0, cfg.max_words, getattr(cfg, "end_to_end_audio", False),
+                                        audio_frames))
+    clips = reader.all_clips()
+    emb = embed(model, reader, clips)
+    results: dict = {"run": str(run), "store": store, "clips": len(clips), "dropped": reader.dropped(),
                      "ties": "pessimistic (a tie with the true item counts against it)"}
     text_spaces = [s for s, e in emb.items() if "t" in e and "v" in e]
     if text_spaces:
@@ -70,7 +73,7 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
     if av_spaces:
         results["audio_to_video"] = {**retrieval_metrics(sum(emb[s]["a"] @ emb[s]["v"].T for s in av_spaces)),
                                      "spaces": av_spaces}
-    labels = data.labels
+    labels = reader.store.labels(clips)
     names = [label] if label else [k for k, v in labels.items() if 1 < len(np.unique(v)) < len(v)]
     if label and label not in labels:
         raise KeyError(f"no label column {label!r} in {store} (have {sorted(labels)})")
@@ -82,7 +85,7 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
             fused = F.normalize(torch.from_numpy(sum(e.values()) / len(e)), dim=1).numpy()
             pred = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(fused)
             results["clustering"][f"{name}/{space}"] = {**clustering_metrics(y, pred), "k": k}
-    export(run / "embeddings.zarr", data.keys, emb)
+    export(run / "embeddings.zarr", reader.store.clip_keys(clips), emb)
     (run / "eval.json").write_text(json.dumps(results, indent=1))
     return results
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import load_clips
+from .data import ClipReader, ClipSpec, default_workers, step_loader
 from .loop import RunDir, warmup_cosine
 from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
 from .model import MCN, parse_combo
@@ -45,6 +45,7 @@ class MCNConfig:
     device: str = "cpu"
     resume: bool = False
     log_every: int = 10
+    loader_workers: int = default_workers()  # processes forming batches beside training (0: in-process)
 
 
 def modalities_of(combo: str) -> str:
@@ -56,15 +57,26 @@ def build_model(cfg: MCNConfig, video_dim: int, we_dim: int) -> MCN:
                end_to_end_audio=cfg.end_to_end_audio, recon=not cfg.no_recon)
 
 
-def sample_batch(videos: np.ndarray, clips_of: list[np.ndarray], cfg: MCNConfig, step: int,
-                 steps_per_epoch: int) -> np.ndarray:
-    """Clip indices for a step: videos_per_batch videos of this epoch's permutation, clips_per_video
-    captions drawn uniformly with replacement from each (MCN). Deterministic in (seed, step)."""
-    epoch, k = divmod(step, steps_per_epoch)
-    perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(videos))
-    chosen = perm[k * cfg.videos_per_batch:(k + 1) * cfg.videos_per_batch]
-    rng = np.random.default_rng([cfg.seed, epoch, k, 1])
-    return np.concatenate([rng.choice(clips_of[v], cfg.clips_per_video) for v in chosen])
+def clip_spec(cfg: MCNConfig) -> ClipSpec:
+    return ClipSpec(modalities_of(cfg.combo), cfg.min_time, cfg.max_words, cfg.end_to_end_audio, cfg.audio_frames)
+
+
+class MCNSampler:
+    """Clip indices for a step: videos_per_batch videos of this epoch's permutation of the usable videos,
+    clips_per_video captions drawn uniformly with replacement from each (MCN). Deterministic in (seed, step)."""
+
+    def __init__(self, videos: np.ndarray, videos_per_batch: int, clips_per_video: int, seed: int):
+        self.videos, self.per_batch, self.per_video, self.seed = videos, videos_per_batch, clips_per_video, seed
+        self.steps_per_epoch = len(videos) // videos_per_batch
+        self._epoch, self._perm = None, None
+
+    def __call__(self, reader: ClipReader, step: int) -> np.ndarray:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.videos))
+        chosen = self.videos[self._perm[k * self.per_batch:(k + 1) * self.per_batch]]
+        rng = np.random.default_rng([self.seed, epoch, k, 1])
+        return np.concatenate([rng.choice(reader.usable_clips(v), self.per_video) for v in chosen.tolist()])
 
 
 class Clusterer:
@@ -131,15 +143,15 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
     run = RunDir(cfg.out, cfg.resume)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    data = load_clips(cfg.store, modalities_of(cfg.combo), cfg.min_time, cfg.max_words, cfg.end_to_end_audio,
-                      cfg.audio_frames)
-    videos = np.unique(data.video_of)
-    clips_of = [np.flatnonzero(data.video_of == v) for v in videos]
+    reader = ClipReader(cfg.store, clip_spec(cfg))
+    videos = reader.usable_videos()
     if len(videos) < cfg.videos_per_batch:
         raise ValueError(f"{len(videos)} usable videos but --videos-per-batch {cfg.videos_per_batch}; "
-                         f"lower it (dropped clips: {data.dropped})")
-    steps_per_epoch = len(videos) // cfg.videos_per_batch
-    model = build_model(cfg, data.video.shape[1], data.vectors.shape[1]).to(cfg.device)
+                         f"lower it (dropped clips: {reader.dropped()})")
+    sampler = MCNSampler(videos, cfg.videos_per_batch, cfg.clips_per_video, cfg.seed)
+    steps_per_epoch = sampler.steps_per_epoch
+    vectors = reader.vectors
+    model = build_model(cfg, reader.video_dim, vectors.shape[1]).to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))
     clusterers = {name: Clusterer(cfg.queue_steps * cfg.videos_per_batch * max(1, cfg.clips_per_video // 2),
@@ -153,14 +165,17 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
             c.load(state["clusterers"][k])
         step = int(state["step"])
     run.open_log(step)
-    run.write_config(cfg, method="mcn", video_dim=int(data.video.shape[1]), we_dim=int(data.vectors.shape[1]))
-    print(f"mcn {cfg.combo}: {len(data)} clips from {len(videos)} videos (dropped {data.dropped or 'none'}), "
-          f"{steps_per_epoch} steps/epoch, data ready in {time.time() - t0:.1f}s, starting at step {step}")
+    run.write_config(cfg, method="mcn", video_dim=reader.video_dim, we_dim=int(vectors.shape[1]))
+    print(f"mcn {cfg.combo}: {len(videos)} usable videos (dropped clips: {reader.dropped() or 'none'}), "
+          f"{steps_per_epoch} steps/epoch, ready in {time.time() - t0:.1f}s, starting at step {step}")
     use_amp = cfg.device.startswith("cuda")
     model.train()
-    for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not progress, desc="train"):
-        idx = sample_batch(videos, clips_of, cfg, step, steps_per_epoch)
-        video, audio, words, nframes = data.batch(idx, cfg.device)
+    loader = step_loader(cfg.store, clip_spec(cfg), sampler, step, cfg.steps, cfg.loader_workers)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
+    for step, b in zip(range(step, cfg.steps), loader):
+        dev = cfg.device
+        video, audio, nframes = b["video"].to(dev), b["audio"].to(dev).float(), b["nframes"].to(dev)
+        words = vectors[b["words"]].to(dev)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             out = model(video, audio, words, nframes)
         out = {k: ({m: e.float() for m, e in emb.items()}, [(p.float(), t.float()) for p, t in rec])
@@ -177,6 +192,8 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             run.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                       "step": torch.tensor(step + 1), "clusterers": {k: c.state() for k, c in clusterers.items()}})
+        bar.update()
+    bar.close()
     run.close()
     torch.save(model.state_dict(), run.path / "model.pt")
-    return {"steps": cfg.steps, "clips": len(data), "videos": len(videos), "seconds": time.time() - t0}
+    return {"steps": cfg.steps, "videos": len(videos), "seconds": time.time() - t0}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import ClipData, load_clips
+from .data import ClipReader, ClipSpec, default_workers, step_loader
 from .loop import RunDir, warmup_cosine
 from .losses import milnce
 from .model import SentenceMaxpool
@@ -46,6 +46,7 @@ class MMVConfig:
     seed: int = 1
     device: str = "cpu"
     resume: bool = False
+    loader_workers: int = default_workers()  # processes forming batches beside training (0: in-process)
 
 
 def mlp_bn(d_in: int, d_out: int) -> nn.Sequential:
@@ -93,16 +94,31 @@ def build(cfg: MMVConfig, video_dim: int, audio_dim: int, we_dim: int) -> MMV:
     return MMV(cfg.graph, video_dim, audio_dim, we_dim, cfg.dim_va, cfg.dim_vat, cfg.text_dim)
 
 
-def mmv_loss(model: MMV, data: ClipData, idx: np.ndarray, cfg: MMVConfig) -> dict[str, torch.Tensor]:
-    video, audio = data.video[idx].to(cfg.device), data.audio[idx].to(cfg.device)
-    cand = data.candidates[idx]  # (B, K), -1 where a clip has fewer narrations
-    cand_ok = (cand >= 0) & data.valid["t"][cand.clamp(min=0)]
-    words = data.vectors[data.words[cand.clamp(min=0)]].to(cfg.device)  # (B, K, W, 300)
-    v, a = data.valid["v"][idx], data.valid["a"][idx]
+def clip_spec(cfg: MMVConfig) -> ClipSpec:
+    return ClipSpec("vat", cfg.min_time, cfg.max_words, candidates=cfg.candidates)
+
+
+class MMVSampler:
+    """batch_size distinct clips of the whole store, a pure function of (seed, step)."""
+
+    def __init__(self, n_clips: int, batch_size: int, seed: int):
+        self.n, self.size, self.seed = n_clips, batch_size, seed
+
+    def __call__(self, reader: ClipReader, step: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, step]).choice(self.n, self.size, replace=False)
+
+
+def mmv_loss(model: MMV, b: dict, vectors: torch.Tensor, cfg: MMVConfig) -> dict[str, torch.Tensor]:
+    """``b``: a ClipReader batch with candidates; clips missing a modality are masked."""
+    dev = cfg.device
+    video, audio = b["video"].to(dev), b["audio"].to(dev)
+    cand_ok = b["cand_ok"]  # (B, K): a narration with known words in that slot
+    words = vectors[b["cand_words"]].to(dev)  # (B, K, W, 300)
+    v, a = b["valid_v"], b["valid_a"]
     z_v_va = model.v_va(video)
-    nce = milnce(z_v_va, model.a_va(audio), (v & a).to(cfg.device), None, cfg.temperature, cfg.loss)
-    mil = milnce(model.video_text(video, z_v_va), model.text(words), (v & cand_ok.any(1)).to(cfg.device),
-                 cand_ok.to(cfg.device), cfg.temperature, cfg.loss)
+    nce = milnce(z_v_va, model.a_va(audio), (v & a).to(dev), None, cfg.temperature, cfg.loss)
+    mil = milnce(model.video_text(video, z_v_va), model.text(words), (v & cand_ok.any(1)).to(dev),
+                 cand_ok.to(dev), cfg.temperature, cfg.loss)
     total = (cfg.weight_va * nce + cfg.weight_vt * mil) / (cfg.weight_va + cfg.weight_vt)
     return {"loss": total, "nce_va": nce, "milnce_vt": mil}
 
@@ -113,10 +129,12 @@ def train(cfg: MMVConfig, progress: bool = True) -> dict:
     run = RunDir(cfg.out, cfg.resume)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    data = load_clips(cfg.store, "vat", cfg.min_time, cfg.max_words, keep_missing=True, candidates=cfg.candidates)
-    if len(data) < cfg.batch_size:
-        raise ValueError(f"{len(data)} clips but --batch-size {cfg.batch_size}; lower it")
-    model = build(cfg, data.video.shape[1], data.audio.shape[1], data.vectors.shape[1]).to(cfg.device)
+    reader = ClipReader(cfg.store, clip_spec(cfg))
+    n = reader.store.n_clips
+    if n < cfg.batch_size:
+        raise ValueError(f"{n} clips but --batch-size {cfg.batch_size}; lower it")
+    vectors = reader.vectors
+    model = build(cfg, reader.video_dim, reader.audio_dim, vectors.shape[1]).to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))
     step = 0
@@ -126,15 +144,17 @@ def train(cfg: MMVConfig, progress: bool = True) -> dict:
         sched.load_state_dict(state["sched"])
         step = int(state["step"])
     run.open_log(step)
-    run.write_config(cfg, method="mmv", video_dim=int(data.video.shape[1]), audio_dim=int(data.audio.shape[1]),
-                     we_dim=int(data.vectors.shape[1]))
-    missing = {m: int((~v).sum()) for m, v in data.valid.items()}
-    print(f"mmv {cfg.graph}: {len(data)} clips (missing, masked: {missing}), loss variant {cfg.loss}, "
-          f"starting at step {step}")
+    run.write_config(cfg, method="mmv", video_dim=reader.video_dim, audio_dim=reader.audio_dim,
+                     we_dim=int(vectors.shape[1]))
+    missing = {m: int(reader.counts[~ok].sum()) for m, ok in reader.ok.items()}
+    print(f"mmv {cfg.graph}: {n} clips (clips of videos missing a modality, masked: {missing}), "
+          f"loss variant {cfg.loss}, starting at step {step}")
     model.train()
-    for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not progress, desc="train"):
-        idx = np.random.default_rng([cfg.seed, step]).choice(len(data), cfg.batch_size, replace=False)
-        terms = mmv_loss(model, data, idx, cfg)
+    loader = step_loader(cfg.store, clip_spec(cfg), MMVSampler(n, cfg.batch_size, cfg.seed), step, cfg.steps,
+                         cfg.loader_workers)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
+    for step, b in zip(range(step, cfg.steps), loader):
+        terms = mmv_loss(model, b, vectors, cfg)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()
@@ -145,6 +165,8 @@ def train(cfg: MMVConfig, progress: bool = True) -> dict:
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             run.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                       "step": torch.tensor(step + 1)})
+        bar.update()
+    bar.close()
     run.close()
     torch.save(model.state_dict(), run.path / "model.pt")
-    return {"steps": cfg.steps, "clips": len(data), "seconds": time.time() - t0}
+    return {"steps": cfg.steps, "clips": n, "seconds": time.time() - t0}

@@ -17,8 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
-from .clustering import all_features, encoder, export_labels
-from .data import load_clips
+from .clustering import all_features, encoder, export_labels, load_features
 from .loop import RunDir
 from .losses import sinkhorn_labels
 
@@ -99,7 +98,7 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
 
     run = RunDir(cfg.out, cfg.resume)
     t0 = time.time()
-    data = load_clips(cfg.store, "va", min_time=0.0)
+    data = load_features(cfg.store)
     n = len(data)
     if n < max(cfg.batch_size, cfg.k):
         raise ValueError(f"{n} clips: lower --batch-size / --k")

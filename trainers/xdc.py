@@ -18,8 +18,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
-from .clustering import all_features, encoder, export_labels
-from .data import load_clips
+from .clustering import all_features, encoder, export_labels, load_features
 from .loop import RunDir
 
 # which clustering supervises each encoder: sources are 'v', 'a' or 'cat' (concatenated features)
@@ -81,7 +80,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown variant {cfg.variant!r}; choose from {sorted(TARGETS)}")
     run = RunDir(cfg.out, cfg.resume)
     t0 = time.time()
-    data = load_clips(cfg.store, "va", min_time=0.0)
+    data = load_features(cfg.store)
     if len(data) < cfg.k:
         raise ValueError(f"{len(data)} clips cannot make {cfg.k} clusters; lower --k")
     torch.manual_seed(cfg.seed)
