@@ -367,9 +367,10 @@ class FeatureStore:
     def video_index(self) -> dict[str, int]:
         return {str(v): i for i, v in enumerate(self.videos["video_id"])}
 
-    @property
+    @cached_property
     def clip_offsets(self) -> np.ndarray:
-        return self.videos["clip_offsets"]
+        """(n_videos + 1,): the clips of video i are clip rows clip_offsets[i]:clip_offsets[i+1]."""
+        return zarr.open_array(str(self.path / "videos" / "clip_offsets"), mode="r")[...]
 
     # ---- per clip (read on demand) ----------------------------------------------------------
     @cached_property
@@ -424,23 +425,34 @@ class FeatureStore:
         return out
 
     # ---- status --------------------------------------------------------------------------
+    def _status_index(self, group: str) -> zarr.Group | None:
+        """The consolidated ``status/<group>`` unit, if no unit was committed or replaced since it was written."""
+        index = self.path / "status" / group
+        if not index.is_dir():
+            return None
+        g = zarr.open_group(str(index), mode="r")
+        committed = self.committed(group)
+        newest = max((self.unit_path(p, group).stat().st_mtime_ns for p in committed), default=0)
+        return g if g.attrs.get("parts") == len(committed) and newest <= g.attrs.get("written_ns", -1) else None
+
     def video_status(self, group: str) -> tuple[np.ndarray, np.ndarray]:
         """(status, error) per video; 'pending' where the part is not committed yet. Read from the
         consolidated ``status/<group>`` unit when it is up to date, else from every committed unit."""
-        index = self.path / "status" / group
-        committed = self.committed(group)
-        if index.is_dir():
-            g = zarr.open_group(str(index), mode="r")
-            newest = max((self.unit_path(p, group).stat().st_mtime_ns for p in committed), default=0)
-            if g.attrs.get("parts") == len(committed) and newest <= g.attrs.get("written_ns", -1):
-                return g["status"][...].astype(object), g["error"][...].astype(object)
+        if (g := self._status_index(group)) is not None:
+            return g["status"][...].astype(object), g["error"][...].astype(object)
         status = np.full(self.n_videos, "pending", dtype=object)
         error = np.full(self.n_videos, "", dtype=object)
-        for p in committed:
+        for p in self.committed(group):
             a, b = self.part_range(p)
             g = zarr.open_group(str(self.unit_path(p, group)), mode="r")
             status[a:b], error[a:b] = g["status"][...].astype(object), g["error"][...].astype(object)
         return status, error
+
+    def video_ok(self, group: str) -> np.ndarray:
+        """(n_videos,) bool: the video's features in ``group`` are committed and ok (no strings in RAM)."""
+        if (g := self._status_index(group)) is not None:
+            return g["ok"][...]
+        return self.video_status(group)[0] == "ok"
 
     def write_status_index(self, group: str) -> None:
         """Consolidate every video's status of ``group`` into ``status/<group>`` (trainers read it at start)."""
@@ -449,7 +461,7 @@ class FeatureStore:
         written = time.time_ns()
         committed = self.committed(group)
         status, error = self.video_status(group)
-        write_unit(self.path / "status" / group, {"status": status, "error": error},
+        write_unit(self.path / "status" / group, {"status": status, "error": error, "ok": status == "ok"},
                    {"parts": len(committed), "written_ns": written}, replace=True)
 
     # ---- reads ---------------------------------------------------------------------------
@@ -466,15 +478,17 @@ class FeatureStore:
                                          g["status"][...].astype(object))
         return self._units[p, group]
 
-    def video_rows(self, group: str, v: int, a: int = 0, b: int | None = None) -> np.ndarray:
-        """Rows a..b-1 of video v's features in ``group`` (clamped to the rows it has)."""
+    def video_rows(self, group: str, v: int):
+        """``rows(a, b)``: rows a..b-1 of video v's features in ``group``, clamped to the rows it has
+        (Python slice semantics for a, b >= 0); only those rows are copied out of the mapped chunks."""
         p = v // self.part_size
         u = self.unit(p, group)
-        local = v - p * self.part_size
-        lo, hi = int(u.offsets[local]), int(u.offsets[local + 1])
-        b = hi - lo if b is None else b
-        a, b = min(max(a, 0), hi - lo), min(max(b, 0), hi - lo)
-        return u.data.rows(lo + a, lo + max(a, b))
+        lo, hi = int(u.offsets[v - p * self.part_size]), int(u.offsets[v - p * self.part_size + 1])
+
+        def rows(a: int = 0, b: int | None = None) -> np.ndarray:
+            a = lo + min(a, hi - lo)
+            return u.data.rows(a, max(a, lo + min(hi - lo, hi - lo if b is None else b)))
+        return rows
 
     def read(self, group: str, keys) -> list[np.ndarray]:
         """Features of each clip's time range, for a batch of clip keys (or clip indices)."""
@@ -485,7 +499,7 @@ class FeatureStore:
         out = []
         for i, v in zip(idx.tolist(), self.clip_video(idx).tolist()):
             s, e = self.clip_rows("start", i, i + 1)[0], self.clip_rows("end", i, i + 1)[0]
-            out.append(self.video_rows(group, v, int(np.floor(s * rate)), int(np.floor(e * rate)) + 1))
+            out.append(self.video_rows(group, v)(int(np.floor(s * rate)), int(np.floor(e * rate)) + 1))
         return out
 
     def load_group(self, group: str) -> Group:

@@ -1,11 +1,16 @@
-"""Synthetic feature stores with planted cross-modal structure, written with the store's own writer API
-(plan_store from a clip-per-row manifest, write_part per unit, write_text for the word ids)."""
+"""Synthetic inputs and stores, written with the store's own writer API (plan_store from a manifest,
+write_part per unit, write_text for the word ids): stores with planted cross-modal structure for the
+tests, and HowTo100M-shaped inputs and stores of any size for the benchmarks (random features: only
+sizes and layout matter there)."""
 import csv
+import json
+import logging
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.plan import plan_store
-from pipeline.store import FeatureStore, add_groups, write_part, write_text
+from pipeline.store import CLIP_CHUNK, FeatureStore, add_groups, write_part, write_text
 
 CLIP_S = 2.0
 
@@ -36,7 +41,12 @@ def planted_store(path, n_videos, seed, word_vectors, mixers, clips_per_video=4,
     manifest = path.parent / f"{path.name}.csv"
     with open(manifest, "w", newline="") as f:
         csv.writer(f).writerows([["video_id", "start", "end", "text", "task"], *rows])
-    plan_store(path, str(manifest), part_size=n_videos)
+    quiet = logging.getLogger("mmcache")
+    level, quiet.level = quiet.level, logging.ERROR  # no video files exist: each would be reported 'missing'
+    try:
+        plan_store(path, str(manifest), part_size=n_videos)
+    finally:
+        quiet.setLevel(level)
     ok = ["ok"] * n_videos
     for name, data in (("resnet152", frames), ("davenet", audio)):
         write_part(path, 0, name, data, ok, [""] * n_videos, [clips_per_video * CLIP_S] * n_videos,
@@ -45,3 +55,63 @@ def planted_store(path, n_videos, seed, word_vectors, mixers, clips_per_video=4,
     write_text(store, [(["ok"] * len(ids), ids)], vocab, lambda used: word_vectors[used])
     add_groups(path, {"resnet152": {"dim": wv.shape[1]}, "davenet": {"dim": 1024}, "word2vec": {"dim": 300}})
     return path
+
+
+# ---- HowTo100M-shaped inputs and stores (benchmarks/scale.py, planning tests) ----------------------
+
+DIMS = {"resnet152": 2048, "davenet": 1024}
+RATES = {"resnet152": 1.0, "davenet": 6.25}
+VOCAB = 5000
+
+
+def write_inputs(folder: Path, n_videos: int, captions_per_video: int = 110, seconds: float = 12.0,
+                 seed: int = 0) -> tuple[Path, Path]:
+    """howto100m.csv and caption.json in HowTo100M's layout, written a video at a time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    manifest, captions = folder / "howto100m.csv", folder / "caption.json"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video_id", "category_1", "category_2", "rank", "task_id"])
+        w.writerows([f"vid{i:07d}", "Food", f"cat{i % 20}", i % 7, i % 100] for i in range(n_videos))
+    with open(captions, "w") as f:
+        f.write("{")
+        for i in range(n_videos):
+            start = np.sort(rng.uniform(0, seconds - 1, captions_per_video)).round(2)
+            end = (start + rng.uniform(0.5, 3.0, captions_per_video)).round(2)
+            words = rng.integers(0, VOCAB, (captions_per_video, 8))
+            text = [" ".join(f"w{x}" for x in row) for row in words]
+            f.write(("," if i else "") + json.dumps(f"vid{i:07d}") + ":" +
+                    json.dumps({"start": start.tolist(), "end": end.tolist(), "text": text}))
+        f.write("}")
+    return manifest, captions
+
+
+def build_store(path: Path, manifest: Path, captions: Path, seconds: float = 12.0, part_size: int = 64,
+                seed: int = 0) -> FeatureStore:
+    """Plan (unless already planned) and fill a store with resnet152, davenet and word2vec groups."""
+    if not (path / "zarr.json").is_file():
+        plan_store(path, str(manifest), str(captions), part_size=part_size)
+    store = FeatureStore(path)
+    rng = np.random.default_rng(seed)
+    pool = {g: np.abs(rng.normal(size=(4096, d))).astype(np.float16) for g, d in DIMS.items()}
+    for p in range(store.n_parts):
+        a, b = store.part_range(p)
+        for g, d in DIMS.items():
+            n = int(seconds * RATES[g])
+            starts = rng.integers(0, len(pool[g]) - n, b - a)
+            write_part(path, p, g, [pool[g][s:s + n] for s in starts], ["ok"] * (b - a), [""] * (b - a),
+                       [seconds] * (b - a), d)
+
+    def chunks():
+        for c in range(0, store.n_clips, CLIP_CHUNK):
+            texts = store.clip_values("text", np.arange(c, min(store.n_clips, c + CLIP_CHUNK)))
+            ids = [np.array([int(w[1:]) for w in t.split()], np.int32) for t in texts]
+            yield np.array(["ok" if len(i) else "empty_caption" for i in ids], dtype=object), ids
+
+    write_text(store, chunks(), VOCAB, lambda rows: rng.normal(size=(len(rows), 300)).astype(np.float32))
+    add_groups(path, {g: {"dim": d} for g, d in DIMS.items()} | {"word2vec": {"dim": 300}})
+    store = FeatureStore(path)
+    for g in DIMS:
+        store.write_status_index(g)
+    return store

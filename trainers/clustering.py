@@ -5,41 +5,53 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data import ClipReader, ClipSpec
+from .data import ClipReader, ClipSpec, step_loader
 from .metrics import clustering_metrics
 
 
-@dataclass
-class ClipFeatures:
-    """Pooled video and audio features of every usable clip, in RAM (N x (Dv + Da) float32)."""
-    video: torch.Tensor
-    audio: torch.Tensor
-    keys: np.ndarray
-    labels: dict[str, np.ndarray]
+class ClipSet:
+    """The clips a pseudo-label trainer works on (every clip with video and audio, at its caption's span),
+    addressed by position 0..N-1. Only the clip indices are in RAM; features are read per chunk."""
+
+    def __init__(self, store: str):
+        self.store_path = str(store)
+        self.reader = ClipReader(store, self.spec)
+        self.clips = self.reader.all_clips()
+        self.video_dim, self.audio_dim = self.reader.video_dim, self.reader.audio_dim
+
+    spec = ClipSpec("va", min_time=0.0)
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.clips)
+
+    def chunks(self, positions: np.ndarray | None = None, size: int = 4096):
+        """(positions, video, audio) over ``positions`` (default: all), ``size`` at a time."""
+        positions = np.arange(len(self)) if positions is None else positions
+        for i in range(0, len(positions), size):
+            pos = positions[i:i + size]
+            b = self.reader.batch(self.clips[pos])
+            yield pos, torch.from_numpy(b["video"]), torch.from_numpy(b["audio"])
+
+    def loader(self, order: np.ndarray, batch_size: int, workers: int):
+        """(video, audio) batches of ``order`` (positions), formed in loader worker processes."""
+        return step_loader(self.store_path, self.spec, Positions(self.clips, order, batch_size), 0,
+                           len(order) // batch_size, workers)
 
 
-def load_features(store: str, batch: int = 4096) -> ClipFeatures:
-    """Every clip with video and audio (caption time span, no merging), read from the store in batches."""
-    reader = ClipReader(store, ClipSpec("va", min_time=0.0))
-    clips = reader.all_clips()
-    video, audio = [], []
-    for _, b in reader.iter_batches(clips, batch):
-        video.append(b["video"])
-        audio.append(b["audio"])
-    dims = ((0, reader.video_dim), (0, reader.audio_dim))
-    return ClipFeatures(*(torch.from_numpy(np.concatenate(x) if x else np.zeros(d, np.float32))
-                          for x, d in zip((video, audio), dims)),
-                        reader.store.clip_keys(clips), reader.store.labels(clips))
+class Positions:
+    """Step s -> the clip indices of positions order[s*size:(s+1)*size] (picklable for loader workers)."""
+
+    def __init__(self, clips: np.ndarray, order: np.ndarray, size: int):
+        self.clips, self.order, self.size = clips, order, size
+
+    def __call__(self, reader, step: int) -> np.ndarray:
+        return self.clips[self.order[step * self.size:(step + 1) * self.size]]
 
 
 def encoder(d_in: int, d_out: int = 512, hidden: int = 512) -> nn.Sequential:
@@ -49,31 +61,47 @@ def encoder(d_in: int, d_out: int = 512, hidden: int = 512) -> nn.Sequential:
 
 
 @torch.no_grad()
-def all_features(encoders: nn.ModuleDict, data: ClipFeatures, batch: int = 4096) -> dict[str, torch.Tensor]:
-    """Encoder outputs for every clip, eval mode (no augmentation), keyed 'v' / 'a'."""
+def encode_chunks(encoders: nn.ModuleDict, clips: ClipSet, positions: np.ndarray | None = None, device="cpu"):
+    """(positions, {'v', 'a'} encoder outputs) a chunk at a time, eval mode (no augmentation)."""
     was = encoders.training
     encoders.eval()
-    out = {m: torch.cat([enc(x[i:i + batch]) for i in range(0, len(x), batch)])
-           for m, enc, x in (("v", encoders["v"], data.video), ("a", encoders["a"], data.audio))}
+    for pos, video, audio in clips.chunks(positions):
+        yield pos, {"v": encoders["v"](video.to(device)).cpu(), "a": encoders["a"](audio.to(device)).cpu()}
     encoders.train(was)
-    return out
 
 
-def export_labels(run: Path, data: ClipFeatures, labels: dict[str, np.ndarray], best_of: str | None = None) -> dict:
-    """Write <run>/labels.csv and labels.zarr (one column per labelling) and score each labelling against
-    every label column of the store. ``best_of``: prefix of the labellings to pick the best (oracle) from."""
-    from pipeline.store import write_unit
+def encode(encoders: nn.ModuleDict, clips: ClipSet, positions: np.ndarray | None = None, device="cpu",
+           dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Encoder outputs for the clips at ``positions`` (default: all), kept as ``dtype`` (float16 halves RAM)."""
+    out: dict[str, list] = {"v": [], "a": []}
+    for _, z in encode_chunks(encoders, clips, positions, device):
+        for m in out:
+            out[m].append(z[m].to(dtype))
+    return {m: torch.cat(x) if x else torch.zeros(0, 0, dtype=dtype) for m, x in out.items()}
+
+
+def export_labels(run: Path, clips: ClipSet, labels: dict[str, np.ndarray], best_of: str | None = None) -> dict:
+    """Write <run>/labels.csv and labels.zarr (one column per labelling), a chunk of clips at a time, and
+    score each labelling against every label column of the store. ``best_of``: prefix of the labellings to
+    pick the best (oracle) from."""
+    import zarr
+
+    from pipeline.store import ColumnWriter
 
     names = sorted(labels)
+    store = clips.reader.store
+    group = zarr.open_group(str(run / "labels.zarr"), mode="w")
+    columns = ColumnWriter(group, {"key": str, **{n: "int32" for n in names}})
     with open(run / "labels.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["key", *names])
-        w.writerows([k, *(int(labels[n][i]) for n in names)] for i, k in enumerate(data.keys))
-    write_unit(run / "labels.zarr", {"key": np.asarray(data.keys, dtype=object),
-                                     **{n: np.asarray(labels[n], dtype=np.int32) for n in names}}, {},
-               replace=True)
-    results: dict = {"clips": len(data), "labellings": names, "metrics": {}}
-    for column, truth in data.labels.items():
+        for a in range(0, len(clips), 1 << 16):
+            keys = store.clip_keys(clips.clips[a:a + (1 << 16)])
+            w.writerows([k, *(int(labels[n][a + i]) for n in names)] for i, k in enumerate(keys))
+            columns.append({"key": keys, **{n: labels[n][a:a + len(keys)] for n in names}})
+    columns.close()
+    results: dict = {"clips": len(clips), "labellings": names, "metrics": {}}
+    for column, truth in store.labels(clips.clips).items():
         if not 1 < len(np.unique(truth)) < len(truth):
             continue
         scores = {n: clustering_metrics(truth, labels[n]) for n in names}

@@ -72,7 +72,7 @@ class ClipReader:
             if group:
                 if group not in s.groups:
                     raise KeyError(f"{s.path} has no {group!r} group (have {sorted(s.groups)}); extract it first")
-                self.ok[m] = s.video_status(group)[0] == "ok"
+                self.ok[m] = s.video_ok(group)
         self.text_ok = s.text_ok_per_video() if "t" in spec.modalities or spec.candidates else None
         vectors = s.word_vectors() if self.text_ok is not None else np.zeros((0, 300), np.float32)
         self.pad = len(vectors)  # padding id -> the appended zero row
@@ -139,19 +139,20 @@ class ClipReader:
                 first, last, order = merge_captions(starts, ends, i, spec.min_time)
                 t0, t1 = starts[first], ends[last]
                 if frames is not None:
-                    rows = frames[int(t0):int(t1) + 1]
+                    rows = frames(int(t0), int(t1) + 1)
                     if len(rows):
-                        x = rows.astype(np.float32).max(axis=0)
+                        x = rows.max(axis=0).astype(np.float32)  # max is exact in float16
                         out["video"][j] = x / max(np.linalg.norm(x), 1e-12)
                 if audio is not None:
                     if spec.end_to_end_audio:
-                        mel = audio[_audio_frames(t0):_audio_frames(t1)][:spec.audio_frames]
+                        f0 = _audio_frames(t0)
+                        mel = audio(f0, min(_audio_frames(t1), f0 + spec.audio_frames))
                         out["audio"][j, :, :len(mel)], out["nframes"][j] = mel.T, len(mel)
                     else:
                         rate = RATES[self.audio_group]
-                        rows = audio[int(np.floor(t0 * rate)):int(np.floor(t1 * rate)) + 1]
+                        rows = audio(int(np.floor(t0 * rate)), int(np.floor(t1 * rate)) + 1)
                         if len(rows):
-                            out["audio"][j] = rows.astype(np.float32).mean(axis=0)
+                            out["audio"][j] = rows.mean(axis=0, dtype=np.float32)
                 if ids is not None:
                     out["valid_t"][j] = len(ids[i]) > 0
                     w = np.concatenate([ids[o] for o in order])[:W]
@@ -199,9 +200,11 @@ class StepBatches(torch.utils.data.Dataset):
 
 def step_loader(store: str, spec: ClipSpec, sample, first: int, last: int, workers: int):
     """Batches for steps first..last-1, in order, formed by ``workers`` processes (0: in this process)."""
+    # its own generator: creating the loader must not draw from the global torch RNG (dropout, init)
     return torch.utils.data.DataLoader(StepBatches(store, spec, sample), batch_size=None,
                                        sampler=range(first, last), num_workers=workers,
-                                       prefetch_factor=4 if workers else None, persistent_workers=False)
+                                       prefetch_factor=4 if workers else None, persistent_workers=False,
+                                       generator=torch.Generator().manual_seed(0))
 
 
 def default_workers() -> int:

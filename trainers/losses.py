@@ -108,13 +108,15 @@ def milnce(x: torch.Tensor, y: torch.Tensor, x_valid: torch.Tensor | None = None
 # ---- SeLaVi (spec section 4.4) ------------------------------------------------------------------
 
 def sinkhorn_labels(log_p: torch.Tensor, lam: float = 20.0, marginals: torch.Tensor | None = None,
-                    tol: float = 0.1, max_iter: int = 2000, check_every: int = 10) -> tuple[torch.Tensor, int]:
+                    tol: float = 0.1, max_iter: int = 2000, check_every: int = 10,
+                    chunk: int = 1 << 16) -> tuple[torch.Tensor, int]:
     """Sinkhorn-Knopp pseudo-labels in the log domain (float64), as SeLaVi's optimize_L_sk.
 
     log_p (N, K): per-item log-scores; SeLaVi passes (log p_v + log p_a)/2 so that the kernel
     P = exp(lam * log_p) = (p_v * p_a)^(lam/2). Rows get mass 1/N, columns ``marginals`` (uniform by
     default). Converged when sum_i |beta_i / beta_new_i - 1| < tol, checked every 10 iterations, at most
     max_iter. Labels = argmax_k beta_i P_ik alpha_k. Returns (labels, iterations).
+    Rows are processed ``chunk`` at a time, so temporaries stay at chunk x K (RAM: N x K float64 + that).
     """
     logk = lam * log_p.double()
     n, k = logk.shape
@@ -124,11 +126,13 @@ def sinkhorn_labels(log_p: torch.Tensor, lam: float = 20.0, marginals: torch.Ten
     it = 0
     while it < max_iter:
         it += 1
-        log_alpha = log_r - torch.logsumexp(logk + log_beta[:, None], dim=0)
-        new_beta = log_c - torch.logsumexp(logk + log_alpha[None, :], dim=1)
+        log_alpha = log_r - torch.logsumexp(torch.stack([
+            torch.logsumexp(logk[i:i + chunk] + log_beta[i:i + chunk, None], dim=0) for i in range(0, n, chunk)]), dim=0)
+        new_beta = log_c - torch.cat([torch.logsumexp(logk[i:i + chunk] + log_alpha[None, :], dim=1)
+                                      for i in range(0, n, chunk)])
         if it % check_every == 0 and torch.abs(torch.exp(log_beta - new_beta) - 1).sum() < tol:
             log_beta = new_beta
             break
         log_beta = new_beta
-    labels = (logk + log_alpha[None, :]).argmax(dim=1)
+    labels = torch.cat([(logk[i:i + chunk] + log_alpha[None, :]).argmax(dim=1) for i in range(0, n, chunk)])
     return labels, it

@@ -17,7 +17,8 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
-from .clustering import all_features, encoder, export_labels, load_features
+from .clustering import ClipSet, encode, encoder, export_labels
+from .data import default_workers, step_loader
 from .loop import RunDir
 from .losses import sinkhorn_labels
 
@@ -44,6 +45,7 @@ class SeLaViConfig:
     seed: int = 1
     device: str = "cpu"
     resume: bool = False
+    loader_workers: int = default_workers()
 
 
 def mlp_head(dim: int, k: int, dropout: float) -> nn.Sequential:
@@ -84,13 +86,38 @@ class SeLaVi(nn.Module):
                                                       for _ in range(cfg.heads)]) for m in "va"})
 
     @torch.no_grad()
-    def log_probs(self, data) -> dict[str, list[torch.Tensor]]:
-        feats = all_features(self.encoders, data)
+    def head_log_probs(self, feats: dict[str, torch.Tensor], h: int, chunk: int = 1 << 16) -> dict[str, torch.Tensor]:
+        """log p (N, K) float64 of head h per modality, eval mode, from encoder outputs ``feats``."""
         was = self.training
         self.eval()
-        out = {m: [F.log_softmax(h(torch.relu(feats[m])).double(), dim=1) for h in self.heads[m]] for m in "va"}
+        out = {m: torch.cat([F.log_softmax(self.heads[m][h](torch.relu(x[i:i + chunk].float())).double(), dim=1)
+                             for i in range(0, len(x), chunk)]) for m, x in feats.items()}
         self.train(was)
         return out
+
+
+class SeLaViSampler:
+    """Step -> clip indices: this epoch's permutation of the N clips, batch_size at a time."""
+
+    def __init__(self, clips: np.ndarray, batch_size: int, seed: int):
+        self.clips, self.size, self.seed = clips, batch_size, seed
+        self.steps_per_epoch = len(clips) // batch_size
+        self._epoch, self._perm = None, None
+
+    def positions(self, step: int) -> np.ndarray:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.clips))
+        return self._perm[k * self.size:(k + 1) * self.size]
+
+    def __call__(self, reader, step: int) -> np.ndarray:
+        return self.clips[self.positions(step)]
+
+
+def features(model: SeLaVi, clips: ClipSet, cfg: SeLaViConfig) -> dict[str, torch.Tensor]:
+    """Every clip's encoder outputs; float16 once float32 would pass 4 GB (1M clips at 512-d: 4 GB)."""
+    big = len(clips) * cfg.feat_dim * 2 * 4 > 4 << 30
+    return encode(model.encoders, clips, device=cfg.device, dtype=torch.float16 if big else torch.float32)
 
 
 def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
@@ -98,14 +125,15 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
 
     run = RunDir(cfg.out, cfg.resume)
     t0 = time.time()
-    data = load_features(cfg.store)
-    n = len(data)
+    clips = ClipSet(cfg.store)
+    n = len(clips)
     if n < max(cfg.batch_size, cfg.k):
         raise ValueError(f"{n} clips: lower --batch-size / --k")
     torch.manual_seed(cfg.seed)
-    model = SeLaVi(data.video.shape[1], data.audio.shape[1], cfg).to(cfg.device)
+    model = SeLaVi(clips.video_dim, clips.audio_dim, cfg).to(cfg.device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5)
-    steps_per_epoch = n // cfg.batch_size
+    sampler = SeLaViSampler(clips.clips, cfg.batch_size, cfg.seed)
+    steps_per_epoch = sampler.steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     updates = update_steps(total, cfg.label_updates, cfg.schedule_power)
     rng_sizes = np.random.default_rng([cfg.seed, 7])
@@ -125,34 +153,35 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
           f"{cfg.distribution} marginals, starting at step {step}")
     model.train()
     record: dict = {}
-    for step in tqdm(range(step, total), initial=step, total=total, disable=not progress, desc="train"):
-        if step in updates:
-            logp = model.log_probs(data)
-            if not aligned and cfg.align == "hungarian":
-                for h in range(cfg.heads):
-                    perm = hungarian_alignment(logp["v"][h].exp(), logp["a"][h].exp())
+    loader = step_loader(cfg.store, ClipSet.spec, sampler, step, total, cfg.loader_workers)
+    bar = tqdm(total=total, initial=step, disable=not progress, desc="train")
+    for step, b in zip(range(step, total), loader):
+        if step in updates:  # one head at a time: RAM holds the features and one head's N x K log-probs
+            feats = features(model, clips, cfg)
+            old = labels.clone()
+            iters = []
+            for h in range(cfg.heads):
+                logp = model.head_log_probs(feats, h)
+                if not aligned and cfg.align == "hungarian":
+                    perm = hungarian_alignment(logp["v"].exp(), logp["a"].exp())
                     last = model.heads["a"][h][-1]
                     with torch.no_grad():  # output k of the audio head now predicts what its output perm[k] did
                         last.weight.copy_(last.weight[perm])
                         last.bias.copy_(last.bias[perm])
-                    logp["a"][h] = logp["a"][h][:, perm]
-            aligned = True
-            old = labels.clone()
-            iters = []
-            for h in range(cfg.heads):
-                joint = (logp["v"][h] + logp["a"][h]) / 2
+                    logp["a"] = logp["a"][:, perm]
+                joint = (logp["v"] + logp["a"]) / 2
+                del logp
                 r = marginals(sizes[h], torch.exp(cfg.lam * joint).sum(0), cfg.compat_marginals)
                 labels[h], it = sinkhorn_labels(joint, cfg.lam, r)
                 iters.append(it)
+            aligned = True
+            del feats
             record = {"nmi_prev": float(np.mean([normalized_mutual_info_score(old[h], labels[h])
                                                  for h in range(cfg.heads)])),
                       "sk_iterations": float(np.mean(iters)),
                       "clusters_used": float(np.mean([len(torch.unique(labels[h])) for h in range(cfg.heads)]))}
-        epoch, k = divmod(step, steps_per_epoch)
-        idx = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(n)[k * cfg.batch_size:
-                                                                                      (k + 1) * cfg.batch_size])
-        z = {"v": model.encoders["v"](data.video[idx].to(cfg.device)),
-             "a": model.encoders["a"](data.audio[idx].to(cfg.device))}
+        idx = torch.from_numpy(sampler.positions(step))
+        z = {"v": model.encoders["v"](b["video"].to(cfg.device)), "a": model.encoders["a"](b["audio"].to(cfg.device))}
         y = labels[:, idx].to(cfg.device)
         ce = {m: torch.stack([F.cross_entropy(head(torch.relu(z[m])), y[h])
                               for h, head in enumerate(model.heads[m])]).mean() for m in "va"}
@@ -167,11 +196,16 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
             run.save({"model": model.state_dict(), "opt": opt.state_dict(), "labels": labels,
                       "step": torch.tensor(step + 1), "aligned": torch.tensor(aligned)})
+        bar.update()
+    bar.close()
     run.close()
     torch.save(model.state_dict(), run.path / "model.pt")
     # test-time clusters: argmax of p_v * p_a per head, no Sinkhorn (SeLaVi's get_clusters)
-    logp = model.log_probs(data)
-    predicted = {f"head{h}": (logp["v"][h] + logp["a"][h]).argmax(1).numpy() for h in range(cfg.heads)}
+    feats = features(model, clips, cfg)
+    predicted = {}
+    for h in range(cfg.heads):
+        logp = model.head_log_probs(feats, h)
+        predicted[f"head{h}"] = (logp["v"] + logp["a"]).argmax(1).numpy()
     pseudo = {f"pseudo_head{h}": labels[h].numpy() for h in range(cfg.heads)}
-    results = export_labels(run.path, data, {**predicted, **pseudo}, best_of="head")
+    results = export_labels(run.path, clips, {**predicted, **pseudo}, best_of="head")
     return {"steps": total, "clips": n, "seconds": time.time() - t0, **results}

@@ -18,7 +18,8 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
-from .clustering import all_features, encoder, export_labels, load_features
+from .clustering import ClipSet, encode, encode_chunks, encoder, export_labels
+from .data import default_workers
 from .loop import RunDir
 
 # which clustering supervises each encoder: sources are 'v', 'a' or 'cat' (concatenated features)
@@ -38,19 +39,50 @@ class XDCConfig:
     lr: float = 0.05
     feat_dim: int = 512
     pca: int = 256  # PCA-whitening dims before k-means, as DeepCluster (0 = L2 only; small sets want few)
+    fit_points: int = 200_000  # PCA and k-means are fitted on at most this many clips, then every clip is assigned
     seed: int = 1
     device: str = "cpu"
     resume: bool = False
+    loader_workers: int = default_workers()
+
+
+def fit_cluster(x: torch.Tensor, k: int, pca: int, seed: int):
+    """DeepCluster preprocessing (PCA with whitening, row L2) then k-means (empty clusters are relocated
+    by scikit-learn). Returns (labels of x, assign: features -> labels with the same PCA and centroids)."""
+    x = x.double().numpy()
+    p = PCA(n_components=min(pca, *x.shape), whiten=True, random_state=seed) if pca else None
+
+    def l2(z):
+        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    km = KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=seed).fit(l2(p.fit_transform(x) if p else x))
+
+    def assign(z: torch.Tensor) -> np.ndarray:
+        z = z.double().numpy()
+        return km.predict(l2(p.transform(z) if p else z))
+    return km.labels_, assign
 
 
 def cluster(x: torch.Tensor, k: int, pca: int, seed: int) -> np.ndarray:
-    """DeepCluster preprocessing (PCA with whitening, row L2) then k-means (empty clusters are relocated
-    by scikit-learn)."""
-    x = x.double().numpy()
-    if pca:
-        x = PCA(n_components=min(pca, *x.shape), whiten=True, random_state=seed).fit_transform(x)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=seed).fit_predict(x)
+    return fit_cluster(x, k, pca, seed)[0]
+
+
+def relabel(encoders: nn.ModuleDict, clips: ClipSet, sources: list[str], cfg: XDCConfig, it: int) -> dict:
+    """One clustering of every clip per source: fit on all clips, or on a random ``fit_points`` of them
+    (faiss's k-means samples too) and assign the rest a chunk at a time. RAM: the fitted clips' features."""
+    n = len(clips)
+    fit = np.arange(n) if n <= cfg.fit_points else np.sort(
+        np.random.default_rng([cfg.seed, it, 2]).choice(n, cfg.fit_points, replace=False))
+    feats = encode(encoders, clips, fit, cfg.device)
+    feats["cat"] = torch.cat([feats["v"], feats["a"]], dim=1)
+    fitted = {s: fit_cluster(feats[s], cfg.k, cfg.pca, cfg.seed * 1000 + it) for s in sources}
+    if len(fit) == n:
+        return {s: f[0] for s, f in fitted.items()}
+    labels = {s: np.empty(n, np.int64) for s in sources}
+    for pos, z in encode_chunks(encoders, clips, None, cfg.device):
+        z["cat"] = torch.cat([z["v"], z["a"]], dim=1)
+        for s in sources:
+            labels[s][pos] = fitted[s][1](z[s])
+    return labels
 
 
 def balanced_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -80,12 +112,13 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown variant {cfg.variant!r}; choose from {sorted(TARGETS)}")
     run = RunDir(cfg.out, cfg.resume)
     t0 = time.time()
-    data = load_features(cfg.store)
-    if len(data) < cfg.k:
-        raise ValueError(f"{len(data)} clips cannot make {cfg.k} clusters; lower --k")
+    clips = ClipSet(cfg.store)
+    n = len(clips)
+    if n < cfg.k:
+        raise ValueError(f"{n} clips cannot make {cfg.k} clusters; lower --k")
     torch.manual_seed(cfg.seed)
-    encoders = nn.ModuleDict({"v": encoder(data.video.shape[1], cfg.feat_dim),
-                              "a": encoder(data.audio.shape[1], cfg.feat_dim)}).to(cfg.device)
+    encoders = nn.ModuleDict({"v": encoder(clips.video_dim, cfg.feat_dim),
+                              "a": encoder(clips.audio_dim, cfg.feat_dim)}).to(cfg.device)
     opt = torch.optim.SGD(encoders.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5)
     targets = TARGETS[cfg.variant]
     sources = sorted({s for ss in targets.values() for s in ss})
@@ -98,12 +131,10 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
         start = int(state["iteration"])
     run.open_log(start)
     run.write_config(cfg, method="xdc")
-    print(f"xdc {cfg.variant}: {len(data)} clips, k={cfg.k}, targets {targets}, starting at iteration {start}")
+    print(f"xdc {cfg.variant}: {n} clips, k={cfg.k}, targets {targets}, starting at iteration {start}")
     for it in tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not progress,
                    desc="iterations"):
-        feats = all_features(encoders, data)
-        feats["cat"] = torch.cat([feats["v"], feats["a"]], dim=1)
-        new = {s: cluster(feats[s].cpu(), cfg.k, cfg.pca, cfg.seed * 1000 + it) for s in sources}
+        new = relabel(encoders, clips, sources, cfg, it)
         nmi = {f"nmi_prev_{s}": float(normalized_mutual_info_score(labels[s], new[s])) for s in sources if s in labels}
         labels = new
         heads = new_heads(targets, cfg.feat_dim, cfg.k, torch.Generator().manual_seed(cfg.seed * 1000 + it))
@@ -115,10 +146,10 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
         losses = []
         encoders.train()
         for _ in range(cfg.epochs):
-            order = balanced_sample(labels[first], len(data), rng)
-            for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
-                idx = torch.from_numpy(order[i:i + cfg.batch_size])
-                z = {"v": encoders["v"](data.video[idx].to(cfg.device)), "a": encoders["a"](data.audio[idx].to(cfg.device))}
+            order = balanced_sample(labels[first], n, rng)
+            for i, b in enumerate(clips.loader(order, cfg.batch_size, cfg.loader_workers)):
+                idx = torch.from_numpy(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+                z = {"v": encoders["v"](b["video"].to(cfg.device)), "a": encoders["a"](b["audio"].to(cfg.device))}
                 loss = sum(F.cross_entropy(heads[f"{m}_from_{s}"](torch.relu(z[m])), y[s][idx].to(cfg.device))
                            for m, ss in targets.items() for s in ss)
                 opt.zero_grad(set_to_none=True)
@@ -134,5 +165,5 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
                   **{f"labels_{s}": torch.from_numpy(labels[s]) for s in sources}})
     run.close()
     torch.save(encoders.state_dict(), run.path / "model.pt")
-    results = export_labels(run.path, data, {f"cluster_{s}": labels[s] for s in sources})
-    return {"iterations": cfg.iterations, "clips": len(data), "seconds": time.time() - t0, **results}
+    results = export_labels(run.path, clips, {f"cluster_{s}": labels[s] for s in sources})
+    return {"iterations": cfg.iterations, "clips": n, "seconds": time.time() - t0, **results}
