@@ -105,7 +105,8 @@ def main():
         unit = "MB" if "rss" in key else "s"
         print(f"{name:20s}: slope {slope * 1e6:9.3f} {unit} per million clips -> at 136M captions: {at:10.1f} {unit}")
     slope, at = fit(videos, [r["plan_rss"] for r in rows], HOWTO_VIDEOS)
-    print(f"{'planning peak RSS':20s}: slope {slope * 1e6:9.1f} MB per million videos -> at 1.24M videos: {at:10.1f} MB")
+    print(f"{'planning peak RSS':20s}: slope {slope * 1e6:9.1f} MB per million videos -> at 1.24M videos: "
+          f"{at:10.1f} MB")
 
     from train import bare_rate  # the same measurement as benchmarks/train.py, on the smallest store
     from trainers.mcn import MCNConfig
@@ -121,7 +122,8 @@ def main():
     streamed = (len(log) - 6) / (log[-1]["time"] - log[5]["time"])
     bare = bare_rate(cfg, 40)
     print(f"\nsmallest store, MCN va+all dim 1024, 32x8 clips, min-time 10: streamed {streamed:.2f} steps/s, "
-          f"bare model on a batch in RAM {bare:.2f} steps/s, ratio {streamed / bare:.2f} (whole run {first['total_s']:.0f} s)")
+          f"bare model on a batch in RAM {bare:.2f} steps/s, ratio {streamed / bare:.2f} "
+          f"(whole run {first['total_s']:.0f} s)")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -170,8 +170,9 @@ def iter_clips(videos: Videos, captions: str | os.PathLike | None, problems: Pro
     """Each manifest video's clips, one video at a time, in the order the caption source lists them."""
     if videos.clip_rows:
         for i, rows in videos._grouped.items():
+            labels = {c: [r[3][k] for r in rows] for k, c in enumerate(videos.clip_labels)}
             yield VideoClips(i, np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
-                             [r[2] for r in rows], {c: [r[3][k] for r in rows] for k, c in enumerate(videos.clip_labels)})
+                             [r[2] for r in rows], labels)
         videos._grouped.clear()
         return
     if not captions:

@@ -15,6 +15,16 @@ from pipeline.store import CLIP_CHUNK, FeatureStore, add_groups, write_part, wri
 CLIP_S = 2.0
 
 
+def quiet_plan(path, manifest, captions, part_size):
+    """plan_store without a warning per video: no video files exist, so each would be reported 'missing'."""
+    log = logging.getLogger("mmcache")
+    level, log.level = log.level, logging.ERROR
+    try:
+        plan_store(path, str(manifest), captions and str(captions), part_size=part_size)
+    finally:
+        log.setLevel(level)
+
+
 def planted_store(path, n_videos, seed, word_vectors, mixers, clips_per_video=4, vocab=48, classes=0):
     """A store whose video and audio rows are fixed functions of each clip's caption words (+ noise).
 
@@ -41,12 +51,7 @@ def planted_store(path, n_videos, seed, word_vectors, mixers, clips_per_video=4,
     manifest = path.parent / f"{path.name}.csv"
     with open(manifest, "w", newline="") as f:
         csv.writer(f).writerows([["video_id", "start", "end", "text", "task"], *rows])
-    quiet = logging.getLogger("mmcache")
-    level, quiet.level = quiet.level, logging.ERROR  # no video files exist: each would be reported 'missing'
-    try:
-        plan_store(path, str(manifest), part_size=n_videos)
-    finally:
-        quiet.setLevel(level)
+    quiet_plan(path, manifest, None, n_videos)
     ok = ["ok"] * n_videos
     for name, data in (("resnet152", frames), ("davenet", audio)):
         write_part(path, 0, name, data, ok, [""] * n_videos, [clips_per_video * CLIP_S] * n_videos,
@@ -91,7 +96,7 @@ def build_store(path: Path, manifest: Path, captions: Path, seconds: float = 12.
                 seed: int = 0) -> FeatureStore:
     """Plan (unless already planned) and fill a store with resnet152, davenet and word2vec groups."""
     if not (path / "zarr.json").is_file():
-        plan_store(path, str(manifest), str(captions), part_size=part_size)
+        quiet_plan(path, manifest, captions, part_size)
     store = FeatureStore(path)
     rng = np.random.default_rng(seed)
     pool = {g: np.abs(rng.normal(size=(4096, d))).astype(np.float16) for g, d in DIMS.items()}

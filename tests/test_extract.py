@@ -202,7 +202,7 @@ def test_row_reader_matches_zarr_across_chunks(tmp_path, compressed):
     arr = zarr.create_array(str(tmp_path / "a"), shape=data.shape, chunks=(3, 4), dtype=data.dtype,
                             compressors="auto" if compressed else None)
     arr[...] = data
-    reader = RowReader(zarr.open_array(str(tmp_path / "a"), mode="r"), tmp_path / "a")
+    reader = RowReader(tmp_path / "a")
     assert reader.direct is not compressed
     for a in range(0, 41, 1):
         for b in (a, a + 1, a + 5, 40):

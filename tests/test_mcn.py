@@ -93,6 +93,11 @@ def test_mcn_learns_planted_structure(planted, tmp_path):
     assert emb["all_t"].shape == (48, 64) and emb["va_a"].shape == (48, 64)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["mms"] < rows[0]["mms"]
+    big = evaluate(tmp_path / "run", str(planted[1]), max_score_clips=10)  # export only, streamed
+    assert "not_scored" in big and "text_to_video" not in big
+    again = zarr.open_group(str(tmp_path / "run" / "embeddings.zarr"), mode="r")
+    np.testing.assert_array_equal(again["all_t"][...], emb["all_t"][...])
+    assert list(again["key"][:2]) == ["v0#0", "v0#1"]
 
 
 def test_ablation_switches_remove_their_losses(planted, tmp_path):

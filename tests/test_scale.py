@@ -37,8 +37,9 @@ def test_planning_memory_does_not_grow_with_the_captions(tmp_path):
     assert b - a < 0.5 * size, f"planning 400k more captions grew peak RSS by {b - a:.0f} MB ({size:.0f} MB JSON)"
     s = FeatureStore(tmp_path / "large.zarr")
     assert (s.n_videos, s.n_clips) == (5000, 500_000)
-    assert s.clip_values("text", [0, 499_999]).tolist() == [
-        json.loads(large[1].read_text())["vid0000000"]["text"][0], json.loads(large[1].read_text())["vid0004999"]["text"][-1]]
+    captions = json.loads(large[1].read_text())
+    assert s.clip_values("text", [0, 499_999]).tolist() == [captions["vid0000000"]["text"][0],
+                                                            captions["vid0004999"]["text"][-1]]
 
 
 CAPTIONS = {"a": {"start": [0, 2, 5], "end": [2, 1, 7], "text": ["one", "bad time", "two"]},

@@ -53,7 +53,7 @@ HELP = {"mcn": "MCN heads (MMS + clustering + reconstruction) over cached featur
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, table
 
-    print(table(evaluate(args.run, args.store, args.label, args.audio_frames)))
+    print(table(evaluate(args.run, args.store, args.label, args.audio_frames, args.max_score_clips)))
     print(f"results: {Path(args.run) / 'eval.json'}; embeddings: {Path(args.run) / 'embeddings.zarr'}")
     return 0
 
@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     p.add_argument("--store", required=True)
     p.add_argument("--label", help="label column for clustering (default: every usable label column)")
     p.add_argument("--audio-frames", type=int, default=5120, help="log-mel frames per clip (end-to-end audio)")
+    p.add_argument("--max-score-clips", type=int, default=50_000,
+                   help="score retrieval and clustering up to this many clips (N x N scores); embeddings of "
+                        "every clip are exported regardless (default 50000)")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("report", help="PNG loss curves of a run")
     p.add_argument("--run", required=True)

@@ -72,12 +72,18 @@ def encode_chunks(encoders: nn.ModuleDict, clips: ClipSet, positions: np.ndarray
 
 def encode(encoders: nn.ModuleDict, clips: ClipSet, positions: np.ndarray | None = None, device="cpu",
            dtype=torch.float32) -> dict[str, torch.Tensor]:
-    """Encoder outputs for the clips at ``positions`` (default: all), kept as ``dtype`` (float16 halves RAM)."""
-    out: dict[str, list] = {"v": [], "a": []}
+    """Encoder outputs for the clips at ``positions`` (default: all), kept as ``dtype`` (float16 halves RAM),
+    written into preallocated tensors (no second copy while concatenating)."""
+    n = len(clips) if positions is None else len(positions)
+    out: dict[str, torch.Tensor] = {}
+    i = 0
     for _, z in encode_chunks(encoders, clips, positions, device):
-        for m in out:
-            out[m].append(z[m].to(dtype))
-    return {m: torch.cat(x) if x else torch.zeros(0, 0, dtype=dtype) for m, x in out.items()}
+        for m, x in z.items():
+            if m not in out:
+                out[m] = torch.empty(n, x.shape[1], dtype=dtype)
+            out[m][i:i + len(x)] = x
+        i += len(z["v"])
+    return out or {m: torch.zeros(0, 0, dtype=dtype) for m in "va"}
 
 
 def export_labels(run: Path, clips: ClipSet, labels: dict[str, np.ndarray], best_of: str | None = None) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -74,11 +75,16 @@ class ClipReader:
                     raise KeyError(f"{s.path} has no {group!r} group (have {sorted(s.groups)}); extract it first")
                 self.ok[m] = s.video_ok(group)
         self.text_ok = s.text_ok_per_video() if "t" in spec.modalities or spec.candidates else None
-        vectors = s.word_vectors() if self.text_ok is not None else np.zeros((0, 300), np.float32)
-        self.pad = len(vectors)  # padding id -> the appended zero row
-        self.vectors = torch.from_numpy(np.concatenate([vectors, np.zeros((1, vectors.shape[1]), np.float32)]))
+        self.pad = s.n_words() if self.text_ok is not None else 0  # padding id -> the appended zero row
         self.video_dim = int(s.groups[self.video_group]["dim"]) if self.video_group else 1
         self.audio_dim = int(s.groups[self.audio_group]["dim"]) if self.audio_group else 1
+
+    @cached_property
+    def vectors(self) -> torch.Tensor:
+        """(words + 1, 300) float32: the store's word vectors and a zero row for padding. Loaded on first use,
+        so loader workers (which only hand out ids) never hold them."""
+        v = self.store.word_vectors() if self.text_ok is not None else np.zeros((0, 300), np.float32)
+        return torch.from_numpy(np.concatenate([v, np.zeros((1, v.shape[1]), np.float32)]))
 
     # ---- which clips can be used ------------------------------------------------------------
     def usable_videos(self) -> np.ndarray:
@@ -198,12 +204,14 @@ class StepBatches(torch.utils.data.Dataset):
         return {"clips": clips, **reader.batch(clips)}
 
 
-def step_loader(store: str, spec: ClipSpec, sample, first: int, last: int, workers: int):
-    """Batches for steps first..last-1, in order, formed by ``workers`` processes (0: in this process)."""
+def step_loader(store: str, spec: ClipSpec, sample, first: int, last: int, workers: int, pin: bool = False):
+    """Batches for steps first..last-1, in order, formed by ``workers`` processes (0: in this process);
+    ``pin``: page-locked batches, for non-blocking copies to a GPU."""
     # its own generator: creating the loader must not draw from the global torch RNG (dropout, init)
     return torch.utils.data.DataLoader(StepBatches(store, spec, sample), batch_size=None,
                                        sampler=range(first, last), num_workers=workers,
                                        prefetch_factor=4 if workers else None, persistent_workers=False,
+                                       pin_memory=pin,
                                        generator=torch.Generator().manual_seed(0))
 
 

@@ -37,22 +37,46 @@ def load_run(run: str | Path):
 
 
 @torch.no_grad()
-def embed(model, reader: ClipReader, clips: np.ndarray, batch: int = 512) -> dict[str, dict[str, np.ndarray]]:
-    """Every clip's embedding per space and modality, read from the store ``batch`` clips at a time."""
+def embed(model, reader: ClipReader, clips: np.ndarray, path: Path, keep: bool,
+          batch: int = 512) -> dict[str, dict[str, np.ndarray]]:
+    """Every clip's embedding per space and modality, read from the store ``batch`` clips at a time and
+    written as they come to ``path`` (Zarr: ``key``, ``<space>_<modality>``, one row per clip; committed
+    by one rename). Returned in RAM only with ``keep``."""
+    import uuid
+
+    import zarr
+
+    from pipeline.store import ColumnWriter, commit
+
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    group, writer = zarr.open_group(str(tmp), mode="w"), None
     out: dict[str, dict[str, list]] = {}
-    for _, b in reader.iter_batches(clips, batch):
+    for idx, b in reader.iter_batches(clips, batch):
         inputs = (torch.from_numpy(b["video"]), torch.from_numpy(b["audio"]).float(),
                   reader.vectors[torch.from_numpy(b["words"])], torch.from_numpy(b["nframes"]))
-        for space, emb in model.embed(*inputs).items():
-            for m, e in emb.items():
-                out.setdefault(space, {}).setdefault(m, []).append(e.numpy())
+        emb = {f"{space}_{m}": e.numpy().astype(np.float32) for space, d in model.embed(*inputs).items()
+               for m, e in d.items()}
+        if writer is None:
+            writer = ColumnWriter(group, {"key": str, **{k: ("float32", e.shape[1]) for k, e in emb.items()}},
+                                  chunk=1 << 14)
+        writer.append({"key": reader.store.clip_keys(idx), **emb})
+        if keep:
+            for name, e in emb.items():
+                space, m = name.rsplit("_", 1)
+                out.setdefault(space, {}).setdefault(m, []).append(e)
+    if writer is not None:
+        writer.close()
+    group.attrs.update({"layout": "one row per clip; arrays <space>_<modality>"})
+    commit(tmp, path, replace=True)
     return {s: {m: np.concatenate(v) for m, v in d.items()} for s, d in out.items()}
 
 
-def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames: int = 5120) -> dict:
+def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames: int = 5120,
+             max_score_clips: int = 50_000) -> dict:
     """Text->video retrieval (score t.(v+a) in spaces that also hold audio, as MCN on YouCook2; summed over
     spaces holding t and v), audio->video over spaces holding a and v, and k-means clustering of the fused
-    embedding of each space against the label columns."""
+    embedding of each space against the label columns. Embeddings of every clip are exported, streamed;
+    scoring needs an N x N matrix, so it runs for at most ``max_score_clips`` clips."""
     from sklearn.cluster import KMeans
 
     run = Path(run)
@@ -61,9 +85,15 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
     reader = ClipReader(store, ClipSpec(modalities, 0.0, cfg.max_words, getattr(cfg, "end_to_end_audio", False),
                                         audio_frames))
     clips = reader.all_clips()
-    emb = embed(model, reader, clips)
+    score = len(clips) <= max_score_clips
+    emb = embed(model, reader, clips, run / "embeddings.zarr", keep=score)
     results: dict = {"run": str(run), "store": store, "clips": len(clips), "dropped": reader.dropped(),
                      "ties": "pessimistic (a tie with the true item counts against it)"}
+    if not score:
+        results["not_scored"] = (f"{len(clips)} clips > --max-score-clips {max_score_clips}: retrieval needs an "
+                                 "N x N score matrix; embeddings are exported")
+        (run / "eval.json").write_text(json.dumps(results, indent=1))
+        return results
     text_spaces = [s for s, e in emb.items() if "t" in e and "v" in e]
     if text_spaces:
         sim = sum(emb[s]["t"] @ (emb[s]["v"] + emb[s].get("a", 0)).T for s in text_spaces)
@@ -85,21 +115,14 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
             fused = F.normalize(torch.from_numpy(sum(e.values()) / len(e)), dim=1).numpy()
             pred = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(fused)
             results["clustering"][f"{name}/{space}"] = {**clustering_metrics(y, pred), "k": k}
-    export(run / "embeddings.zarr", reader.store.clip_keys(clips), emb)
     (run / "eval.json").write_text(json.dumps(results, indent=1))
     return results
 
 
-def export(path: Path, keys, emb: dict) -> None:
-    from pipeline.store import write_unit
-
-    arrays = {"key": np.asarray(keys, dtype=object)}
-    arrays.update({f"{space}_{m}": e.astype(np.float32) for space, d in emb.items() for m, e in d.items()})
-    write_unit(path, arrays, {"layout": "one row per clip; arrays <space>_<modality>"}, replace=True)
-
-
 def table(results: dict) -> str:
     lines = [f"eval of {results['run']} on {results['store']}: {results['clips']} clips; ties {results['ties']}"]
+    if "not_scored" in results:
+        lines.append(f"  not scored: {results['not_scored']}")
     for task in ("text_to_video", "audio_to_video"):
         if task in results:
             r = results[task]

@@ -126,8 +126,8 @@ def sinkhorn_labels(log_p: torch.Tensor, lam: float = 20.0, marginals: torch.Ten
     it = 0
     while it < max_iter:
         it += 1
-        log_alpha = log_r - torch.logsumexp(torch.stack([
-            torch.logsumexp(logk[i:i + chunk] + log_beta[i:i + chunk, None], dim=0) for i in range(0, n, chunk)]), dim=0)
+        log_alpha = log_r - torch.logsumexp(torch.stack([torch.logsumexp(
+            logk[i:i + chunk] + log_beta[i:i + chunk, None], dim=0) for i in range(0, n, chunk)]), dim=0)
         new_beta = log_c - torch.cat([torch.logsumexp(logk[i:i + chunk] + log_alpha[None, :], dim=1)
                                       for i in range(0, n, chunk)])
         if it % check_every == 0 and torch.abs(torch.exp(log_beta - new_beta) - 1).sum() < tol:

@@ -170,12 +170,13 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
           f"{steps_per_epoch} steps/epoch, ready in {time.time() - t0:.1f}s, starting at step {step}")
     use_amp = cfg.device.startswith("cuda")
     model.train()
-    loader = step_loader(cfg.store, clip_spec(cfg), sampler, step, cfg.steps, cfg.loader_workers)
+    loader = step_loader(cfg.store, clip_spec(cfg), sampler, step, cfg.steps, cfg.loader_workers,
+                         cfg.device.startswith("cuda"))
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
     for step, b in zip(range(step, cfg.steps), loader):
         dev = cfg.device
-        video, audio, nframes = b["video"].to(dev), b["audio"].to(dev).float(), b["nframes"].to(dev)
-        words = vectors[b["words"]].to(dev)
+        video, audio = b["video"].to(dev, non_blocking=True), b["audio"].to(dev, non_blocking=True).float()
+        nframes, words = b["nframes"].to(dev), vectors[b["words"]].to(dev, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             out = model(video, audio, words, nframes)
         out = {k: ({m: e.float() for m, e in emb.items()}, [(p.float(), t.float()) for p, t in rec])

@@ -151,7 +151,7 @@ def train(cfg: MMVConfig, progress: bool = True) -> dict:
           f"loss variant {cfg.loss}, starting at step {step}")
     model.train()
     loader = step_loader(cfg.store, clip_spec(cfg), MMVSampler(n, cfg.batch_size, cfg.seed), step, cfg.steps,
-                         cfg.loader_workers)
+                         cfg.loader_workers, cfg.device.startswith("cuda"))
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
     for step, b in zip(range(step, cfg.steps), loader):
         terms = mmv_loss(model, b, vectors, cfg)

@@ -59,11 +59,16 @@ def update_steps(total: int, n: int, power: float) -> set[int]:
     return {int(total * t ** power) for t in np.linspace(0, 1, n)}
 
 
-def hungarian_alignment(p_v: torch.Tensor, p_a: torch.Tensor) -> np.ndarray:
+def hungarian_alignment(p_v: torch.Tensor, p_a: torch.Tensor, log: bool = False,
+                        chunk: int = 1 << 15) -> np.ndarray:
     """Permutation pi minimising sum_ik |p_v[i,k] - p_a[i,pi(k)]| exactly (the objective splits over
-    column pairs: C_kl = sum_i |p_v[i,k] - p_a[i,l]|)."""
-    cost = torch.cdist(p_v.double().t(), p_a.double().t(), p=1).numpy()
-    _, perm = linear_sum_assignment(cost)
+    column pairs: C_kl = sum_i |p_v[i,k] - p_a[i,l]|, summed here ``chunk`` rows at a time).
+    ``log``: the inputs are log-probabilities."""
+    def rows(p, i):
+        x = p[i:i + chunk].double()
+        return (x.exp() if log else x).t()
+    cost = sum(torch.cdist(rows(p_v, i), rows(p_a, i), p=1) for i in range(0, len(p_v), chunk))
+    _, perm = linear_sum_assignment(cost.numpy())
     return perm
 
 
@@ -90,8 +95,11 @@ class SeLaVi(nn.Module):
         """log p (N, K) float64 of head h per modality, eval mode, from encoder outputs ``feats``."""
         was = self.training
         self.eval()
-        out = {m: torch.cat([F.log_softmax(self.heads[m][h](torch.relu(x[i:i + chunk].float())).double(), dim=1)
-                             for i in range(0, len(x), chunk)]) for m, x in feats.items()}
+        out = {}
+        for m, x in feats.items():
+            out[m] = torch.empty(len(x), self.heads[m][h][-1].out_features, dtype=torch.float64)
+            for i in range(0, len(x), chunk):
+                out[m][i:i + chunk] = F.log_softmax(self.heads[m][h](torch.relu(x[i:i + chunk].float())).double(), 1)
         self.train(was)
         return out
 
@@ -163,15 +171,16 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
             for h in range(cfg.heads):
                 logp = model.head_log_probs(feats, h)
                 if not aligned and cfg.align == "hungarian":
-                    perm = hungarian_alignment(logp["v"].exp(), logp["a"].exp())
+                    perm = hungarian_alignment(logp["v"], logp["a"], log=True)
                     last = model.heads["a"][h][-1]
                     with torch.no_grad():  # output k of the audio head now predicts what its output perm[k] did
                         last.weight.copy_(last.weight[perm])
                         last.bias.copy_(last.bias[perm])
                     logp["a"] = logp["a"][:, perm]
-                joint = (logp["v"] + logp["a"]) / 2
+                joint = logp["v"].add_(logp["a"]).div_(2)  # in place: RAM holds one N x K at a time
                 del logp
-                r = marginals(sizes[h], torch.exp(cfg.lam * joint).sum(0), cfg.compat_marginals)
+                mass = sum(torch.exp(cfg.lam * joint[i:i + (1 << 16)]).sum(0) for i in range(0, n, 1 << 16))
+                r = marginals(sizes[h], mass, cfg.compat_marginals)
                 labels[h], it = sinkhorn_labels(joint, cfg.lam, r)
                 iters.append(it)
             aligned = True
