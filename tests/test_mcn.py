@@ -78,7 +78,7 @@ def test_streamed_batches_equal_in_ram_batches_in_worker_processes(planted):
         ref = in_ram_batch(cfg.store, clips, cfg.min_time)
         np.testing.assert_array_equal(b["words"].numpy(), ref["words"])
         np.testing.assert_allclose(b["video"].numpy(), ref["video"], rtol=1e-6)
-        np.testing.assert_allclose(b["audio"].numpy(), ref["audio"], rtol=1e-6)
+        np.testing.assert_allclose(b["audio"].numpy(), ref["audio"], rtol=1e-5, atol=1e-6)  # summation order
     assert len(set(np.concatenate([b["clips"].numpy() for b in streamed]) // 4)) > 8  # videos vary by step
 
 

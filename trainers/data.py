@@ -58,6 +58,27 @@ def _audio_frames(t: float) -> int:
     return max(0, (int(t * 16000) - 200) // 160)
 
 
+def _pool(rows, a: np.ndarray, b: np.ndarray, op) -> np.ndarray:
+    """Rows a[i]..b[i]-1 of one video (``rows(lo, hi)`` reads them, clamped to the video) pooled per clip,
+    in one gather + reduceat: ``np.maximum`` -> max, ``np.add`` -> mean. Empty ranges give zeros."""
+    lo, hi = int(a.min()), int(max(b.max(), a.min()))
+    block = rows(lo, hi)
+    n = len(block)
+    a, b = np.minimum(a - lo, n), np.minimum(np.maximum(b, a) - lo, n)
+    lens = b - a
+    out = np.zeros((len(a), block.shape[1]), np.float32)
+    full = lens > 0
+    if full.any():
+        lf = lens[full]
+        first = np.cumsum(lf) - lf
+        gathered = block[np.arange(lf.sum()) - np.repeat(first - a[full], lf)]
+        if op is np.maximum:
+            out[full] = np.maximum.reduceat(gathered, first, axis=0)  # max is exact in float16
+        else:
+            out[full] = np.add.reduceat(gathered, first, axis=0, dtype=np.float32) / lf[:, None].astype(np.float32)
+    return out
+
+
 class ClipReader:
     """Forms clips of a store on demand. Per-video flags are in RAM; per-clip data is read per batch."""
 
@@ -141,24 +162,21 @@ class ClipReader:
             audio = s.video_rows(self.audio_group, v) if "a" in self.ok and self.ok["a"][v] else None
             out["valid_v"][at] = frames is not None
             out["valid_a"][at] = audio is not None
-            for j, i in zip(at.tolist(), (clips[at] - a).tolist()):
-                first, last, order = merge_captions(starts, ends, i, spec.min_time)
-                t0, t1 = starts[first], ends[last]
-                if frames is not None:
-                    rows = frames(int(t0), int(t1) + 1)
-                    if len(rows):
-                        x = rows.max(axis=0).astype(np.float32)  # max is exact in float16
-                        out["video"][j] = x / max(np.linalg.norm(x), 1e-12)
-                if audio is not None:
-                    if spec.end_to_end_audio:
-                        f0 = _audio_frames(t0)
-                        mel = audio(f0, min(_audio_frames(t1), f0 + spec.audio_frames))
-                        out["audio"][j, :, :len(mel)], out["nframes"][j] = mel.T, len(mel)
-                    else:
-                        rate = RATES[self.audio_group]
-                        rows = audio(int(np.floor(t0 * rate)), int(np.floor(t1 * rate)) + 1)
-                        if len(rows):
-                            out["audio"][j] = rows.mean(axis=0, dtype=np.float32)
+            merged = [merge_captions(starts, ends, i, spec.min_time) for i in (clips[at] - a).tolist()]
+            t0 = starts[[m[0] for m in merged]]
+            t1 = ends[[m[1] for m in merged]]
+            if frames is not None:  # MCN: rows int(s) .. int(e), max-pooled, L2-normalised
+                x = _pool(frames, t0.astype(np.int64), t1.astype(np.int64) + 1, np.maximum)
+                out["video"][at] = x / np.maximum(np.linalg.norm(x, axis=1), 1e-12)[:, None]
+            if audio is not None and not spec.end_to_end_audio:
+                rate = RATES[self.audio_group]
+                out["audio"][at] = _pool(audio, np.floor(t0 * rate).astype(np.int64),
+                                         np.floor(t1 * rate).astype(np.int64) + 1, np.add)
+            for j, i, (_, _, order), s0, s1 in zip(at.tolist(), (clips[at] - a).tolist(), merged, t0, t1):
+                if audio is not None and spec.end_to_end_audio:
+                    f0 = _audio_frames(s0)
+                    mel = audio(f0, min(_audio_frames(s1), f0 + spec.audio_frames))
+                    out["audio"][j, :, :len(mel)], out["nframes"][j] = mel.T, len(mel)
                 if ids is not None:
                     out["valid_t"][j] = len(ids[i]) > 0
                     w = np.concatenate([ids[o] for o in order])[:W]
@@ -171,7 +189,7 @@ class ClipReader:
         return out
 
     def all_clips(self) -> np.ndarray:
-        """Every usable clip, in store order (evaluation and whole-set passes; small stores only)."""
+        """Every usable clip, in store order (evaluation and whole-set passes; RAM: an int64 per clip)."""
         return np.concatenate([self.usable_clips(v) for v in self.usable_videos()] or [np.zeros(0, np.int64)])
 
     def iter_batches(self, clips: np.ndarray, size: int = 1024):

@@ -183,6 +183,7 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
                 r = marginals(sizes[h], mass, cfg.compat_marginals)
                 labels[h], it = sinkhorn_labels(joint, cfg.lam, r)
                 iters.append(it)
+                del joint
             aligned = True
             del feats
             record = {"nmi_prev": float(np.mean([normalized_mutual_info_score(old[h], labels[h])
