@@ -101,9 +101,11 @@ def main():
     print(f"\nbaseline RSS of a python with the planner imported: {base:.0f} MB")
     for name, key in (("planning peak RSS", "plan_rss"), ("planning time", "plan_s"), ("trainer peak RSS", "train_rss"),
                       ("time to first step", "first_s"), ("store open", "open_s")):
-        slope, at = fit(clips, [r[key] for r in rows], HOWTO_CLIPS)
+        values = [r[key] for r in rows]
+        slope, at = fit(clips, values, HOWTO_CLIPS)
         unit = "MB" if "rss" in key else "s"
-        print(f"{name:20s}: slope {slope * 1e6:9.3f} {unit} per million clips -> at 136M captions: {at:10.1f} {unit}")
+        print(f"{name:20s}: {min(values):9.3f} .. {max(values):9.3f} {unit} measured; slope {slope * 1e6:9.3f} "
+              f"{unit} per million clips -> at 136M captions: {max(at, max(values)):10.1f} {unit}")
     slope, at = fit(videos, [r["plan_rss"] for r in rows], HOWTO_VIDEOS)
     print(f"{'planning peak RSS':20s}: slope {slope * 1e6:9.1f} MB per million videos -> at 1.24M videos: "
           f"{at:10.1f} MB")

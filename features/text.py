@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import re
 
-import numpy as np
-
 from .weights import WeightsError, sha256
 
 TOKEN = re.compile(r"[\w']+")
@@ -36,10 +34,3 @@ class Word2Vec:
     def ids(self, sentence: str) -> list[int]:
         index = self.kv.key_to_index
         return [index[w] for w in tokenize(sentence) if w in index]
-
-    def compact(self, token_lists: list[list[int]]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-        """Renumber to the words used: (ids per clip into vectors, file row of each word, vectors)."""
-        used = np.unique(np.fromiter((t for ts in token_lists for t in ts), dtype=np.int64))
-        remap = {int(w): i for i, w in enumerate(used)}
-        ids = [np.array([remap[t] for t in ts], dtype=np.int32) for ts in token_lists]
-        return ids, used, self.kv.vectors[used].astype(np.float32)

@@ -116,10 +116,6 @@ def test_word2vec_tokens_match_gensim(weights):
     assert tokenize("Cut the onion, in New_York's kitchen!") == ["Cut", "the", "onion", "in", "New_York's", "kitchen"]
     ids = w2v.ids("cut THE the onion xyzzy New_York")  # case-sensitive, OOV dropped
     assert ids == [kv.key_to_index[w] for w in ["cut", "the", "onion", "New_York"]]
-    compact, rows, vectors = w2v.compact([ids, [], w2v.ids("onion dough")])
-    np.testing.assert_array_equal(vectors[compact[0]], kv[["cut", "the", "onion", "New_York"]])
-    np.testing.assert_array_equal(vectors[compact[2]], kv[["onion", "dough"]])
-    assert len(compact[1]) == 0 and len(vectors) == len(set(rows)) == 5
 
 
 def test_word2vec_missing_file_is_clear(tmp_path):

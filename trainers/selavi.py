@@ -215,7 +215,7 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
     predicted = {}
     for h in range(cfg.heads):
         logp = model.head_log_probs(feats, h)
-        predicted[f"head{h}"] = (logp["v"] + logp["a"]).argmax(1).numpy()
+        predicted[f"head{h}"] = logp["v"].add_(logp["a"]).argmax(1).numpy()
     pseudo = {f"pseudo_head{h}": labels[h].numpy() for h in range(cfg.heads)}
     results = export_labels(run.path, clips, {**predicted, **pseudo}, best_of="head")
     return {"steps": total, "clips": n, "seconds": time.time() - t0, **results}
