@@ -285,6 +285,19 @@ class RowReader:
                 self._maps[c] = np.frombuffer(buf, dtype=self.dtype).reshape((self.rows_per_chunk,) + self.shape[1:])
         return self._maps[c]
 
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows at any indices ``idx`` (one fancy index per chunk touched)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if not self.direct:
+            return self.arr.get_orthogonal_selection((idx,) + (slice(None),) * (len(self.shape) - 1))
+        out = np.empty((len(idx),) + self.shape[1:], self.dtype)
+        chunk = idx // self.rows_per_chunk
+        for c in np.unique(chunk).tolist():
+            at = chunk == c
+            m = self._chunk(c)
+            out[at] = m[idx[at] - c * self.rows_per_chunk] if m is not None else self.fill
+        return out
+
     def rows(self, a: int, b: int) -> np.ndarray:
         """Rows a..b-1 (a contiguous run, as a clip's rows are), copied out of at most a few chunks."""
         if not self.direct:
@@ -401,6 +414,8 @@ class FeatureStore:
     def clip_values(self, column: str, idx) -> np.ndarray:
         """Any clip column (text, label_<col>, ...) at the clip indices ``idx``."""
         idx = np.asarray(idx, dtype=np.int64)
+        if column in self._columns:
+            return self._columns[column].take(idx)
         if not len(idx):
             return np.zeros(0, dtype=object)
         value = self._clips[column].get_orthogonal_selection(idx)
@@ -507,10 +522,20 @@ class FeatureStore:
         if rate is None:
             raise KeyError(f"{group!r} is not a time-indexed group")
         idx = np.asarray(keys, dtype=np.int64) if np.asarray(keys).dtype.kind in "iu" else self.clip_index(keys)
-        out = []
-        for i, v in zip(idx.tolist(), self.clip_video(idx).tolist()):
-            s, e = self.clip_rows("start", i, i + 1)[0], self.clip_rows("end", i, i + 1)[0]
-            out.append(self.video_rows(group, v)(int(np.floor(s * rate)), int(np.floor(e * rate)) + 1))
+        vids = self.clip_video(idx)
+        first = np.floor(self.clip_values("start", idx) * rate).astype(np.int64)
+        last = np.floor(self.clip_values("end", idx) * rate).astype(np.int64) + 1
+        parts = vids // self.part_size
+        out: list = [None] * len(idx)
+        for p in np.unique(parts).tolist():  # one unit per part touched; each clip's rows are one slice
+            sel = np.flatnonzero(parts == p)
+            u = self.unit(p, group)
+            local = vids[sel] - p * self.part_size
+            n = u.offsets[local + 1] - u.offsets[local]
+            a = np.minimum(n, first[sel])
+            a, b = u.offsets[local] + a, u.offsets[local] + np.maximum(a, np.minimum(n, last[sel]))
+            for j, lo, hi in zip(sel.tolist(), a.tolist(), b.tolist()):
+                out[j] = u.data.rows(lo, hi)
         return out
 
     def load_group(self, group: str) -> Group:

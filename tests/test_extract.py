@@ -208,6 +208,8 @@ def test_row_reader_matches_zarr_across_chunks(tmp_path, compressed):
         for b in (a, a + 1, a + 5, 40):
             if b >= a:
                 np.testing.assert_array_equal(reader.rows(a, min(b, 40)), data[a:min(b, 40)])
+    idx = np.random.default_rng(0).integers(0, 40, 30)
+    np.testing.assert_array_equal(reader.take(idx), data[idx])
 
 
 def test_existing_dask_scheduler_address(odd_dataset, weights, tmp_path):
