@@ -196,6 +196,9 @@ def iter_clips(videos: Videos, captions: str | os.PathLike | None, problems: Pro
                          "must list each video's rows together; sort it by video_id); these are skipped")
             continue
         seen[i] = True
+        if not all(isinstance(x, list) for x in (starts, ends, texts)):
+            problems.add(f"{where}: expected {{start: [...], end: [...], text: [...]}} lists; video skipped for clips")
+            continue
         if not (len(starts) == len(ends) == len(texts)):
             problems.add(f"{where}: start/end/text lengths differ ({len(starts)}/{len(ends)}/{len(texts)}); "
                          "video skipped for clips")
@@ -228,7 +231,7 @@ def _json_videos(path: Path):
                 where = f"{path.name}[{vid!r}]"
                 loc = (lambda w: lambda j: f"{w}[{j}]")(where)
                 if not isinstance(cap, dict):
-                    yield vid, where, loc, [None], [], []  # reported as a length mismatch
+                    yield vid, where, loc, None, None, None  # reported: not the expected lists
                     continue
                 yield vid, where, loc, cap.get("start", []), cap.get("end", []), cap.get("text", [])
         except ijson.JSONError as e:

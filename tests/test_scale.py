@@ -91,6 +91,10 @@ def test_a_caption_table_not_grouped_by_video_is_reported(tmp_path):
     with pytest.raises(ManifestError, match="--strict"):
         plan_store(tmp_path / "t.zarr", str(tmp_path / "m.csv"), str(tmp_path / "c.csv"), strict=True)
     assert not (tmp_path / "t.zarr").exists()
+    (tmp_path / "odd.json").write_text('{"a": [1, 2], "b": {"start": 3, "end": [4], "text": ["y"]}}')
+    plan_store(tmp_path / "v.zarr", str(tmp_path / "m.csv"), str(tmp_path / "odd.json"))
+    assert sum("expected {start: [...], end: [...], text: [...]} lists" in p
+               for p in FeatureStore(tmp_path / "v.zarr").problems()) == 2
     (tmp_path / "bad.json").write_text('{"a": {"start": [0], "end": [1], "text": ["x"]}, ')
     with pytest.raises(ManifestError, match="not valid JSON"):
         plan_store(tmp_path / "u.zarr", str(tmp_path / "m.csv"), str(tmp_path / "bad.json"))
