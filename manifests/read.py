@@ -108,6 +108,8 @@ def read_videos(manifest: str | os.PathLike, video_root: str | os.PathLike | Non
     if not manifest.is_file():
         raise ManifestError(f"manifest not found: {manifest}")
     root = Path(video_root) if video_root else manifest.parent
+    if not root.is_dir():
+        raise ManifestError(f"--video-root {root} is not a folder")
     with open(manifest, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in (reader.fieldnames or [])]

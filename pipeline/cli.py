@@ -62,10 +62,20 @@ def print_summary(summary: dict) -> None:
         print(f"  part {part} FAILED (rerun to retry): {err}")
 
 
+EXIT_FAILURES = 1  # extraction finished, but some videos or parts failed (exit 2: unusable input)
+
+
 def cmd_extract(args) -> int:
     from .extract import extract
 
-    print_summary(extract(config_from(args)))
+    summary = extract(config_from(args))
+    print_summary(summary)
+    failed = {g: sum(n for k, n in counts.items() if k != "ok") for g, counts in summary.get("status", {}).items()}
+    if summary.get("failed_parts") or any(failed.values()):
+        print(f"finished with failures ({', '.join(f'{g}: {n} videos' for g, n in failed.items() if n)}"
+              f"{'; whole parts failed' if summary.get('failed_parts') else ''}): `pipeline status --store "
+              f"{summary['store']}` lists them; fix what they say, then rerun with --retry-failed", file=sys.stderr)
+        return EXIT_FAILURES
     return 0
 
 

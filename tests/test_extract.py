@@ -161,7 +161,8 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_same_store(odd_dataset, weig
            "--resnet152-weights", weights["resnet152"], "--word2vec", weights["word2vec"],
            "--workers", "2", "--part-size", "1", "--short-side", "64", "--no-progress", "--store"]
     ref = tmp_path / "ref.zarr"
-    subprocess.run(cmd + [str(ref)], check=True, capture_output=True)
+    done = subprocess.run(cmd + [str(ref)], capture_output=True, text=True)
+    assert done.returncode == 1 and "--retry-failed" in done.stderr  # the odd videos failed, and it says so
     killed = tmp_path / "killed.zarr"
     proc = subprocess.Popen(cmd + [str(killed)], start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -172,7 +173,7 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_same_store(odd_dataset, weig
     proc.wait()
     committed = len(list(killed.glob("parts/p*/resnet152")))
     assert 0 < committed < 7, "the kill should land mid-run"
-    subprocess.run(cmd + [str(killed)], check=True, capture_output=True)
+    assert subprocess.run(cmd + [str(killed)], capture_output=True).returncode == 1
     a, b = store_arrays(ref), store_arrays(killed)
     assert a.keys() == b.keys()
     for k in a:
@@ -219,3 +220,18 @@ def test_existing_dask_scheduler_address(odd_dataset, weights, tmp_path):
         summary = extract(config(odd_dataset, tmp_path / "s.zarr", weights, groups=["logmel"],
                                  scheduler=cluster.scheduler_address))
     assert summary["parts_run"] == 4 and summary["status"]["logmel"]["ok"] == 3
+
+
+def test_exit_codes_say_whether_anything_failed(odd_dataset, tmp_path):
+    from pipeline.cli import main
+
+    good = tmp_path / "good.csv"
+    good.write_text("video_id\ngood0\ngood1\n")
+    args = ["extract", "--manifest", str(good), "--video-root", odd_dataset["video_root"], "--groups", "logmel",
+            "--workers", "0", "--no-progress", "--store"]
+    assert main(args + [str(tmp_path / "ok.zarr")]) == 0
+    odd = ["extract", "--manifest", odd_dataset["manifest"], "--video-root", odd_dataset["video_root"],
+           "--groups", "logmel", "--workers", "0", "--no-progress", "--store", str(tmp_path / "odd.zarr")]
+    assert main(odd) == 1  # finished, with failed videos
+    assert main(args[:4] + [str(tmp_path / "nowhere")] + args[5:] + [str(tmp_path / "x.zarr")]) == 2
+    assert not (tmp_path / "x.zarr").exists()

@@ -136,3 +136,30 @@ def test_cli_errors_are_clear(planted, tmp_path):
 
     assert main(["mcn", "--store", str(planted[0]), "--out", str(tmp_path / "x"), "--combo", "va+xy"]) == 2
     assert main(["eval", "--run", str(tmp_path / "none"), "--store", str(planted[1])]) == 2
+
+
+def test_a_store_without_usable_clips_says_what_is_missing(planted, tmp_path):
+    import shutil
+
+    from pipeline.store import write_part
+    from trainers.mmv import MMVConfig, train as train_mmv
+    from trainers.xdc import XDCConfig, train as train_xdc
+
+    store = tmp_path / "broken.zarr"
+    shutil.copytree(planted[0], store)
+    n = FeatureStore(store).n_videos
+    write_part(store, 0, "resnet152", [None] * n, ["decode_error"] * n, ["corrupt"] * n, [0.0] * n, 64,
+               replace=True)
+    for train_fn, cfg in ((train, small(store, tmp_path / "mcn")),
+                          (train_mmv, MMVConfig(store=str(store), out=str(tmp_path / "mmv"), batch_size=8)),
+                          (train_xdc, XDCConfig(store=str(store), out=str(tmp_path / "xdc"), k=4))):
+        with pytest.raises(ValueError, match=r"0 have resnet152 ok.*pipeline status"):
+            train_fn(cfg, progress=False)
+
+
+def test_resume_with_other_settings_is_refused_naming_them(planted, tmp_path):
+    train(small(planted[0], tmp_path / "r", steps=3), progress=False)
+    with pytest.raises(ValueError, match=r"--lr 0.001 -> 0.01, --clusters 4 -> 8"):
+        train(small(planted[0], tmp_path / "r", steps=6, lr=1e-2, clusters=8, resume=True), progress=False)
+    out = train(small(planted[0], tmp_path / "r", steps=6, resume=True, loader_workers=0), progress=False)
+    assert out["steps"] == 6  # a longer run and another loader are fine

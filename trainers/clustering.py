@@ -22,6 +22,7 @@ class ClipSet:
     def __init__(self, store: str):
         self.store_path = str(store)
         self.reader = ClipReader(store, self.spec)
+        self.reader.require_usable("clip with both video and audio")
         self.clips = self.reader.all_clips()
         self.video_dim, self.audio_dim = self.reader.video_dim, self.reader.audio_dim
 

@@ -128,6 +128,18 @@ class ClipReader:
             out["caption empty or no known words"] = n
         return out
 
+    def require_usable(self, what: str = "clips with every modality") -> None:
+        """Raise a clear error, naming what is missing, when no video has a usable clip."""
+        if len(self.usable_videos()):
+            return
+        have = [f"{int((self.counts > 0).sum())} of {len(self.counts)} videos have clips"]
+        have += [f"{int(ok.sum())} have {g} ok" for g, ok in zip((self.video_group, self.audio_group), (
+            self.ok.get("v"), self.ok.get("a"))) if ok is not None]
+        if "t" in self.spec.modalities:
+            have.append(f"{int((self.text_ok > 0).sum())} have a caption with known words")
+        raise ValueError(f"{self.store.path} has no {what}: " + ", ".join(have) +
+                         " (see `pipeline status`; extract the missing groups or use another store)")
+
     def usable_clips(self, v: int) -> np.ndarray:
         """Clip indices of video v that have every modality (text: at least one known word)."""
         a, b = int(self.store.clip_offsets[v]), int(self.store.clip_offsets[v + 1])

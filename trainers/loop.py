@@ -10,16 +10,28 @@ from pathlib import Path
 import torch
 
 
+# flags a resumed run may change: how it runs, not what it computes (the length extends or shortens the run)
+RESUMABLE = {"resume", "loader_workers", "device", "log_every", "checkpoint_every", "steps", "iterations", "epochs"}
+
+
 class RunDir:
     """<out>/config.json, checkpoint.pt (atomic), metrics.jsonl, model.pt."""
 
-    def __init__(self, out: str | os.PathLike, resume: bool):
-        self.path = Path(out)
+    def __init__(self, cfg):
+        self.path = Path(cfg.out)
         self.path.mkdir(parents=True, exist_ok=True)
         self.ckpt, self.log_path = self.path / "checkpoint.pt", self.path / "metrics.jsonl"
-        if (self.ckpt.exists() or self.log_path.exists()) and not resume:
+        if (self.ckpt.exists() or self.log_path.exists()) and not cfg.resume:
             raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it or choose a new --out")
-        self.resume = resume
+        if cfg.resume and (self.path / "config.json").exists():
+            saved = json.loads((self.path / "config.json").read_text())
+            new = asdict(cfg)
+            changed = {k: (saved.get(k), v) for k, v in new.items() if k not in RESUMABLE and saved.get(k) != v}
+            if changed:
+                raise ValueError(f"--resume of {self.path} with other settings than it was trained with: " +
+                                 ", ".join(f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                                 + "; resume with the same flags, or start a new --out")
+        self.resume = cfg.resume
         self._log = None
         self._tb = None
 

@@ -140,10 +140,11 @@ def losses_for(out: dict, clusterers: dict, cfg: MCNConfig, step: int, steps_per
 def train(cfg: MCNConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    run = RunDir(cfg.out, cfg.resume)
+    run = RunDir(cfg)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     reader = ClipReader(cfg.store, clip_spec(cfg))
+    reader.require_usable(f"clip with all of {modalities_of(cfg.combo)}")
     videos = reader.usable_videos()
     if len(videos) < cfg.videos_per_batch:
         raise ValueError(f"{len(videos)} usable videos but --videos-per-batch {cfg.videos_per_batch}; "

@@ -126,10 +126,12 @@ def mmv_loss(model: MMV, b: dict, vectors: torch.Tensor, cfg: MMVConfig) -> dict
 def train(cfg: MMVConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    run = RunDir(cfg.out, cfg.resume)
+    run = RunDir(cfg)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     reader = ClipReader(cfg.store, clip_spec(cfg))
+    for pair in ("va", "vt"):  # MMV masks a missing modality, but each pair needs clips that have both
+        ClipReader(reader.store, ClipSpec(pair, cfg.min_time)).require_usable(f"clip with both {pair[0]} and {pair[1]}")
     n = reader.store.n_clips
     if n < cfg.batch_size:
         raise ValueError(f"{n} clips but --batch-size {cfg.batch_size}; lower it")

@@ -131,7 +131,7 @@ def features(model: SeLaVi, clips: ClipSet, cfg: SeLaViConfig) -> dict[str, torc
 def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    run = RunDir(cfg.out, cfg.resume)
+    run = RunDir(cfg)
     t0 = time.time()
     clips = ClipSet(cfg.store)
     n = len(clips)

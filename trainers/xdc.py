@@ -110,7 +110,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
 
     if cfg.variant not in TARGETS:
         raise ValueError(f"unknown variant {cfg.variant!r}; choose from {sorted(TARGETS)}")
-    run = RunDir(cfg.out, cfg.resume)
+    run = RunDir(cfg)
     t0 = time.time()
     clips = ClipSet(cfg.store)
     n = len(clips)
