@@ -90,15 +90,21 @@ def _float(value) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def index_video_root(root: str | os.PathLike) -> dict[str, str]:
-    """Map file stem -> path for every video file under ``root`` (one walk, not one glob per id)."""
+def index_video_root(root: str | os.PathLike) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(file stem -> path, stem -> paths where several video files share a stem) for every video file
+    under ``root`` (one walk, not one glob per id). An ambiguous stem identifies no file."""
     found: dict[str, str] = {}
+    ambiguous: dict[str, list[str]] = {}
     for dirpath, _dirs, files in os.walk(root):
         for name in sorted(files):
             p = Path(dirpath, name)
             if p.suffix.lower() in VIDEO_EXTENSIONS:
+                if p.stem in found:
+                    ambiguous.setdefault(p.stem, [found[p.stem]]).append(str(p))
                 found.setdefault(p.stem, str(p))
-    return found
+    for stem in ambiguous:
+        del found[stem]
+    return found, ambiguous
 
 
 def read_videos(manifest: str | os.PathLike, video_root: str | os.PathLike | None, problems: Problems,
@@ -110,59 +116,74 @@ def read_videos(manifest: str | os.PathLike, video_root: str | os.PathLike | Non
     root = Path(video_root) if video_root else manifest.parent
     if not root.is_dir():
         raise ManifestError(f"--video-root {root} is not a folder")
-    with open(manifest, newline="", encoding="utf-8") as f:
+    with open(manifest, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel's CSV) is not a column
         reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        reader.fieldnames = columns
-        if "video_id" not in columns and "path" not in columns:
-            raise ManifestError(f"{manifest}: needs a 'video_id' or 'path' column, found {columns}")
-        clip_rows = "start" in columns and "end" in columns
-        if clip_rows and captions:
-            raise ManifestError(f"{manifest} has start/end columns (one clip per row); --captions is for "
-                                "HowTo100M-style manifests with one row per video")
-        if not clip_rows and not captions:
-            log.warning("%s has no start/end columns and no --captions was given: videos get features, "
-                        "but there are no clips to train on", manifest)
-        labels = [c for c in columns if c not in STRUCTURAL]
-        stems = index_video_root(root) if "path" not in columns else {}
-        v = Videos([], [], {} if clip_rows else {c: [] for c in labels}, {}, clip_rows,
-                   labels if clip_rows else [])
-        path_of: dict[str, str] = {}
-        for row in reader:
-            line = reader.line_num
-            vid = (row.get("video_id") or "").strip()
-            rel = (row.get("path") or "").strip()
-            if not vid and rel:
-                vid = Path(rel).stem
-            if not vid:
-                problems.add(f"{manifest.name} line {line}: missing video_id/path")
+        try:
+            return _read_video_rows(manifest, root, reader, problems, captions)
+        except UnicodeDecodeError as e:
+            raise ManifestError(f"{manifest}: not UTF-8 text after line {reader.line_num} ({e.reason} at byte "
+                                f"{e.start} of a read block); save it as UTF-8") from None
+
+
+def _read_video_rows(manifest: Path, root: Path, reader: csv.DictReader, problems: Problems, captions) -> Videos:
+    """read_videos' pass over the rows of an open CSV reader."""
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    reader.fieldnames = columns
+    if "video_id" not in columns and "path" not in columns:
+        raise ManifestError(f"{manifest}: needs a 'video_id' or 'path' column, found {columns}")
+    clip_rows = "start" in columns and "end" in columns
+    if clip_rows and captions:
+        raise ManifestError(f"{manifest} has start/end columns (one clip per row); --captions is for "
+                            "HowTo100M-style manifests with one row per video")
+    if not clip_rows and not captions:
+        log.warning("%s has no start/end columns and no --captions was given: videos get features, "
+                    "but there are no clips to train on", manifest)
+    labels = [c for c in columns if c not in STRUCTURAL]
+    stems, ambiguous = index_video_root(root) if "path" not in columns else ({}, {})
+    v = Videos([], [], {} if clip_rows else {c: [] for c in labels}, {}, clip_rows,
+               labels if clip_rows else [])
+    source: dict[str, tuple[str, int]] = {}  # video id -> (its path column, first line)
+    for row in reader:
+        line = reader.line_num
+        vid = (row.get("video_id") or "").strip()
+        rel = (row.get("path") or "").strip()
+        if not vid and rel:
+            vid = Path(rel).stem
+        if not vid:
+            problems.add(f"{manifest.name} line {line}: missing video_id/path")
+            continue
+        if clip_rows:
+            start, end = _float(row.get("start")), _float(row.get("end"))
+            if start is None or end is None or start < 0 or end <= start:
+                problems.add(f"{manifest.name} line {line}: bad clip time start={row.get('start')!r} "
+                             f"end={row.get('end')!r} (need 0 <= start < end)")
                 continue
-            if clip_rows:
-                start, end = _float(row.get("start")), _float(row.get("end"))
-                if start is None or end is None or start < 0 or end <= start:
-                    problems.add(f"{manifest.name} line {line}: bad clip time start={row.get('start')!r} "
-                                 f"end={row.get('end')!r} (need 0 <= start < end)")
-                    continue
-            if vid in v.index:
-                if not clip_rows:
-                    problems.add(f"{manifest.name} line {line}: duplicate video_id {vid!r} (row ignored)")
-                    continue
-            else:
-                path = str(root / rel) if rel else stems.get(vid)
-                if path is None or not Path(path).is_file():
-                    problems.add(f"{manifest.name} line {line}: no video file for {vid!r}"
-                                 f" (looked for {path or str(root / (vid + '.*'))}); recorded as 'missing'")
-                    path = None
-                v.index[vid] = len(v.ids)
-                v.ids.append(vid)
-                v.paths.append(path)
-                path_of[vid] = path
-                if not clip_rows:
-                    for c in labels:
-                        v.labels[c].append((row.get(c) or "").strip())
-            if clip_rows:
-                v._grouped.setdefault(v.index[vid], []).append(
-                    (start, end, (row.get("text") or "").strip(), [(row.get(c) or "").strip() for c in labels]))
+        if rel and source.setdefault(vid, (rel, line))[0] != rel:
+            problems.add(f"{manifest.name} line {line}: {rel!r} and {source[vid][0]!r} (line {source[vid][1]}) "
+                         f"are both video {vid!r}; give each file its own video_id (row ignored)")
+            continue
+        if vid in v.index:
+            if not clip_rows:
+                problems.add(f"{manifest.name} line {line}: duplicate video_id {vid!r} (row ignored)")
+                continue
+        else:
+            path = str(root / rel) if rel else stems.get(vid)
+            if vid in ambiguous and not rel:
+                problems.add(f"{manifest.name} line {line}: several files are video {vid!r}: "
+                             f"{', '.join(ambiguous[vid])}; give a path column; recorded as 'missing'")
+            elif path is None or not Path(path).is_file():
+                problems.add(f"{manifest.name} line {line}: no video file for {vid!r}"
+                             f" (looked for {path or str(root / (vid + '.*'))}); recorded as 'missing'")
+                path = None
+            v.index[vid] = len(v.ids)
+            v.ids.append(vid)
+            v.paths.append(path)
+            if not clip_rows:
+                for c in labels:
+                    v.labels[c].append((row.get(c) or "").strip())
+        if clip_rows:
+            v._grouped.setdefault(v.index[vid], []).append(
+                (start, end, (row.get("text") or "").strip(), [(row.get(c) or "").strip() for c in labels]))
     if not v.ids:
         raise ManifestError(f"{manifest}: no usable rows" + "".join("\n  " + p for p in problems.first))
     return v

@@ -286,7 +286,7 @@ def _jobs(cfg: ExtractConfig, store: FeatureStore, groups: list[str], settings: 
     missing = [i for i, p in enumerate(paths) if not p]
     if cfg.retry_failed and missing:  # files that were absent at planning time may have arrived
         root = cfg.video_root or str(Path(cfg.manifest).parent)
-        found = index_video_root(root)
+        found = index_video_root(root)[0]
         for i in missing:
             paths[i] = found.get(store.videos["video_id"][i], "")
     jobs = []

@@ -54,3 +54,31 @@ def test_unusable_manifests_are_clear_errors(tmp_path):
     (tmp_path / "b.csv").write_text("video_id,start,end\n")
     with pytest.raises(ManifestError, match="no usable rows"):
         read_manifest(tmp_path / "b.csv")
+
+
+def test_two_files_with_one_stem_are_never_merged(tmp_path, odd_dataset):
+    import shutil
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(f"{odd_dataset['video_root']}/good0.mp4", tmp_path / sub / "clip.mp4")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("path,start,end\na/clip.mp4,0,1\nb/clip.mp4,0,1\na/clip.mp4,1,2\n")
+    m = read_manifest(rows, video_root=tmp_path)
+    assert m.videos.ids == ["clip"] and m.videos.paths == [str(tmp_path / "a" / "clip.mp4")]
+    assert [len(c) for c in m.clips] == [2]  # b/clip.mp4's clip is not read from a/clip.mp4
+    assert any("line 3: 'b/clip.mp4' and 'a/clip.mp4' (line 2) are both video 'clip'" in p for p in m.problems)
+    ids = tmp_path / "ids.csv"
+    ids.write_text("video_id\nclip\n")
+    m = read_manifest(ids, video_root=tmp_path)  # matching ids to files: two files answer to 'clip'
+    assert m.videos.paths == [None] and any("several files are video 'clip'" in p for p in m.problems)
+
+
+def test_excel_bom_and_non_utf8_manifests(tmp_path, odd_dataset):
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffvideo_id,task\ngood0,x\n".encode("utf-8"))
+    assert read_manifest(bom, video_root=odd_dataset["video_root"]).videos.ids == ["good0"]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"video_id,task\ngood0,x\n" + b"good1,cr\xe8me br\xfbl\xe9e\n" * 3000)
+    with pytest.raises(ManifestError, match=r"latin.csv: not UTF-8 text after line \d+"):
+        read_manifest(latin, video_root=odd_dataset["video_root"])
