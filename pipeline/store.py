@@ -61,7 +61,7 @@ def _write_array(group: zarr.Group, name: str, value: np.ndarray) -> None:
             arr[...] = value.astype(str)
         return
     rows = max(1, (1 << 20) // max(1, value[:1].nbytes)) if value.ndim == 2 else 1 << 16
-    chunks = (rows,) + value.shape[1:]
+    chunks = (max(1, min(rows, len(value))),) + value.shape[1:]  # no 1 MB chunk file for 3 rows
     arr = group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks, compressors=None)
     if value.size:
         arr[...] = value
@@ -110,26 +110,28 @@ class ColumnWriter:
     memory-map them), strings with Zarr's default codec."""
 
     def __init__(self, group: zarr.Group, dtypes: dict, chunk: int = CLIP_CHUNK):
-        self.chunk, self.n = chunk, 0
-        self.arrays = {}
-        for name, dt in dtypes.items():
-            dt, row = dt if isinstance(dt, tuple) else (dt, None)
-            row = () if row is None else (row,)
-            self.arrays[name] = group.create_array(name, shape=(0, *row), dtype=dt, chunks=(chunk, *row),
-                                                   **({} if dt is str else {"compressors": None}))
+        self.group, self.chunk, self.n = group, chunk, 0
+        self.specs = {name: (dt if isinstance(dt, tuple) else (dt, None)) for name, dt in dtypes.items()}
+        self.arrays: dict[str, zarr.Array] = {}  # created at the first flush: a small table gets small chunks
         self.buffer: dict[str, list] = {name: [] for name in dtypes}
         self.buffered = 0
 
     def append(self, columns: dict[str, np.ndarray | list]) -> None:
         n = len(next(iter(columns.values())))
         for name, values in columns.items():
-            self.buffer[name].append(np.asarray(values, dtype=object if self.arrays[name].dtype.kind == "T"
-                                                else self.arrays[name].dtype))
+            dt = self.specs[name][0]
+            self.buffer[name].append(np.asarray(values, dtype=object if dt is str else dt))
         self.buffered += n
         if self.buffered >= self.chunk:
             self._flush(final=False)
 
     def _flush(self, final: bool) -> None:
+        if not self.arrays:
+            chunk = max(1, self.buffered) if final and self.buffered < self.chunk else self.chunk
+            for name, (dt, row) in self.specs.items():
+                row = () if row is None else (row,)
+                self.arrays[name] = self.group.create_array(name, shape=(0, *row), dtype=dt, chunks=(chunk, *row),
+                                                            **({} if dt is str else {"compressors": None}))
         if not self.buffered:
             return
         joined = {name: np.concatenate(parts) for name, parts in self.buffer.items()}
@@ -191,7 +193,8 @@ def write_text(store: "FeatureStore", chunks, vocab_size: int, vectors) -> dict[
     big = 1 << 22
     for b in range(0, group["ids"].shape[0], big):
         group["ids"][b:b + big] = remap[group["ids"][b:b + big]]
-    offsets = group.create_array("offsets", shape=(a + 1,), dtype="int64", chunks=(CLIP_CHUNK,), compressors=None)
+    offsets = group.create_array("offsets", shape=(a + 1,), dtype="int64", chunks=(min(CLIP_CHUNK, a + 1),),
+                                 compressors=None)
     offsets[0] = 0
     for b in range(0, a, big):
         offsets[b + 1:b + 1 + big] = group["ends"][b:b + big]

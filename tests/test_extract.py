@@ -235,3 +235,14 @@ def test_exit_codes_say_whether_anything_failed(odd_dataset, tmp_path):
     assert main(odd) == 1  # finished, with failed videos
     assert main(args[:4] + [str(tmp_path / "nowhere")] + args[5:] + [str(tmp_path / "x.zarr")]) == 2
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_units_are_sized_to_their_data(odd_store):
+    s = FeatureStore(odd_store[0])
+    for unit in sorted(u for u in Path(odd_store[0]).glob("parts/*/*") if u.is_dir()):
+        arrays, _ = read_unit(unit)
+        for name in ("data", "offsets", "duration"):
+            on_disk = sum(f.stat().st_size for f in (unit / name / "c").rglob("*") if f.is_file())
+            assert on_disk in (0, arrays[name].nbytes), (unit, name)  # 0: all fill value; was >= 1 MB per array
+    clips = sum(f.stat().st_size for f in (Path(odd_store[0]) / "clips" / "start" / "c").rglob("*") if f.is_file())
+    assert clips == 8 * s.n_clips
