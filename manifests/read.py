@@ -108,8 +108,9 @@ def index_video_root(root: str | os.PathLike) -> tuple[dict[str, str], dict[str,
 
 
 def read_videos(manifest: str | os.PathLike, video_root: str | os.PathLike | None, problems: Problems,
-                captions: str | os.PathLike | None = None) -> Videos:
-    """The video table of a manifest (one pass over the CSV)."""
+                captions: str | os.PathLike | None = None, allow_outside_root: bool = False) -> Videos:
+    """The video table of a manifest (one pass over the CSV). A ``path`` must name a video container under
+    the video root (unless ``allow_outside_root``): `/etc/passwd` or `../x` are reported, never opened."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise ManifestError(f"manifest not found: {manifest}")
@@ -119,13 +120,14 @@ def read_videos(manifest: str | os.PathLike, video_root: str | os.PathLike | Non
     with open(manifest, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel's CSV) is not a column
         reader = csv.DictReader(f)
         try:
-            return _read_video_rows(manifest, root, reader, problems, captions)
+            return _read_video_rows(manifest, root, reader, problems, captions, allow_outside_root)
         except UnicodeDecodeError as e:
             raise ManifestError(f"{manifest}: not UTF-8 text after line {reader.line_num} ({e.reason} at byte "
                                 f"{e.start} of a read block); save it as UTF-8") from None
 
 
-def _read_video_rows(manifest: Path, root: Path, reader: csv.DictReader, problems: Problems, captions) -> Videos:
+def _read_video_rows(manifest: Path, root: Path, reader: csv.DictReader, problems: Problems, captions,
+                     allow_outside_root: bool) -> Videos:
     """read_videos' pass over the rows of an open CSV reader."""
     columns = [c.strip() for c in (reader.fieldnames or [])]
     reader.fieldnames = columns
@@ -168,7 +170,15 @@ def _read_video_rows(manifest: Path, root: Path, reader: csv.DictReader, problem
                 continue
         else:
             path = str(root / rel) if rel else stems.get(vid)
-            if vid in ambiguous and not rel:
+            if rel and Path(rel).suffix.lower() not in VIDEO_EXTENSIONS:
+                problems.add(f"{manifest.name} line {line}: {rel!r} is not a video container we open "
+                             f"({', '.join(sorted(VIDEO_EXTENSIONS))}); recorded as 'missing'")
+                path = None
+            elif rel and not allow_outside_root and not Path(path).resolve().is_relative_to(root.resolve()):
+                problems.add(f"{manifest.name} line {line}: {rel!r} is outside --video-root {root} "
+                             "(--allow-outside-root to permit it); recorded as 'missing'")
+                path = None
+            elif vid in ambiguous and not rel:
                 problems.add(f"{manifest.name} line {line}: several files are video {vid!r}: "
                              f"{', '.join(ambiguous[vid])}; give a path column; recorded as 'missing'")
             elif path is None or not Path(path).is_file():
@@ -325,9 +335,10 @@ class Manifest:
     problems: list[str]
 
 
-def read_manifest(manifest, captions=None, video_root=None, strict: bool = False) -> Manifest:
+def read_manifest(manifest, captions=None, video_root=None, strict: bool = False,
+                  allow_outside_root: bool = False) -> Manifest:
     problems = Problems(show=10**9)
-    videos = read_videos(manifest, video_root, problems, captions)
+    videos = read_videos(manifest, video_root, problems, captions, allow_outside_root)
     clips = list(iter_clips(videos, captions, problems))
     if strict and problems.count:
         raise ManifestError("manifest problems (--strict):\n  " + "\n  ".join(problems.first))

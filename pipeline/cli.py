@@ -24,6 +24,8 @@ def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True)
     p.add_argument("--captions", help="captions JSON {video_id: {start, end, text}} (HowTo100M manifests)")
     p.add_argument("--video-root", help="folder searched for <video_id>.<ext> (default: the manifest's folder)")
     p.add_argument("--strict", action="store_true", help="abort on any bad manifest row")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="let the manifest's path column name files outside --video-root (default: reported, skipped)")
     p.add_argument("--groups", type=_csv, help=f"feature groups to extract, from {','.join(ALL_GROUPS)} "
                    "(default: resnet152,logmel, plus davenet/word2vec when their weights are given)")
     p.add_argument("--resnet152-weights", help="torchvision ResNet-152 state_dict (.pth)")

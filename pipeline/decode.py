@@ -32,6 +32,9 @@ class Decoded:
     audio_error: str | None = None  # why audio is None
 
 
+MEDIA_DEMUXERS = ",".join(["mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "flv", "mpeg",
+                            "mpegts", "mpegvideo", "ogg", "wav", "mp3", "aac", "flac", "asf", "h264", "hevc", "m4v"])
+
 def _scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     if width <= height:
         return short_side, max(2, round(height * short_side / width))
@@ -46,7 +49,8 @@ def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float
     if os.path.getsize(path) == 0:
         raise DecodeFailure("decode_error", f"empty file: {path}")
     try:
-        container = av.open(path)
+        # local files only, media demuxers only: no playlist (hls, concat) can pull in URLs or other files
+        container = av.open(path, options={"protocol_whitelist": "file", "format_whitelist": MEDIA_DEMUXERS})
     except av.FFmpegError as e:
         raise DecodeFailure("decode_error", f"cannot open: {e}") from e
     with container:

@@ -36,6 +36,7 @@ class ExtractConfig:
     captions: str | None = None
     video_root: str | None = None
     strict: bool = False
+    allow_outside_root: bool = False  # manifest paths may point outside --video-root
     groups: list[str] | None = None  # default: resnet152, logmel (+davenet, word2vec when given)
     resnet152_weights: str | None = None
     davenet: str | None = None
@@ -252,7 +253,8 @@ def _open_or_plan(cfg: ExtractConfig) -> FeatureStore:
         return store
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_temporaries(path)
-    plan = plan_store(path, cfg.manifest, cfg.captions, cfg.video_root, cfg.strict, cfg.part_size, cfg.workers)
+    plan = plan_store(path, cfg.manifest, cfg.captions, cfg.video_root, cfg.strict, cfg.part_size, cfg.workers,
+                      cfg.allow_outside_root)
     log.info("planned %s: %d videos, %d clips, %d problems (%s)", path, plan["videos"], plan["clips"],
              plan["problems"], plan["problems_at"])
     return FeatureStore(path)

@@ -82,3 +82,36 @@ def test_excel_bom_and_non_utf8_manifests(tmp_path, odd_dataset):
     latin.write_bytes(b"video_id,task\ngood0,x\n" + b"good1,cr\xe8me br\xfbl\xe9e\n" * 3000)
     with pytest.raises(ManifestError, match=r"latin.csv: not UTF-8 text after line \d+"):
         read_manifest(latin, video_root=odd_dataset["video_root"])
+
+
+def test_paths_stay_under_the_video_root_and_name_media_files(tmp_path, odd_dataset):
+    import shutil
+
+    root, outside = tmp_path / "root", tmp_path / "outside.mp4"
+    root.mkdir()
+    shutil.copy(f"{odd_dataset['video_root']}/good0.mp4", root / "in.mp4")
+    shutil.copy(f"{odd_dataset['video_root']}/good0.mp4", outside)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("path,start,end\nin.mp4,0,1\n/etc/passwd,0,1\n../outside.mp4,0,1\nnotes.txt,0,1\n")
+    m = read_manifest(rows, video_root=root)
+    assert m.videos.paths == [str(root / "in.mp4"), None, None, None]
+    text = "\n".join(m.problems)
+    assert "'/etc/passwd' is not a video container" in text and "'notes.txt' is not a video container" in text
+    assert "'../outside.mp4' is outside --video-root" in text
+    m = read_manifest(rows, video_root=root, allow_outside_root=True)
+    assert m.videos.paths[2] == str(root / "../outside.mp4")
+
+
+def test_a_playlist_is_not_followed_to_other_files(tmp_path, real_videos):
+    import shutil
+
+    from pipeline.decode import DecodeFailure, decode
+
+    secret = tmp_path / "elsewhere" / "secret.mp4"  # a real video the playlist points at (FFmpeg's hls would play it)
+    secret.parent.mkdir()
+    shutil.copy(next(iter(real_videos.values())), secret)
+    evil = tmp_path / "evil.m3u8"
+    evil.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{secret}\n#EXT-X-ENDLIST\n")
+    with pytest.raises(DecodeFailure) as e:
+        decode(str(evil))
+    assert e.value.status == "decode_error"
