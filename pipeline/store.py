@@ -465,18 +465,41 @@ class FeatureStore:
         newest = max((self.unit_path(p, group).stat().st_mtime_ns for p in committed), default=0)
         return g if g.attrs.get("parts") == len(committed) and newest <= g.attrs.get("written_ns", -1) else None
 
+    def _scan(self, group: str) -> dict[str, np.ndarray]:
+        """status, error, duration per video, read from every committed unit ('pending' where none)."""
+        out = {"status": np.full(self.n_videos, "pending", dtype=object),
+               "error": np.full(self.n_videos, "", dtype=object), "duration": np.zeros(self.n_videos)}
+        for p in self.committed(group):
+            a, b = self.part_range(p)
+            g = zarr.open_group(str(self.unit_path(p, group)), mode="r")
+            for k in out:
+                value = g[k][...]
+                out[k][a:b] = value.astype(object) if value.dtype.kind == "T" else value
+        return out
+
     def video_status(self, group: str) -> tuple[np.ndarray, np.ndarray]:
         """(status, error) per video; 'pending' where the part is not committed yet. Read from the
         consolidated ``status/<group>`` unit when it is up to date, else from every committed unit."""
         if (g := self._status_index(group)) is not None:
             return g["status"][...].astype(object), g["error"][...].astype(object)
-        status = np.full(self.n_videos, "pending", dtype=object)
-        error = np.full(self.n_videos, "", dtype=object)
-        for p in self.committed(group):
-            a, b = self.part_range(p)
-            g = zarr.open_group(str(self.unit_path(p, group)), mode="r")
-            status[a:b], error[a:b] = g["status"][...].astype(object), g["error"][...].astype(object)
-        return status, error
+        scan = self._scan(group)
+        return scan["status"], scan["error"]
+
+    def video_duration(self, group: str) -> np.ndarray:
+        """Decoded seconds per video (0 where not ok or pending)."""
+        if (g := self._status_index(group)) is not None:
+            return g["duration"][...]
+        return self._scan(group)["duration"]
+
+    def clips_beyond(self, duration: np.ndarray) -> np.ndarray:
+        """Per video, its clips that start at or after ``duration`` (nothing of the video to read for them),
+        counted a chunk of the clip table at a time."""
+        out = np.zeros(self.n_videos, np.int64)
+        for a in range(0, self.n_clips, CLIP_CHUNK):
+            b = min(self.n_clips, a + CLIP_CHUNK)
+            v = self.clip_video(np.arange(a, b))
+            np.add.at(out, v[self.clip_rows("start", a, b) >= duration[v]], 1)
+        return out
 
     def video_ok(self, group: str) -> np.ndarray:
         """(n_videos,) bool: the video's features in ``group`` are committed and ok (no strings in RAM)."""
@@ -490,9 +513,16 @@ class FeatureStore:
 
         written = time.time_ns()
         committed = self.committed(group)
-        status, error = self.video_status(group)
-        write_unit(self.path / "status" / group, {"status": status, "error": error, "ok": status == "ok"},
+        scan = self._scan(group)
+        write_unit(self.path / "status" / group, {**scan, "ok": scan["status"] == "ok",
+                                                  "clips_beyond": self.clips_beyond(scan["duration"])},
                    {"parts": len(committed), "written_ns": written}, replace=True)
+
+    def video_clips_beyond(self, group: str) -> np.ndarray:
+        """Per video, clips starting at or after its decoded duration in ``group`` (from the index if fresh)."""
+        if (g := self._status_index(group)) is not None:
+            return g["clips_beyond"][...]
+        return self.clips_beyond(self.video_duration(group))
 
     # ---- reads ---------------------------------------------------------------------------
     def unit(self, p: int, group: str) -> Unit:

@@ -163,3 +163,24 @@ def test_resume_with_other_settings_is_refused_naming_them(planted, tmp_path):
         train(small(planted[0], tmp_path / "r", steps=6, lr=1e-2, clusters=8, resume=True), progress=False)
     out = train(small(planted[0], tmp_path / "r", steps=6, resume=True, loader_workers=0), progress=False)
     assert out["steps"] == 6  # a longer run and another loader are fine
+
+
+def test_clips_outside_the_video_are_dropped_and_counted_never_zero_features(odd_dataset, weights, tmp_path):
+    from pipeline.extract import ExtractConfig, extract
+    from trainers.mmv import MMVConfig, clip_spec as mmv_spec
+
+    rows = tmp_path / "clips.csv"
+    rows.write_text("video_id,start,end,text\ngood0,0,2,cut the onion\ngood0,100,200,knead dough\n"
+                    "good0,1,1e308,the wheel\n")
+    store = tmp_path / "s.zarr"
+    extract(ExtractConfig(manifest=str(rows), store=str(store), video_root=odd_dataset["video_root"],
+                          resnet152_weights=weights["resnet152"], davenet=weights["davenet"],
+                          word2vec=weights["word2vec"], workers=0, short_side=64, progress=False))
+    reader = ClipReader(store, clip_spec(small(store, "x", min_time=0.0)))
+    assert reader.dropped() == {"clip starts after the video ends": 1}
+    assert reader.usable_clips(0).tolist() == [0, 2] and reader.duration[0] == pytest.approx(4.0, abs=0.1)
+    b = reader.batch([2])  # [1, 1e308] reads [1, end of video]: real rows, no overflow
+    whole = FeatureStore(store).load_group("resnet152").video(0)[1:].astype(np.float32).max(0)
+    np.testing.assert_allclose(b["video"][0], whole / np.linalg.norm(whole), rtol=1e-5)
+    m = ClipReader(store, mmv_spec(MMVConfig(store=str(store), out="x"))).batch([0, 1, 2])  # MMV masks it
+    assert m["valid_v"].tolist() == [True, False, True] and m["valid_a"].tolist() == [True, False, True]

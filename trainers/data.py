@@ -99,6 +99,14 @@ class ClipReader:
         self.pad = s.n_words() if self.text_ok is not None else 0  # padding id -> the appended zero row
         self.video_dim = int(s.groups[self.video_group]["dim"]) if self.video_group else 1
         self.audio_dim = int(s.groups[self.audio_group]["dim"]) if self.audio_group else 1
+        # clips that start at or after the decoded end have nothing to read: never used, counted in dropped()
+        timed = self.video_group or self.audio_group
+        self.duration = s.video_duration(timed) if timed else np.full(n, np.inf)
+        self.beyond = s.video_clips_beyond(timed) if timed else np.zeros(n, np.int64)
+        self.usable_count = self.counts - self.beyond if "t" not in spec.modalities else self.text_ok.copy()
+        readable = np.logical_and.reduce([self.beyond > 0, *self.ok.values()])
+        for v in np.flatnonzero(readable).tolist():  # rare among videos that decoded: count exactly
+            self.usable_count[v] = len(self.usable_clips(v))
 
     @cached_property
     def vectors(self) -> torch.Tensor:
@@ -110,11 +118,9 @@ class ClipReader:
     # ---- which clips can be used ------------------------------------------------------------
     def usable_videos(self) -> np.ndarray:
         """Videos with at least one clip that has every modality (MCN drops the others)."""
-        ok = self.counts > 0
+        ok = self.usable_count > 0
         for m in self.ok.values():
             ok &= m
-        if "t" in self.spec.modalities:
-            ok &= self.text_ok > 0
         return np.flatnonzero(ok)
 
     def dropped(self) -> dict[str, int]:
@@ -124,7 +130,10 @@ class ClipReader:
             if m in self.ok and (bad := left & ~self.ok[m]).any():
                 out[why] = int(self.counts[bad].sum())
                 left &= self.ok[m]
-        if "t" in self.spec.modalities and (n := int((self.counts[left] - self.text_ok[left]).sum())):
+        if n := int(self.beyond[left].sum()):
+            out["clip starts after the video ends"] = n
+        if "t" in self.spec.modalities and (n := int((self.counts[left] - self.beyond[left]
+                                                      - self.usable_count[left]).sum())):
             out["caption empty or no known words"] = n
         return out
 
@@ -143,9 +152,12 @@ class ClipReader:
     def usable_clips(self, v: int) -> np.ndarray:
         """Clip indices of video v that have every modality (text: at least one known word)."""
         a, b = int(self.store.clip_offsets[v]), int(self.store.clip_offsets[v + 1])
-        if "t" not in self.spec.modalities:
-            return np.arange(a, b)
-        return a + np.flatnonzero([len(w) > 0 for w in self.store.word_ids(a, b)])
+        keep = np.ones(b - a, bool)
+        if self.beyond[v]:
+            keep &= self.store.clip_rows("start", a, b) < self.duration[v]
+        if "t" in self.spec.modalities:
+            keep &= np.array([len(w) > 0 for w in self.store.word_ids(a, b)], bool)
+        return a + np.flatnonzero(keep)
 
     # ---- forming clips -------------------------------------------------------------------
     def batch(self, clips) -> dict[str, np.ndarray]:
@@ -175,8 +187,12 @@ class ClipReader:
             out["valid_v"][at] = frames is not None
             out["valid_a"][at] = audio is not None
             merged = [merge_captions(starts, ends, i, spec.min_time) for i in (clips[at] - a).tolist()]
-            t0 = starts[[m[0] for m in merged]]
-            t1 = ends[[m[1] for m in merged]]
+            dur = self.duration[v]  # a clip ends where the video does; one starting after it has nothing to read:
+            inside = starts[clips[at] - a] < dur  # masked (MCN never samples it), never zeros passed off as features
+            out["valid_v"][at] &= inside
+            out["valid_a"][at] &= inside
+            t0 = np.minimum(starts[[m[0] for m in merged]], dur)
+            t1 = np.minimum(ends[[m[1] for m in merged]], dur)
             if frames is not None:  # MCN: rows int(s) .. int(e), max-pooled, L2-normalised
                 x = _pool(frames, t0.astype(np.int64), t1.astype(np.int64) + 1, np.maximum)
                 out["video"][at] = x / np.maximum(np.linalg.norm(x, axis=1), 1e-12)[:, None]
