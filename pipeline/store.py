@@ -43,6 +43,15 @@ class StoreError(ValueError):
     """The path is not a usable feature store (missing, another format, damaged)."""
 
 
+def read_json(path: Path) -> dict:
+    """A Zarr metadata file; a damaged one is named in the error."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path} is damaged ({e}); `pipeline extract` with --retry-failed or a new --store "
+                         "rebuilds it") from None
+
+
 def ensure_group(path: str | os.PathLike) -> None:
     """Make ``path`` a Zarr v3 group if it is not one yet (atomic, safe with concurrent writers)."""
     path = Path(path)
@@ -257,7 +266,7 @@ class RowReader:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        meta = json.loads((self.path / "zarr.json").read_text())
+        meta = read_json(self.path / "zarr.json")
         self.shape = tuple(meta["shape"])
         chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
         self.rows_per_chunk = chunks[0]
@@ -346,7 +355,7 @@ class FeatureStore:
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise StoreError(f"no feature store at {self.path} (run `pipeline extract` first)")
-        self.attrs = json.loads((self.path / "zarr.json").read_text()).get("attributes", {})
+        self.attrs = read_json(self.path / "zarr.json").get("attributes", {})
         if "mmcache" not in self.attrs:
             raise StoreError(f"{self.path} is a Zarr group but not an mmcache feature store")
         self.meta = self.attrs["mmcache"]

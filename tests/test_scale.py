@@ -153,6 +153,9 @@ def test_open_is_lazy_and_old_layouts_name_the_rebuild_command(tmp_path):
     from trainers.cli import main
 
     assert main(["mcn", "--store", str(old), "--out", str(tmp_path / "run")]) == 2
+    (old / "zarr.json").write_text('{"attributes": {"mmcache": ')
+    with pytest.raises(StoreError, match=r"old.zarr/zarr.json is damaged"):
+        FeatureStore(old)
 
 
 def test_xdc_fitted_on_a_sample_assigns_every_clip(stores, tmp_path):
