@@ -18,7 +18,7 @@ from manifests.read import index_video_root
 
 from .decode import DecodeFailure, decode
 from .plan import plan_checksum, plan_store
-from .store import CLIP_CHUNK, FeatureStore, add_groups, clean_temporaries, write_part, write_text
+from .store import CLIP_CHUNK, FeatureStore, StoreLock, add_groups, clean_temporaries, write_part, write_text
 
 VIDEO_GROUPS = ("resnet152", "logmel", "davenet")
 ALL_GROUPS = VIDEO_GROUPS + ("word2vec",)
@@ -239,7 +239,7 @@ def extract_text(cfg: ExtractConfig, store: FeatureStore) -> dict:
 # ---------------------------------------------------------------------------------------------
 # driver
 
-def _open_or_plan(cfg: ExtractConfig) -> FeatureStore:
+def _open_or_plan(cfg: ExtractConfig, alone: bool) -> FeatureStore:
     path = Path(cfg.store)
     if path.exists() and not (path / "zarr.json").exists():
         if any(path.iterdir()):
@@ -252,15 +252,28 @@ def _open_or_plan(cfg: ExtractConfig) -> FeatureStore:
                                f"({store.meta['manifest']}); use a new --store for a new manifest")
         return store
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean_temporaries(path)
+    if alone:
+        clean_temporaries(path)
     plan = plan_store(path, cfg.manifest, cfg.captions, cfg.video_root, cfg.strict, cfg.part_size, cfg.workers,
                       cfg.allow_outside_root)
     log.info("planned %s: %d videos, %d clips, %d problems (%s)", path, plan["videos"], plan["clips"],
              plan["problems"], plan["problems_at"])
-    return FeatureStore(path)
+    store = FeatureStore(path)
+    if store.meta["plan_sha256"] != plan_checksum(cfg.manifest, cfg.captions):  # another run's plan won
+        raise ExtractError(f"{path} was just planned by another run from a different manifest/captions")
+    return store
 
 
-def _record_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str]) -> dict[str, dict]:
+def _record_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str],
+                   lock: StoreLock) -> dict[str, dict]:
+    with lock.attrs():  # read, compare and add under one lock: concurrent runs never lose a group record
+        store.attrs = FeatureStore(store.path).attrs
+        metas = _check_groups(cfg, store, groups)
+        store.attrs = add_groups(store.path, metas)
+    return metas
+
+
+def _check_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str]) -> dict[str, dict]:
     known = store.groups
     metas = {}
     for g in groups:
@@ -272,7 +285,6 @@ def _record_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str]) -
                 f"{ {k: meta.get(k) for k in ('weights_sha256', 'random_init', 'params')} }\n"
                 "Use a new --store, or the same settings.")
         metas[g] = meta
-    store.attrs = add_groups(store.path, metas)
     return metas
 
 
@@ -306,9 +318,20 @@ def _jobs(cfg: ExtractConfig, store: FeatureStore, groups: list[str], settings: 
 def extract(cfg: ExtractConfig) -> dict:
     """Run (or resume) an extraction. Returns a summary dict."""
     groups = cfg.wanted_groups()
-    store = _open_or_plan(cfg)
-    clean_temporaries(store.path)
-    metas = _record_groups(cfg, store, groups)
+    lock = StoreLock(cfg.store)
+    try:
+        return _extract(cfg, groups, lock, alone=lock.run())
+    finally:
+        lock.close()
+
+
+def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool) -> dict:
+    if not alone:
+        log.warning("another extraction is running on %s: its temporary files are left alone", cfg.store)
+    store = _open_or_plan(cfg, alone)
+    if alone:
+        clean_temporaries(store.path)
+    metas = _record_groups(cfg, store, groups, lock)
     summary: dict = {"store": str(store.path), "videos": store.n_videos, "clips": store.n_clips,
                      "groups": groups, "parts_run": 0, "failed_parts": {}}
     if "word2vec" in groups and not (store.path / "word2vec").is_dir():
@@ -324,8 +347,9 @@ def extract(cfg: ExtractConfig) -> dict:
     summary["parts_run"] = len(jobs)
     if jobs:
         _run(jobs, cfg, summary)
-    for g in video_groups:
-        store.write_status_index(g)
+    with lock.attrs():  # one writer of the status index at a time
+        for g in video_groups:
+            store.write_status_index(g)
     summary["status"] = {g: dict(Counter(store.video_status(g)[0])) for g in video_groups}
     summary["problems"] = store.meta.get("manifest_problems", 0)
     return summary

@@ -81,5 +81,10 @@ def plan_store(store: str | os.PathLike, manifest: str, captions: str | None = N
                                        manifest=str(manifest), captions=captions, part_size=part_size,
                                        n_videos=n, n_clips=n_clips, manifest_problems=problems.count),
                        "groups": {}})
-    os.rename(tmp, final)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "zarr.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent run planned the same store first: use its plan
     return {"videos": n, "clips": n_clips, "problems": problems.count, "problems_at": f"{final}/problems"}

@@ -216,13 +216,64 @@ def write_text(store: "FeatureStore", chunks, vocab_size: int, vectors) -> dict[
     return dict(counts)
 
 
+class StoreLock:
+    """flock-based locks in a file beside the store (never inside: the store stays pure Zarr). Released by
+    the OS when the holder dies, so a killed run never leaves a stale lock.
+
+    * ``run()``: held shared for a whole extraction. Returns True when no other extraction holds it, i.e. when
+      this run may remove temporaries (they can only be debris of dead writers).
+    * ``attrs()``: exclusive, around every read-modify-write of the root attributes."""
+
+    def __init__(self, store: str | os.PathLike):
+        store = Path(store)
+        store.parent.mkdir(parents=True, exist_ok=True)
+        self._run = open(store.parent / f".{store.name}.lock", "a+")
+
+    def run(self) -> bool:
+        import fcntl
+
+        try:
+            fcntl.flock(self._run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        fcntl.flock(self._run, fcntl.LOCK_SH)  # downgrade (or wait for a cleaning run to finish)
+        return alone
+
+    def attrs(self):
+        import fcntl
+        from contextlib import contextmanager
+
+        @contextmanager
+        def held():
+            with open(f"{self._run.name}.attrs", "a+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                yield
+        return held()
+
+    def close(self) -> None:
+        self._run.close()
+
+
+def update_root_attrs(store: str | os.PathLike, change) -> dict:
+    """Rewrite the root ``zarr.json`` atomically with ``change(attributes)`` applied (call under
+    StoreLock.attrs() when other writers may be running); returns the new attributes."""
+    path = Path(store) / "zarr.json"
+    meta = read_json(path)
+    meta["attributes"] = change(dict(meta.get("attributes", {})))
+    tmp = path.with_name(f"{TMP_PREFIX}zarr.json-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, path)
+    return meta["attributes"]
+
+
 def add_groups(store: str | os.PathLike, metas: dict[str, dict]) -> dict:
     """Record the provenance of new feature groups in the root attributes; returns the root attributes."""
-    root = zarr.open_group(str(store), mode="a")
-    groups = dict(root.attrs.get("groups", {}))
-    if any(g not in groups for g in metas):
-        root.attrs["groups"] = {**groups, **{g: m for g, m in metas.items() if g not in groups}}
-    return dict(root.attrs)
+    def change(attrs):
+        groups = dict(attrs.get("groups", {}))
+        attrs["groups"] = {**groups, **{g: m for g, m in metas.items() if g not in groups}}
+        return attrs
+    return update_root_attrs(store, change)
 
 
 def clean_temporaries(store: str | os.PathLike) -> int:

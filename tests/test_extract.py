@@ -246,3 +246,34 @@ def test_units_are_sized_to_their_data(odd_store):
             assert on_disk in (0, arrays[name].nbytes), (unit, name)  # 0: all fill value; was >= 1 MB per array
     clips = sum(f.stat().st_size for f in (Path(odd_store[0]) / "clips" / "start" / "c").rglob("*") if f.is_file())
     assert clips == 8 * s.n_clips
+
+
+def test_concurrent_extractions_keep_every_group_and_each_others_temporaries(odd_dataset, weights, tmp_path):
+    base = [sys.executable, "-m", "pipeline.cli", "extract", "--manifest", odd_dataset["manifest"],
+            "--captions", odd_dataset["captions"], "--video-root", odd_dataset["video_root"],
+            "--resnet152-weights", weights["resnet152"], "--workers", "0", "--part-size", "1",
+            "--short-side", "64", "--no-progress", "--store", str(tmp_path / "s.zarr")]
+    runs = [base + ["--groups", "resnet152"], base + ["--groups", "logmel"], base + ["--groups", "logmel"]]
+    procs = [subprocess.Popen(r, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in runs]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 1 and "Traceback" not in err, err  # 1: the odd videos failed, as they should
+    s = FeatureStore(tmp_path / "s.zarr")
+    assert set(s.groups) == {"resnet152", "logmel"}  # neither run's record overwrote the other's
+    assert s.video_status("resnet152")[0].tolist().count("ok") == 4
+    assert s.video_status("logmel")[0].tolist().count("ok") == 3
+    assert not list((tmp_path / "s.zarr").rglob(".tmp-*"))
+    with pytest.raises(ExtractError, match="different settings"):  # and a mismatched rerun is still refused
+        extract(config(odd_dataset, tmp_path / "s.zarr", weights, groups=["resnet152"], random_init=["resnet152"]))
+
+
+def test_cleanup_waits_while_another_extraction_runs(tmp_path):
+    from pipeline.store import StoreLock
+
+    store = tmp_path / "s.zarr"
+    first, second = StoreLock(store), StoreLock(store)
+    assert first.run() is True  # alone: may clean debris
+    assert second.run() is False  # another run is live: its temporaries are not debris
+    first.close()
+    second.close()
+    assert StoreLock(store).run() is True
