@@ -259,7 +259,7 @@ def _open_or_plan(cfg: ExtractConfig, alone: bool) -> FeatureStore:
     log.info("planned %s: %d videos, %d clips, %d problems (%s)", path, plan["videos"], plan["clips"],
              plan["problems"], plan["problems_at"])
     store = FeatureStore(path)
-    if store.meta["plan_sha256"] != plan_checksum(cfg.manifest, cfg.captions):  # another run's plan won
+    if store.meta["plan_sha256"] != plan["plan_sha256"]:  # another run's plan won the race
         raise ExtractError(f"{path} was just planned by another run from a different manifest/captions")
     return store
 

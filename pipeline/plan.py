@@ -35,7 +35,7 @@ def plan_store(store: str | os.PathLike, manifest: str, captions: str | None = N
                video_root: str | None = None, strict: bool = False, part_size: int | None = None,
                workers: int = 1, allow_outside_root: bool = False) -> dict:
     """Write videos/, clips/, parts/ and the root attributes into a temp dir, then rename it to ``store``.
-    Returns {videos, clips, problems, problems_file}."""
+    Returns {videos, clips, problems, problems_at, plan_sha256}."""
     final = Path(store)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -77,7 +77,8 @@ def plan_store(store: str | os.PathLike, manifest: str, captions: str | None = N
         "clip_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         **{f"label_{k}": np.array([col[i] for i in order], dtype=object) for k, col in videos.labels.items()}}, {})
     ensure_group(tmp / "parts")
-    root.attrs.update({"mmcache": dict(version=FORMAT_VERSION, plan_sha256=plan_checksum(manifest, captions),
+    checksum = plan_checksum(manifest, captions)
+    root.attrs.update({"mmcache": dict(version=FORMAT_VERSION, plan_sha256=checksum,
                                        manifest=str(manifest), captions=captions, part_size=part_size,
                                        n_videos=n, n_clips=n_clips, manifest_problems=problems.count),
                        "groups": {}})
@@ -87,4 +88,5 @@ def plan_store(store: str | os.PathLike, manifest: str, captions: str | None = N
         if not (final / "zarr.json").is_file():
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # a concurrent run planned the same store first: use its plan
-    return {"videos": n, "clips": n_clips, "problems": problems.count, "problems_at": f"{final}/problems"}
+    return {"videos": n, "clips": n_clips, "problems": problems.count, "problems_at": f"{final}/problems",
+            "plan_sha256": checksum}

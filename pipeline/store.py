@@ -52,15 +52,20 @@ def read_json(path: Path) -> dict:
                          "rebuilds it") from None
 
 
+def write_json(path: Path, value: dict) -> None:
+    """Replace ``path`` atomically (a reader sees the old file or the new one, never half of one)."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
 def ensure_group(path: str | os.PathLike) -> None:
     """Make ``path`` a Zarr v3 group if it is not one yet (atomic, safe with concurrent writers)."""
     path = Path(path)
     if (path / "zarr.json").is_file():
         return
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f"{TMP_PREFIX}zarr.json-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(GROUP_JSON))
-    os.replace(tmp, path / "zarr.json")
+    write_json(path / "zarr.json", GROUP_JSON)
 
 
 def _write_array(group: zarr.Group, name: str, value: np.ndarray) -> None:
@@ -261,9 +266,7 @@ def update_root_attrs(store: str | os.PathLike, change) -> dict:
     path = Path(store) / "zarr.json"
     meta = read_json(path)
     meta["attributes"] = change(dict(meta.get("attributes", {})))
-    tmp = path.with_name(f"{TMP_PREFIX}zarr.json-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, path)
+    write_json(path, meta)
     return meta["attributes"]
 
 
@@ -419,6 +422,9 @@ class FeatureStore:
         self.n_videos, self.n_clips = int(self.meta["n_videos"]), int(self.meta["n_clips"])
         self.part_size = int(self.meta["part_size"])
         self._units: dict[tuple[int, str], Unit] = {}
+        self._index: dict[str, zarr.Group | None] = {}  # per-video status, read once (see _video_column)
+        self._scans: dict[str, dict[str, np.ndarray]] = {}
+        self._video_cache: dict[tuple[str, str], np.ndarray] = {}
 
     # ---- layout --------------------------------------------------------------------------
     @property
@@ -537,19 +543,40 @@ class FeatureStore:
                 out[k][a:b] = value.astype(object) if value.dtype.kind == "T" else value
         return out
 
+    def _video_column(self, group: str, name: str) -> np.ndarray:
+        """A per-video column of ``group``'s status (status, error, ok, duration, clips_beyond), read once per
+        store object: from the consolidated ``status/<group>`` unit when it is up to date (checked once), else
+        from one scan of every committed unit. Only the columns asked for are loaded."""
+        if (group, name) not in self._video_cache:
+            if group not in self._index:
+                self._index[group] = self._status_index(group)
+            if (g := self._index[group]) is not None:
+                value = g[name][...]
+                value = value.astype(object) if value.dtype.kind == "T" else value
+            else:
+                if group not in self._scans:
+                    self._scans[group] = self._scan(group)
+                scan = self._scans[group]
+                value = (scan["status"] == "ok" if name == "ok" else
+                         self.clips_beyond(scan["duration"]) if name == "clips_beyond" else scan[name])
+            self._video_cache[group, name] = value
+        return self._video_cache[group, name]
+
     def video_status(self, group: str) -> tuple[np.ndarray, np.ndarray]:
-        """(status, error) per video; 'pending' where the part is not committed yet. Read from the
-        consolidated ``status/<group>`` unit when it is up to date, else from every committed unit."""
-        if (g := self._status_index(group)) is not None:
-            return g["status"][...].astype(object), g["error"][...].astype(object)
-        scan = self._scan(group)
-        return scan["status"], scan["error"]
+        """(status, error) per video; 'pending' where the part is not committed yet."""
+        return self._video_column(group, "status"), self._video_column(group, "error")
+
+    def video_ok(self, group: str) -> np.ndarray:
+        """(n_videos,) bool: the video's features in ``group`` are committed and ok (no strings in RAM)."""
+        return self._video_column(group, "ok")
 
     def video_duration(self, group: str) -> np.ndarray:
         """Decoded seconds per video (0 where not ok or pending)."""
-        if (g := self._status_index(group)) is not None:
-            return g["duration"][...]
-        return self._scan(group)["duration"]
+        return self._video_column(group, "duration")
+
+    def video_clips_beyond(self, group: str) -> np.ndarray:
+        """Per video, clips starting at or after its decoded duration in ``group``."""
+        return self._video_column(group, "clips_beyond")
 
     def clips_beyond(self, duration: np.ndarray) -> np.ndarray:
         """Per video, its clips that start at or after ``duration`` (nothing of the video to read for them),
@@ -561,12 +588,6 @@ class FeatureStore:
             np.add.at(out, v[self.clip_rows("start", a, b) >= duration[v]], 1)
         return out
 
-    def video_ok(self, group: str) -> np.ndarray:
-        """(n_videos,) bool: the video's features in ``group`` are committed and ok (no strings in RAM)."""
-        if (g := self._status_index(group)) is not None:
-            return g["ok"][...]
-        return self.video_status(group)[0] == "ok"
-
     def write_status_index(self, group: str) -> None:
         """Consolidate every video's status of ``group`` into ``status/<group>`` (trainers read it at start)."""
         import time
@@ -577,12 +598,9 @@ class FeatureStore:
         write_unit(self.path / "status" / group, {**scan, "ok": scan["status"] == "ok",
                                                   "clips_beyond": self.clips_beyond(scan["duration"])},
                    {"parts": len(committed), "written_ns": written}, replace=True)
-
-    def video_clips_beyond(self, group: str) -> np.ndarray:
-        """Per video, clips starting at or after its decoded duration in ``group`` (from the index if fresh)."""
-        if (g := self._status_index(group)) is not None:
-            return g["clips_beyond"][...]
-        return self.clips_beyond(self.video_duration(group))
+        for cache in (self._index, self._scans):
+            cache.pop(group, None)
+        self._video_cache = {k: v for k, v in self._video_cache.items() if k[0] != group}
 
     # ---- reads ---------------------------------------------------------------------------
     def unit(self, p: int, group: str) -> Unit:
