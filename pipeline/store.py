@@ -686,6 +686,13 @@ class FeatureStore:
         ids = self._text_readers["ids"].rows(int(off[0]), int(off[-1])) if b > a else np.zeros(0, np.int32)
         return [ids[off[i] - off[0]:off[i + 1] - off[0]] for i in range(b - a)]
 
+    def word_ids_at(self, idx) -> list[np.ndarray]:
+        """Token ids of the clips at indices ``idx`` (any order): two offset lookups and one row run per clip."""
+        idx = np.asarray(idx, dtype=np.int64)
+        off = self._text_readers["offsets"]
+        lo, hi = off.take(idx), off.take(idx + 1)
+        return [self._text_readers["ids"].rows(int(x), int(y)) for x, y in zip(lo, hi)]
+
     def text_ok_per_video(self) -> np.ndarray:
         """Clips with at least one known word, per video."""
         return self._text["ok_per_video"][...]

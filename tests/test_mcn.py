@@ -11,7 +11,7 @@ import torch
 import zarr
 
 from pipeline.store import FeatureStore
-from trainers.data import ClipReader, merge_captions, step_loader
+from trainers.data import MERGE_CAP, ClipReader, merge_captions, step_loader
 from trainers.evaluate import evaluate
 from trainers.mcn import MCNConfig, MCNSampler, clip_spec, train
 
@@ -33,6 +33,38 @@ def test_merge_captions_follows_mcn():
     # from caption 1: prev gives 2.5-0=2.5, next gives 8-2=6 -> prev; then only next remains
     assert merge_captions(starts, ends, 1, 5.0) == (0, 2, [1, 0, 2])
     assert merge_captions(starts, ends, 3, 100.0) == (0, 3, [3, 2, 1, 0])  # stops when nothing is left
+
+
+def mcn_loop(starts, ends, i, min_time):
+    """MCN's merge loop with no cap (the reference)."""
+    s = e = i
+    order = [i]
+    while ends[e] - starts[s] < min_time and (s > 0 or e + 1 < len(starts)):
+        prev = s > 0 and (e + 1 >= len(starts) or ends[e] - starts[s - 1] <= ends[e + 1] - starts[s])
+        s, e = (s - 1, e) if prev else (s, e + 1)
+        order.append(s if prev else e)
+    return s, e, order
+
+
+def test_merge_captions_is_mcns_loop_on_real_narration_and_linear_on_tiny_captions():
+    rng = np.random.default_rng(0)
+    starts = np.sort(rng.uniform(0, 300, 100))  # narration: ~3 s per caption
+    ends = starts + rng.uniform(0.5, 6, 100)
+    for i in range(100):
+        assert merge_captions(starts, ends, i, 10.0) == mcn_loop(starts, ends, i, 10.0)
+    # 20,000 captions inside 12 s: MCN's loop takes ~18,000 steps per clip (6 minutes for this video)
+    starts = np.sort(rng.uniform(0, 11, 20000))
+    ends = starts + rng.uniform(0.01, 0.05, 20000)
+    ends_max = np.maximum.accumulate(ends)
+    t = time.time()
+    merged = [merge_captions(starts, ends, i, 10.0, 1, ends_max) for i in range(len(starts))]
+    assert time.time() - t < 15
+    for i, (s, e, order) in enumerate(merged):
+        assert s <= i <= e and ends[e] - starts[s] >= 10.0 and len(order) <= MERGE_CAP + 2
+        assert order[:5] == mcn_loop(starts, ends, i, 10.0)[2][:5] if i % 5000 == 0 else True
+    s, e, _ = merged[10000]
+    ref_s, ref_e, _ = mcn_loop(starts, ends, 10000, 10.0)
+    assert abs((ends[e] - starts[s]) - (ends[ref_e] - starts[ref_s])) < 1.0  # about as long as MCN's span
 
 
 def test_loader_pools_like_mcn(planted):

@@ -30,10 +30,20 @@ class ClipSpec:
     candidates: int = 0  # > 0: also the words of each clip's K nearest narrations (MIL-NCE positives)
 
 
-def merge_captions(starts, ends, i: int, min_time: float, min_count: int = 1) -> tuple[int, int, list[int]]:
+MERGE_CAP = 32  # captions MCN's loop merges per clip before the span is completed by search (see merge_captions)
+
+
+def merge_captions(starts, ends, i: int, min_time: float, min_count: int = 1,
+                   ends_max: np.ndarray | None = None) -> tuple[int, int, list[int]]:
     """MCN's clip extension from caption i: grow towards the nearer neighbour until >= min_time (and, for
     MIL-NCE candidates, >= min_count captions; the same shortest-span rule).
-    Returns (first, last, caption order for the words: current first, then neighbours as appended)."""
+    Returns (first, last, caption order for the words: current first, then neighbours as appended).
+
+    MCN's loop, step for step, for the first MERGE_CAP captions: every clip of real narration (a few
+    captions per 10 s). Past that (thousands of tiny captions inside ``min_time``) the loop would take a step
+    per caption for every clip, quadratic over a video; the span is then completed in O(log n) by
+    :func:`_complete_span`, and the words come from the first MERGE_CAP captions merged. ``ends_max`` is
+    ``np.maximum.accumulate(ends)`` (computed here if not given)."""
     s = e = i
     order = [i]
     while ends[e] - starts[s] < min_time or len(order) < min_count:
@@ -44,6 +54,9 @@ def merge_captions(starts, ends, i: int, min_time: float, min_count: int = 1) ->
             take_prev = has_prev
         else:
             break
+        if len(order) > MERGE_CAP and len(order) >= min_count:
+            s, e = _complete_span(starts, ends, s, e, min_time, ends_max)
+            break
         if take_prev:
             s -= 1
             order.append(s)
@@ -51,6 +64,21 @@ def merge_captions(starts, ends, i: int, min_time: float, min_count: int = 1) ->
             e += 1
             order.append(e)
     return s, e, order
+
+
+def _complete_span(starts, ends, s: int, e: int, min_time: float, ends_max=None) -> tuple[int, int]:
+    """Widen captions s..e to a span of at least ``min_time``: half the missing time to the left (the last
+    caption starting at or before it), then right to the first caption ending at or after start + min_time;
+    at the end of the video, further left instead. Two binary searches (captions are sorted by start)."""
+    starts = np.asarray(starts)
+    ends_max = np.maximum.accumulate(np.asarray(ends)) if ends_max is None else ends_max
+    missing = min_time - (ends[e] - starts[s])
+    s = min(s, max(0, int(np.searchsorted(starts, starts[s] - missing / 2, side="right")) - 1))
+    j = int(np.searchsorted(ends_max, starts[s] + min_time, side="left"))
+    if j < len(ends_max):
+        return s, max(e, j)
+    e = len(ends_max) - 1
+    return min(s, max(0, int(np.searchsorted(starts, ends[e] - min_time, side="right")) - 1)), e
 
 
 def _audio_frames(t: float) -> int:
@@ -181,12 +209,19 @@ class ClipReader:
             at = np.flatnonzero(inverse == k)
             a, b = int(s.clip_offsets[v]), int(s.clip_offsets[v + 1])
             starts, ends = s.clip_rows("start", a, b), s.clip_rows("end", a, b)
-            ids = s.word_ids(a, b) if self.text_ok is not None else None
             frames = s.video_rows(self.video_group, v) if "v" in self.ok and self.ok["v"][v] else None
             audio = s.video_rows(self.audio_group, v) if "a" in self.ok and self.ok["a"][v] else None
             out["valid_v"][at] = frames is not None
             out["valid_a"][at] = audio is not None
-            merged = [merge_captions(starts, ends, i, spec.min_time) for i in (clips[at] - a).tolist()]
+            ends_max = np.maximum.accumulate(ends)
+            local = (clips[at] - a).tolist()
+            merged = [merge_captions(starts, ends, i, spec.min_time, 1, ends_max) for i in local]
+            cands = [[(o, merge_captions(starts, ends, o, spec.min_time, 1, ends_max)[2])
+                      for o in merge_captions(starts, ends, i, 0.0, K)[2][:K]] for i in local] if K else []
+            ids = None
+            if self.text_ok is not None:  # word ids of the captions these clips use, not of the whole video
+                used = np.unique([o for m in merged for o in m[2]] + [x for c in cands for _, order in c for x in order])
+                ids = dict(zip(used.tolist(), s.word_ids_at(a + used)))
             dur = self.duration[v]  # a clip ends where the video does; one starting after it has nothing to read:
             inside = starts[clips[at] - a] < dur  # masked (MCN never samples it), never zeros passed off as features
             out["valid_v"][at] &= inside
@@ -200,7 +235,7 @@ class ClipReader:
                 rate = RATES[self.audio_group]
                 out["audio"][at] = _pool(audio, np.floor(t0 * rate).astype(np.int64),
                                          np.floor(t1 * rate).astype(np.int64) + 1, np.add)
-            for j, i, (_, _, order), s0, s1 in zip(at.tolist(), (clips[at] - a).tolist(), merged, t0, t1):
+            for n, (j, i, (_, _, order), s0, s1) in enumerate(zip(at.tolist(), local, merged, t0, t1)):
                 if audio is not None and spec.end_to_end_audio:
                     f0 = _audio_frames(s0)
                     mel = audio(f0, min(_audio_frames(s1), f0 + spec.audio_frames))
@@ -209,9 +244,8 @@ class ClipReader:
                     out["valid_t"][j] = len(ids[i]) > 0
                     w = np.concatenate([ids[o] for o in order])[:W]
                     out["words"][j, :len(w)] = w
-                if K:
-                    for c, o in enumerate(merge_captions(starts, ends, i, 0.0, K)[2][:K]):
-                        w = np.concatenate([ids[x] for x in merge_captions(starts, ends, o, spec.min_time)[2]])[:W]
+                    for c, (o, cand_order) in enumerate(cands[n] if K else []):
+                        w = np.concatenate([ids[x] for x in cand_order])[:W]
                         out["cand_words"][j, c, :len(w)] = w
                         out["cand_ok"][j, c] = len(ids[o]) > 0
         return out
