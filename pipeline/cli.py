@@ -74,7 +74,7 @@ def cmd_extract(args) -> int:
     print_summary(summary)
     failed = {g: sum(n for k, n in counts.items() if k != "ok") for g, counts in summary.get("status", {}).items()}
     if summary.get("failed_parts") or any(failed.values()):
-        print(f"finished with failures ({', '.join(f'{g}: {n} videos' for g, n in failed.items() if n)}"
+        print(f"finished with failures ({', '.join(f'{g}: {n} videos not ok' for g, n in failed.items() if n)}"
               f"{'; whole parts failed' if summary.get('failed_parts') else ''}): `pipeline status --store "
               f"{summary['store']}` lists them; fix what they say, then rerun with --retry-failed", file=sys.stderr)
         return EXIT_FAILURES

@@ -2,12 +2,19 @@
 
 Frame selection runs FFmpeg's own ``fps`` filter in-process, so frame k is the last source frame
 before k + 0.5 s -- the same frames the HowTo100M extractor (ffmpeg ``fps=1``) fed its CNN.
+A display matrix (phone videos) is applied first, as the ffmpeg CLI's autorotate does.
 Only the selected frames are converted to RGB (bilinear, aspect kept, no crop).
+
+Frames can be handed to a callback ``batch`` at a time (``on_frames``), so memory per video is bounded
+whatever its length; audio is kept whole (64 KB per second: the log-mel front end normalises by the
+whole video). A file that breaks off (truncated download, damaged tail) keeps what decoded before the
+break, and says so in ``Decoded.truncated``.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import av
 import numpy as np
@@ -30,6 +37,8 @@ class Decoded:
     frames: list[np.ndarray] = field(default_factory=list)  # (224, W, 3) uint8 each, 1 per second
     audio: np.ndarray | None = None  # float32 mono at SAMPLE_RATE; None if no audio track
     audio_error: str | None = None  # why audio is None
+    n_frames: int = 0  # frames selected (also when they went to ``on_frames`` instead of ``frames``)
+    truncated: str | None = None  # the file broke off: what decoded, of how much, and why (duration = decoded)
 
 
 MEDIA_DEMUXERS = ",".join(["mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "flv", "mpeg",
@@ -42,8 +51,11 @@ def _scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 
 
 def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float = 1.0,
-           short_side: int = 224, threads: int = 1) -> Decoded:
-    """Demux the file once, decoding only the streams asked for. Raises DecodeFailure."""
+           short_side: int = 224, threads: int = 1,
+           on_frames: Callable[[list[np.ndarray]], None] | None = None, batch: int = 32) -> Decoded:
+    """Demux the file once, decoding only the streams asked for. Raises DecodeFailure.
+
+    With ``on_frames``, selected frames go to it ``batch`` at a time and ``Decoded.frames`` stays empty."""
     if path is None or not os.path.isfile(path):
         raise DecodeFailure("missing", f"no such file: {path}")
     if os.path.getsize(path) == 0:
@@ -52,7 +64,7 @@ def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float
         # local files only, media demuxers only: no playlist (hls, concat) can pull in URLs or other files
         container = av.open(path, options={"protocol_whitelist": "file", "format_whitelist": MEDIA_DEMUXERS})
     except av.FFmpegError as e:
-        raise DecodeFailure("decode_error", f"cannot open: {e}") from e
+        raise DecodeFailure("decode_error", f"cannot open (truncated or not a media file?): {e}") from e
     with container:
         vstream = container.streams.video[0] if container.streams.video else None
         astream = container.streams.audio[0] if container.streams.audio else None
@@ -64,37 +76,84 @@ def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float
         wanted = [s for s, on in ((vstream, frames), (astream, audio)) if s is not None and on]
         graph = resampler = None
         chunks: list[np.ndarray] = []
+        pending: list[np.ndarray] = []
+
+        def pull(final: bool = False) -> None:
+            _pull(graph, pending, short_side)
+            while pending and (on_frames is None or len(pending) >= batch or final):
+                done = pending[:batch] if on_frames else list(pending)
+                if on_frames:
+                    on_frames(done)
+                else:
+                    out.frames.extend(done)
+                out.n_frames += len(done)
+                del pending[:len(done)]
+
         if frames:
             vstream.thread_type = "AUTO"  # safe: we always decode to EOF
             vstream.codec_context.thread_count = threads
-        try:
-            for packet in container.demux(*wanted):
-                for frame in packet.decode():
-                    if isinstance(frame, av.VideoFrame):
-                        graph = graph or _fps_graph(vstream, fps)
-                        graph.push(frame)
-                        _pull(graph, out.frames, short_side)
-                    else:
-                        resampler = resampler or av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-                        chunks.extend(f.to_ndarray()[0] for f in resampler.resample(frame))
-            if graph is not None:
-                graph.push(None)
-                _pull(graph, out.frames, short_side)
-            if resampler is not None:
-                chunks.extend(f.to_ndarray()[0] for f in resampler.resample(None))
-        except av.FFmpegError as e:
-            raise DecodeFailure("decode_error", f"{type(e).__name__}: {e}") from e
-        if frames and not out.frames:
-            raise DecodeFailure("empty", "no video frames decoded (zero duration?)")
+        broke = None
+        packets = container.demux(*wanted)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError as e:  # the container breaks off: keep what came before
+                broke = broke or f"{type(e).__name__}: {e}"
+                break
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError as e:  # a damaged or partial packet: skipped, as the ffmpeg CLI does
+                broke = broke or f"{type(e).__name__}: {e}"
+                continue
+            for frame in decoded:
+                if isinstance(frame, av.VideoFrame):
+                    graph = graph or _fps_graph(vstream, fps, frame.rotation)
+                    graph.push(frame)
+                    pull()
+                else:
+                    resampler = resampler or av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+                    chunks.extend(f.to_ndarray()[0] for f in resampler.resample(frame))
+        if graph is not None:
+            graph.push(None)
+            pull(final=True)
+        if resampler is not None:
+            chunks.extend(f.to_ndarray()[0] for f in resampler.resample(None))
+        if frames and not out.n_frames:
+            raise DecodeFailure("decode_error" if broke else "empty",
+                                f"no video frame decodes: {broke}" if broke else "no video frames decoded (zero duration?)")
         if audio and astream is not None:
             if chunks:
                 out.audio = np.concatenate(chunks).astype(np.float32, copy=False)
             else:
-                out.audio_error = "audio track decoded to no samples"
-        if out.duration <= 0:
-            out.duration = len(out.frames) / fps if out.frames else (
-                len(out.audio) / SAMPLE_RATE if out.audio is not None else 0.0)
+                out.audio_error = f"audio track decoded to no samples{f': {broke}' if broke else ''}"
+        _check_extent(out, vstream if frames else None, astream if audio else None, fps, broke)
         return out
+
+
+def _check_extent(out: Decoded, vstream, astream, fps: float, broke: str | None) -> None:
+    """Mark the video truncated (and set ``out.duration`` to what decoded) if a stream stops well before the
+    duration its header declares (more than 1.5 s + 2% short), or broke off with an error where no duration
+    is declared. Damaged packets inside a file that decodes to its end are skipped, as the ffmpeg CLI does."""
+    extents = []
+    if vstream is not None:
+        extents.append((out.n_frames / fps, _stream_seconds(vstream)))
+    if astream is not None and out.audio is not None:
+        extents.append((len(out.audio) / SAMPLE_RATE, _stream_seconds(astream)))
+    decoded = min((got for got, _ in extents), default=0.0)
+    short = [(got, want) for got, want in extents if want and got < want - 1.5 - 0.02 * want]
+    if short or (broke and not any(want for _, want in extents)):
+        got, want = short[0] if short else (decoded, 0.0)
+        out.truncated = (f"truncated: decoded {got:.1f} s of {f'{want:.1f} s' if want else 'an unknown length'}"
+                         + (f" ({broke})" if broke else ""))
+        out.duration = decoded
+    elif out.duration <= 0:
+        out.duration = decoded
+
+
+def _stream_seconds(stream) -> float:
+    return float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
 
 
 def _duration(container, vstream, astream) -> float:
@@ -104,13 +163,17 @@ def _duration(container, vstream, astream) -> float:
     return float(container.duration / av.time_base) if container.duration else 0.0
 
 
-def _fps_graph(stream, fps: float):
+def _fps_graph(stream, fps: float, rotation: int = 0):
+    """buffer -> [rotation as the ffmpeg CLI's autorotate: transpose / hflip+vflip] -> fps -> sink."""
     graph = av.filter.Graph()
-    src = graph.add_buffer(template=stream)
-    rate = graph.add("fps", f"fps={fps}")
-    sink = graph.add("buffersink")
-    src.link_to(rate)
-    rate.link_to(sink)
+    chain = [graph.add_buffer(template=stream)]
+    theta = round(-rotation) % 360  # av_display_rotation_get is counter-clockwise; the CLI negates it
+    for name, arg in {90: [("transpose", "clock")], 180: [("hflip", ""), ("vflip", "")],
+                      270: [("transpose", "cclock")]}.get(theta, []):
+        chain.append(graph.add(name, arg))
+    chain += [graph.add("fps", f"fps={fps}"), graph.add("buffersink")]
+    for a, b in zip(chain, chain[1:]):
+        a.link_to(b)
     graph.configure()
     return graph
 

@@ -18,7 +18,7 @@ from manifests.read import index_video_root
 
 from .decode import DecodeFailure, decode
 from .plan import plan_checksum, plan_store
-from .store import CLIP_CHUNK, FeatureStore, StoreLock, add_groups, clean_temporaries, write_part, write_text
+from .store import CLIP_CHUNK, USABLE, FeatureStore, StoreLock, add_groups, clean_temporaries, write_part, write_text
 
 VIDEO_GROUPS = ("resnet152", "logmel", "davenet")
 ALL_GROUPS = VIDEO_GROUPS + ("word2vec",)
@@ -167,10 +167,19 @@ def run_part(job: PartJob) -> dict:
         r["duration"].append(duration)
 
     for i, (vid, path) in enumerate(job.videos):
-        dec, failure = None, None
+        dec, failure, frame_rows, frame_error = None, None, [], []
+
+        def encode(batch, frame_rows=frame_rows, frame_error=frame_error):  # frames reach the CNN a batch at a time: RAM per video is bounded by the batch
+            if not frame_error:
+                try:
+                    frame_rows.append(_encoder("resnet152", s)(batch).astype(np.float16))
+                except Exception as e:  # an extractor bug or OOM: this group fails, the audio groups go on
+                    frame_error.append(f"{type(e).__name__}: {e}")
+
         if need_frames or need_audio:
             try:
-                dec = decode(path or None, frames=need_frames, audio=need_audio, short_side=s["short_side"])
+                dec = decode(path or None, frames=need_frames, audio=need_audio, short_side=s["short_side"],
+                             on_frames=encode if need_frames else None, batch=s["batch_size"])
             except DecodeFailure as f:
                 failure = f
                 if f.status == "no_video" and need_audio:  # audio-only file: the audio groups still work
@@ -180,20 +189,25 @@ def run_part(job: PartJob) -> dict:
                         failure = f2
         duration = dec.duration if dec else 0.0
         seconds += duration
+        # a truncated file keeps its decodable part: status 'truncated', the reason, the decoded duration
+        ok, note = ("truncated", dec.truncated) if dec is not None and dec.truncated else ("ok", "")
         mel = None
         for group in job.groups:
             try:
                 if group == "resnet152":
-                    if dec is None or not dec.frames:
+                    if dec is None or not dec.n_frames:
                         raise DecodeFailure(failure.status if failure else "no_video",
                                             failure.message if failure else "no frames")
-                    put(group, _encoder("resnet152", s)(dec.frames), duration=duration)
+                    if frame_error:
+                        raise RuntimeError(frame_error[0])
+                    put(group, np.concatenate(frame_rows), ok, note, duration)
                     continue
                 if cached_mel is not None and group == "davenet":
                     off = cached_mel["offsets"]
                     duration = float(cached_mel["duration"][i])
-                    if cached_mel["status"][i] != "ok":
+                    if cached_mel["status"][i] not in USABLE:
                         raise DecodeFailure(cached_mel["status"][i], cached_mel["error"][i])
+                    ok, note = cached_mel["status"][i], cached_mel["error"][i]
                     mel = cached_mel["data"][off[i]:off[i + 1]].astype(np.float32)
                 elif mel is None:
                     if dec is None:
@@ -203,7 +217,7 @@ def run_part(job: PartJob) -> dict:
                     # rounded as stored, so DAVEnet sees the same input whether the log-mel was just
                     # computed or read back from the store (a resumed or incremental run)
                     mel = logmel(dec.audio).astype(np.float16).astype(np.float32)
-                put(group, mel if group == "logmel" else _encoder("davenet", s)(mel), duration=duration)
+                put(group, mel if group == "logmel" else _encoder("davenet", s)(mel), ok, note, duration)
             except DecodeFailure as f:
                 put(group, None, f.status, f.message, duration)
             except Exception as e:  # an extractor bug or OOM on one video must not lose the part

@@ -36,6 +36,8 @@ TMP_PREFIX = ".tmp-"
 CLIP_CHUNK = 1 << 16  # rows per chunk of the per-clip columns
 # rows per second of each time-indexed group (davenet: log-mel at 100 fps downsampled 16x)
 RATES = {"resnet152": 1.0, "frames": 1.0, "logmel": 100.0, "davenet": 100.0 / 16}
+# per-video statuses whose rows trainers read ('truncated': the part of the file before it broke off)
+USABLE = ("ok", "truncated")
 GROUP_JSON = {"zarr_format": 3, "node_type": "group", "attributes": {}}
 
 
@@ -557,7 +559,7 @@ class FeatureStore:
                 if group not in self._scans:
                     self._scans[group] = self._scan(group)
                 scan = self._scans[group]
-                value = (scan["status"] == "ok" if name == "ok" else
+                value = (np.isin(scan["status"], USABLE) if name == "ok" else
                          self.clips_beyond(scan["duration"]) if name == "clips_beyond" else scan[name])
             self._video_cache[group, name] = value
         return self._video_cache[group, name]
@@ -567,7 +569,8 @@ class FeatureStore:
         return self._video_column(group, "status"), self._video_column(group, "error")
 
     def video_ok(self, group: str) -> np.ndarray:
-        """(n_videos,) bool: the video's features in ``group`` are committed and ok (no strings in RAM)."""
+        """(n_videos,) bool: the video's features in ``group`` are committed and usable: status 'ok', or
+        'truncated' (rows up to where the file broke off; video_duration says how far). No strings in RAM."""
         return self._video_column(group, "ok")
 
     def video_duration(self, group: str) -> np.ndarray:
@@ -595,7 +598,7 @@ class FeatureStore:
         written = time.time_ns()
         committed = self.committed(group)
         scan = self._scan(group)
-        write_unit(self.path / "status" / group, {**scan, "ok": scan["status"] == "ok",
+        write_unit(self.path / "status" / group, {**scan, "ok": np.isin(scan["status"], USABLE),
                                                   "clips_beyond": self.clips_beyond(scan["duration"])},
                    {"parts": len(committed), "written_ns": written}, replace=True)
         for cache in (self._index, self._scans):

@@ -95,3 +95,82 @@ def test_truncated_file_fails_with_a_status(tmp_path):
     with pytest.raises(DecodeFailure) as e:
         decode(str(tmp_path / "cut.mp4"))
     assert e.value.status == "decode_error"
+
+
+def test_truncated_download_keeps_the_decodable_part(real_videos, tmp_path):
+    full = decode(str(real_videos["v_GGSY1Qvo990"]))
+    data = real_videos["v_GGSY1Qvo990"].read_bytes()  # moov first (as YouTube serves): the head decodes
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    d = decode(str(tmp_path / "cut.mp4"))
+    assert d.truncated and d.truncated.startswith("truncated: decoded 9.0 s of 18.0 s")
+    assert d.n_frames == len(d.frames) == 9 and 8.5 < d.duration <= 9.3
+    for a, b in zip(d.frames[:-1], full.frames):  # the same frames as the whole file gives, up to the break
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(d.audio[:16000 * 8], full.audio[:16000 * 8])
+    assert decode(str(real_videos["v_GGSY1Qvo990"])).truncated is None
+
+
+def write_pattern(path, rotation=None, n=12):
+    """96x64 frames, red top half, blue bottom half, with a display matrix rotating ``rotation`` degrees
+    counter-clockwise (as av_display_rotation_set; phones write -90 for a portrait recording)."""
+    img = np.zeros((64, 96, 3), np.uint8)
+    img[:32, :, 0] = 255
+    img[32:, :, 2] = 255
+    img[:, :8] = 128  # and a grey left edge
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=4)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        if rotation is not None:
+            s.set_display_rotation(rotation)
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+
+
+@pytest.mark.parametrize("rotation,turns", [(-90, -1), (90, 1), (180, 2)])
+def test_display_matrix_is_applied_as_the_ffmpeg_cli_does(tmp_path, rotation, turns):
+    write_pattern(tmp_path / "plain.mp4")
+    write_pattern(tmp_path / "turned.mp4", rotation)
+    plain = decode(str(tmp_path / "plain.mp4"), audio=False, short_side=64).frames
+    turned = decode(str(tmp_path / "turned.mp4"), audio=False, short_side=64).frames
+    assert len(turned) == len(plain) == 3
+    for a, b in zip(turned, plain):  # short side 64 either way: no scaling, so the pixels are exact
+        np.testing.assert_array_equal(a, np.rot90(b, turns))
+    if rotation == -90:  # clockwise, as the phone held it: the red top is now on the right
+        assert turned[0][40, -5, 0] > 200 and turned[0][40, 5, 2] > 200
+
+
+def test_frames_stream_to_the_extractor_in_batches(tmp_path):
+    """A long video never has all its frames in RAM: they reach ``on_frames`` ``batch`` at a time, and the
+    decoding process's peak RSS stays flat (1200 frames at 224x224 held would be 180 MB)."""
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "long.mp4"
+    with av.open(str(path), "w") as out:  # 20 minutes at 1 fps, 64x64
+        s = out.add_stream("mpeg4", rate=1)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for i in range(1200):
+            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i % 251, np.uint8), format="rgb24")
+            f.pts = i
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    script = f"""
+import json, re
+from pipeline.decode import decode
+hwm = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+before, sizes, shapes = hwm(), [], set()
+d = decode({str(path)!r}, audio=False, on_frames=lambda b: (sizes.append(len(b)), shapes.add(b[0].shape)), batch=16)
+print(json.dumps(dict(grew_mb=hwm() - before, n=d.n_frames, kept=len(d.frames), sizes=sizes, shapes=list(shapes))))
+"""
+    r = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert r["n"] == sum(r["sizes"]) == 1200 and r["kept"] == 0 and max(r["sizes"]) == 16
+    assert r["shapes"] == [[224, 224, 3]]
+    assert r["grew_mb"] < 40, r

@@ -277,3 +277,31 @@ def test_cleanup_waits_while_another_extraction_runs(tmp_path):
     first.close()
     second.close()
     assert StoreLock(store).run() is True
+
+
+def test_truncated_video_keeps_its_decodable_part(real_videos, weights, tmp_path):
+    import json
+
+    from trainers.data import ClipReader, ClipSpec
+
+    v = tmp_path / "videos"
+    v.mkdir()
+    data = real_videos["v_GGSY1Qvo990"].read_bytes()
+    (v / "full.mp4").write_bytes(data)
+    (v / "cut.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "m.csv").write_text("video_id\nfull\ncut\n")
+    caps = {"start": [0.0, 12.0], "end": [5.0, 16.0], "text": ["cut the onion", "knead dough"]}
+    (tmp_path / "c.json").write_text(json.dumps({"full": caps, "cut": caps}))
+    data = {"manifest": str(tmp_path / "m.csv"), "captions": str(tmp_path / "c.json"), "video_root": str(v)}
+    summary = extract(config(data, tmp_path / "s.zarr", weights, groups=["resnet152", "logmel"], word2vec=None))
+    assert summary["status"]["resnet152"] == {"ok": 1, "truncated": 1}
+    s = FeatureStore(tmp_path / "s.zarr")
+    i = list(s.videos["video_id"]).index("cut")
+    status, error = s.video_status("logmel")
+    assert status[i] == "truncated" and error[i].startswith("truncated: decoded")
+    assert 8.5 < s.video_duration("resnet152")[i] < 9.3 and s.video_ok("resnet152")[i]
+    cut, full = s.video_rows("resnet152", i)(), s.video_rows("resnet152", 1 - i)()
+    assert len(cut) == 9 and len(full) == 18
+    np.testing.assert_allclose(cut[:8].astype(np.float32), full[:8].astype(np.float32), atol=2e-3)
+    reader = ClipReader(s, ClipSpec("v", min_time=0.0))  # its clip after the break is dropped, the first kept
+    assert reader.usable_count[i] == 1 and reader.dropped() == {"clip starts after the video ends": 1}
