@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .extract import ALL_GROUPS, ExtractConfig, ExtractError
+from .store import DiskFull
 
 DESCRIPTION = "Decode each video once, run frozen extractors, write a resumable Zarr feature store."
 
@@ -118,6 +119,46 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from .integrity import repair, verify
+    from .store import FeatureStore, StoreLock
+
+    store = FeatureStore(args.store)
+    lock = StoreLock(store.path)
+    try:
+        if args.repair and not lock.run():
+            print(f"error: an extraction is running on {store.path}; --repair when it has finished", file=sys.stderr)
+            return 2
+        report = verify(store, progress=not args.no_progress)
+        print(f"{store.path}: {report.checked_units} units, {report.checked_bytes / 1e6:.1f} MB of chunk files "
+              f"checked; {len(report.damaged)} damaged" + (f"; {report.unsealed_arrays} arrays carry no checksums "
+                                                             "(written before mmcache recorded them)"
+                                                             if report.unsealed_arrays else ""))
+        for unit, problems in report.damaged.items():
+            print(f"  DAMAGED {unit}")
+            for line in problems[:args.show]:
+                print(f"      {line}")
+        if not report.damaged:
+            return 0
+        if not args.repair:
+            print("rerun with --repair to remove the damaged units; `pipeline extract` with the same flags "
+                  "then recomputes them", file=sys.stderr)
+            return EXIT_FAILURES
+        plan = repair(store, report)
+    finally:
+        lock.close()
+    for unit in report.repaired:
+        print(f"  removed {unit}")
+    if plan:
+        print(f"the plan ({', '.join(plan)}) is damaged and cannot be recomputed in place: plan a new store from "
+              f"the manifest (pipeline extract --manifest {store.meta.get('manifest')} --store NEW.zarr ...)",
+              file=sys.stderr)
+        return EXIT_FAILURES
+    print(f"now rerun `pipeline extract` on {store.path} with the flags it was made with: it recomputes "
+          f"{len(report.repaired)} removed units")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import make_demo
     from .extract import extract
@@ -148,6 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--problems", type=int, default=10, help="manifest/caption problems to list (default 10)")
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("verify", help="re-read every chunk file against its checksum, check every unit's "
+                                      "shapes; --repair removes damaged units for `extract` to recompute")
+    p.add_argument("--store", required=True)
+    p.add_argument("--repair", action="store_true",
+                   help="remove the damaged units (parts, word2vec, status) so the next extract recomputes them")
+    p.add_argument("--show", type=int, default=5, help="problems to list per damaged unit")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_verify)
     p = sub.add_parser("demo", help="generate the built-in demo dataset and extract it")
     p.add_argument("--out", default="demo")
     p.add_argument("--videos", type=int, default=12, help="training videos (HowTo100M-style manifest)")
@@ -160,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.fn(args)
+    except DiskFull as e:  # the environment, not the input: rerunning resumes
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILURES
     except (ExtractError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

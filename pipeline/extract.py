@@ -18,7 +18,7 @@ from manifests.read import index_video_root
 
 from .decode import DecodeFailure, decode
 from .plan import plan_checksum, plan_store
-from .store import CLIP_CHUNK, USABLE, FeatureStore, StoreLock, add_groups, clean_temporaries, write_part, write_text
+from .store import CLIP_CHUNK, USABLE, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries, write_part, write_text
 
 VIDEO_GROUPS = ("resnet152", "logmel", "davenet")
 ALL_GROUPS = VIDEO_GROUPS + ("word2vec",)
@@ -410,7 +410,8 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
                    if k != "MALLOC_TRIM_THRESHOLD_"}
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.ERROR)
+                                   dashboard_address=None,  # failures are reported by the driver, once:
+                                   silence_logs=logging.CRITICAL)
         client = Client(cluster)
     try:
         in_flight = 2 * max(1, len(client.scheduler_info()["workers"]) or cfg.workers or 1)
@@ -425,6 +426,8 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
             job = by_key.pop(fut.key)
             try:
                 done(job, fut.result())
+            except DiskFull:  # every later part would fail the same way: stop (finished parts are kept)
+                raise
             except Exception as e:  # a worker died or the task raised: record, keep going
                 done(job, None, f"{type(e).__name__}: {e}")
             if pending:

@@ -16,7 +16,8 @@ import zarr
 
 from manifests.read import ManifestError, Problems, iter_clips, read_videos
 
-from .store import FORMAT_VERSION, TMP_PREFIX, ColumnWriter, ensure_group, write_unit
+from .integrity import seal
+from .store import FORMAT_VERSION, TMP_PREFIX, ColumnWriter, ensure_group, scratch, write_unit
 
 MAX_PART = 64  # videos per part by default: ~100 MB of ResNet-152 rows for 64 HowTo100M videos
 
@@ -39,49 +40,48 @@ def plan_store(store: str | os.PathLike, manifest: str, captions: str | None = N
     final = Path(store)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    root = zarr.open_group(str(tmp), mode="w")
-    problem_rows = ColumnWriter(root, {"problems": str}, chunk=4096)
-    problems = Problems(lambda m: problem_rows.append({"problems": [m]}), where=f"{final}/problems")
-    try:
-        videos = read_videos(manifest, video_root, problems, captions, allow_outside_root)
-        columns = {"video": "int32", "start": "float64", "end": "float64", "text": str,
-                   **{f"label_{c}": str for c in videos.clip_labels}}
-        clips = ColumnWriter(root.create_group("clips"), columns)
-        order, counts = [], []
-        for vc in iter_clips(videos, captions, problems):
-            clips.append({"video": np.full(len(vc), len(order), np.int32), "start": vc.start, "end": vc.end,
-                          "text": vc.text, **{f"label_{c}": vc.labels[c] for c in videos.clip_labels}})
-            order.append(vc.video)
-            counts.append(len(vc))
-        n_clips = clips.close()
+    with scratch(tmp, final):  # any failure (a bad manifest, --strict, a full disk) leaves no temp store behind
+        root = zarr.open_group(str(tmp), mode="w")
+        problem_rows = ColumnWriter(root, {"problems": str}, chunk=4096)
+        problems = Problems(lambda m: problem_rows.append({"problems": [m]}), where=f"{final}/problems")
+        try:
+            videos = read_videos(manifest, video_root, problems, captions, allow_outside_root)
+            columns = {"video": "int32", "start": "float64", "end": "float64", "text": str,
+                       **{f"label_{c}": str for c in videos.clip_labels}}
+            clips = ColumnWriter(root.create_group("clips"), columns)
+            order, counts = [], []
+            for vc in iter_clips(videos, captions, problems):
+                clips.append({"video": np.full(len(vc), len(order), np.int32), "start": vc.start, "end": vc.end,
+                              "text": vc.text, **{f"label_{c}": vc.labels[c] for c in videos.clip_labels}})
+                order.append(vc.video)
+                counts.append(len(vc))
+            n_clips = clips.close()
+            problem_rows.close()
+        finally:
+            problems.close()
+        if strict and problems.count:
+            raise ManifestError(f"{problems.count} manifest problems (--strict):\n  " + "\n  ".join(problems.first))
         seen = np.zeros(len(videos.ids), bool)
         seen[order] = True
         rest = np.flatnonzero(~seen)
         order = np.concatenate([np.asarray(order, np.int64), rest])
         counts = np.concatenate([np.asarray(counts, np.int64), np.zeros(len(rest), np.int64)])
-        problem_rows.close()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        problems.close()
-    if strict and problems.count:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ManifestError(f"{problems.count} manifest problems (--strict):\n  " + "\n  ".join(problems.first))
-    n = len(order)
-    part_size = part_size or max(1, min(MAX_PART, -(-n // (4 * max(1, workers)))))
-    write_unit(tmp / "videos", {
-        "video_id": np.array([videos.ids[i] for i in order], dtype=object),
-        "path": np.array([videos.paths[i] or "" for i in order], dtype=object),
-        "part": np.arange(n, dtype=np.int32) // part_size,
-        "clip_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        **{f"label_{k}": np.array([col[i] for i in order], dtype=object) for k, col in videos.labels.items()}}, {})
-    ensure_group(tmp / "parts")
-    checksum = plan_checksum(manifest, captions)
-    root.attrs.update({"mmcache": dict(version=FORMAT_VERSION, plan_sha256=checksum,
-                                       manifest=str(manifest), captions=captions, part_size=part_size,
-                                       n_videos=n, n_clips=n_clips, manifest_problems=problems.count),
-                       "groups": {}})
+        n = len(order)
+        part_size = part_size or max(1, min(MAX_PART, -(-n // (4 * max(1, workers)))))
+        write_unit(tmp / "videos", {
+            "video_id": np.array([videos.ids[i] for i in order], dtype=object),
+            "path": np.array([videos.paths[i] or "" for i in order], dtype=object),
+            "part": np.arange(n, dtype=np.int32) // part_size,
+            "clip_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            **{f"label_{k}": np.array([col[i] for i in order], dtype=object) for k, col in videos.labels.items()}},
+            {})
+        ensure_group(tmp / "parts")
+        checksum = plan_checksum(manifest, captions)
+        root.attrs.update({"mmcache": dict(version=FORMAT_VERSION, plan_sha256=checksum,
+                                           manifest=str(manifest), captions=captions, part_size=part_size,
+                                           n_videos=n, n_clips=n_clips, manifest_problems=problems.count),
+                           "groups": {}})
+        seal(tmp)
     try:
         os.rename(tmp, final)
     except OSError:

@@ -18,17 +18,21 @@ for the clips asked for.
 """
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import zarr
+
+from .integrity import CRC_KEY, seal
 
 FORMAT_VERSION = 2
 PART = "p{:06d}"
@@ -45,6 +49,40 @@ class StoreError(ValueError):
     """The path is not a usable feature store (missing, another format, damaged)."""
 
 
+class DiskFull(StoreError):
+    """The disk filled up while writing; what was being written is removed, finished units are kept."""
+
+
+@contextmanager
+def scratch(tmp: Path, what: Path):
+    """Around writing the temporary ``tmp`` (file or folder) for ``what``: on any failure ``tmp`` is removed,
+    and a full disk becomes one DiskFull line instead of a traceback from deep inside Zarr."""
+    try:
+        yield
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = next(p for p in Path(what).absolute().parents if p.exists())
+            raise DiskFull(f"disk full while writing {what} ({shutil.disk_usage(where).free / 1e6:.0f} MB free "
+                           f"there): free space or move the store, then rerun the same command; every unit "
+                           "finished before is kept and the run resumes") from None
+        raise
+
+
+def damaged(path: Path, what: str) -> StoreError:
+    """A StoreError for damaged data at ``path``, naming the store to verify."""
+    root = next((p for p in path.parents if "mmcache" in _attributes(p)), "STORE")
+    return StoreError(f"{path}: {what}; the store is damaged: `pipeline verify --store {root} --repair` lists "
+                      "and removes every damaged unit for `pipeline extract` to recompute")
+
+
+def _attributes(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return {}
+
+
 def read_json(path: Path) -> dict:
     """A Zarr metadata file; a damaged one is named in the error."""
     try:
@@ -57,8 +95,9 @@ def read_json(path: Path) -> dict:
 def write_json(path: Path, value: dict) -> None:
     """Replace ``path`` atomically (a reader sees the old file or the new one, never half of one)."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    with scratch(tmp, path):
+        tmp.write_text(json.dumps(value, indent=1))
+        os.replace(tmp, path)
 
 
 def ensure_group(path: str | os.PathLike) -> None:
@@ -95,15 +134,18 @@ def write_unit(final: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: d
         ensure_group(final.parent)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
-    group = zarr.open_group(str(tmp), mode="w")
-    for name, value in arrays.items():
-        _write_array(group, name, np.asarray(value))
-    group.attrs.update(attrs)
+    with scratch(tmp, final):
+        group = zarr.open_group(str(tmp), mode="w")
+        for name, value in arrays.items():
+            _write_array(group, name, np.asarray(value))
+        group.attrs.update(attrs)
     return commit(tmp, final, replace)
 
 
 def commit(tmp: Path, final: Path, replace: bool = False) -> bool:
-    """Rename a finished temp dir into place (see write_unit)."""
+    """Seal a finished temp dir (a checksum per chunk file, see integrity.py) and rename it into place."""
+    with scratch(tmp, final):
+        seal(tmp)
     if replace and final.exists():
         trash = final.parent / f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
         os.rename(final, trash)  # a crash right here leaves the unit missing: it is recomputed
@@ -179,10 +221,16 @@ def write_text(store: "FeatureStore", chunks, vocab_size: int, vectors) -> dict[
     """Commit the word2vec unit from ``chunks``: (status per clip, token ids per clip) for consecutive clips,
     in clip order, streamed (RAM: one chunk, plus a flag per vocabulary word). Ids are renumbered to the
     words used; ``vectors(used_rows)`` gives their vectors."""
+    tmp = store.path / f"{TMP_PREFIX}word2vec-{uuid.uuid4().hex[:8]}"
+    with scratch(tmp, store.path / "word2vec"):
+        counts = _fill_text(zarr.open_group(str(tmp), mode="w"), store, chunks, vocab_size, vectors)
+    commit(tmp, store.path / "word2vec", replace=True)
+    return counts
+
+
+def _fill_text(group: zarr.Group, store: "FeatureStore", chunks, vocab_size: int, vectors) -> dict[str, int]:
     from collections import Counter
 
-    tmp = store.path / f"{TMP_PREFIX}word2vec-{uuid.uuid4().hex[:8]}"
-    group = zarr.open_group(str(tmp), mode="w")
     ids_out = ColumnWriter(group, {"ids": "int32"}, chunk=1 << 20)
     per_clip = ColumnWriter(group, {"status": str, "ends": "int64"})
     used = np.zeros(vocab_size, bool)
@@ -219,7 +267,6 @@ def write_text(store: "FeatureStore", chunks, vocab_size: int, vectors) -> dict[
                         ("vectors", np.asarray(vectors(vocab_rows), dtype=np.float32))):
         group.create_array(name, shape=value.shape, dtype=value.dtype, compressors=None)[...] = value
     group.attrs.update({"group": "word2vec"})
-    commit(tmp, store.path / "word2vec", replace=True)
     return dict(counts)
 
 
@@ -315,7 +362,8 @@ class RowReader:
     machinery on the hot path: ~50 us to open, against ~3 ms for zarr.open_group).
 
     Uncompressed little-endian chunks are memory-mapped and sliced directly (the OS page cache does the
-    caching); anything else goes through zarr. A missing chunk file reads as the fill value.
+    caching); anything else goes through zarr. A chunk file the array was sealed with that is missing or
+    of the wrong size raises StoreError; one never written (all fill value) reads as the fill value.
     """
 
     MAX_MAPS = 64
@@ -332,8 +380,10 @@ class RowReader:
                        and chunks[1:] == self.shape[1:] and keys.get("name") == "default"
                        and keys.get("configuration", {}).get("separator", "/") == "/"
                        and meta["data_type"] in np.sctypeDict)
+        self.sealed = meta.get("attributes", {}).get(CRC_KEY)
         if self.direct:
             self.dtype, self.fill = np.dtype(meta["data_type"]), meta["fill_value"]
+            self.chunk_bytes = self.rows_per_chunk * int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         else:
             self.arr = zarr.open_array(str(self.path), mode="r")
         self._maps: dict[int, np.ndarray | None] = {}
@@ -345,12 +395,18 @@ class RowReader:
         if c not in self._maps:
             if len(self._maps) >= self.MAX_MAPS:
                 self._maps.pop(next(iter(self._maps)))
-            f = self.path / "c" / "/".join(map(str, (c,) + (0,) * (len(self.shape) - 1)))
-            self._maps[c] = None
+            key = "/".join(map(str, ("c", c) + (0,) * (len(self.shape) - 1)))
+            f = self.path / key
+            m = None
             if f.is_file():
                 with open(f, "rb") as fh:  # a plain ndarray over the mapping: no np.memmap per-index overhead
+                    if os.fstat(fh.fileno()).st_size != self.chunk_bytes:
+                        raise damaged(f, f"{os.fstat(fh.fileno()).st_size} bytes, a chunk is {self.chunk_bytes}")
                     buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-                self._maps[c] = np.frombuffer(buf, dtype=self.dtype).reshape((self.rows_per_chunk,) + self.shape[1:])
+                m = np.frombuffer(buf, dtype=self.dtype).reshape((self.rows_per_chunk,) + self.shape[1:])
+            elif self.sealed is not None and key in self.sealed:
+                raise damaged(f, "chunk file missing")
+            self._maps[c] = m
         return self._maps[c]
 
     def take(self, idx: np.ndarray) -> np.ndarray:
@@ -614,8 +670,12 @@ class FeatureStore:
             if not path.is_dir():
                 raise KeyError(f"group {group!r} has no committed data for part {p} in {self.path} "
                                "(extraction unfinished? `pipeline status`)")
-            offsets = RowReader(path / "offsets")
-            self._units[p, group] = Unit(RowReader(path / "data"), offsets.rows(0, len(offsets)))
+            data, offsets = RowReader(path / "data"), RowReader(path / "offsets")
+            offsets = offsets.rows(0, len(offsets))
+            a, b = self.part_range(p)
+            if len(offsets) != b - a + 1 or offsets[0] != 0 or offsets[-1] != len(data) or (np.diff(offsets) < 0).any():
+                raise damaged(path / "offsets", f"cannot index {len(data)} rows of {b - a} videos")
+            self._units[p, group] = Unit(data, offsets)
         return self._units[p, group]
 
     def video_rows(self, group: str, v: int):

@@ -305,3 +305,93 @@ def test_truncated_video_keeps_its_decodable_part(real_videos, weights, tmp_path
     np.testing.assert_allclose(cut[:8].astype(np.float32), full[:8].astype(np.float32), atol=2e-3)
     reader = ClipReader(s, ClipSpec("v", min_time=0.0))  # its clip after the break is dropped, the first kept
     assert reader.usable_count[i] == 1 and reader.dropped() == {"clip starts after the video ends": 1}
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True)
+
+
+def test_verify_finds_each_damaged_unit_readers_refuse_it_and_repair_recomputes_it(odd_store, odd_dataset,
+                                                                                  weights, tmp_path):
+    from pipeline.store import StoreError
+
+    store = tmp_path / "copy.zarr"
+    shutil.copytree(odd_store[0], store)
+    before = store_arrays(store)
+    assert run_cli("verify", "--store", str(store), "--no-progress").returncode == 0
+    p0, p1 = store / "parts" / "p000000", store / "parts" / "p000001"
+    chunk = p0 / "resnet152" / "data" / "c" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[10:12] = np.array([np.nan], np.float16).tobytes()  # a NaN payload
+    chunk.write_bytes(data)
+    (p0 / "logmel" / "data" / "c" / "0" / "0").unlink()  # a deleted chunk: Zarr would read zeros
+    offsets = p1 / "resnet152" / "offsets" / "c" / "0"
+    offsets.write_bytes(offsets.read_bytes()[:-8])  # a truncated offsets array
+    (store / "word2vec" / "ids" / "c" / "0").unlink()
+    s = FeatureStore(store)
+    with pytest.raises(StoreError, match=r"logmel/data/c/0/0: chunk file missing.*pipeline verify --store"):
+        s.video_rows("logmel", 0)()
+    with pytest.raises(StoreError, match="offsets/c/0: 16 bytes, a chunk is 24"):
+        s.video_rows("resnet152", 2)()
+
+    r = run_cli("verify", "--store", str(store), "--no-progress")
+    assert r.returncode == 1 and "4 damaged" in r.stdout and "--repair" in r.stderr
+    for unit, why in ((p0 / "resnet152", "checksum mismatch"), (p0 / "logmel", "chunk file missing"),
+                      (p1 / "resnet152", "truncated or overwritten"), (store / "word2vec", "chunk file missing")):
+        assert f"DAMAGED {unit}\n" in r.stdout and why in r.stdout.split(f"DAMAGED {unit}\n")[1].split("DAMAGED")[0]
+    r = run_cli("verify", "--store", str(store), "--no-progress", "--repair")
+    assert r.returncode == 0 and r.stdout.count("  removed ") == 4, r.stdout + r.stderr
+    extract(config(odd_dataset, store, weights))  # recomputes exactly the removed units
+    after = store_arrays(store)
+    assert after.keys() == before.keys()
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    assert run_cli("verify", "--store", str(store), "--no-progress").returncode == 0
+
+
+def test_verify_reports_a_damaged_plan_that_cannot_be_recomputed(odd_store, tmp_path):
+    store = tmp_path / "copy.zarr"
+    shutil.copytree(odd_store[0], store)
+    chunk = store / "videos" / "clip_offsets" / "c" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:8] + b"\xff" * 8 + chunk.read_bytes()[16:])
+    r = run_cli("verify", "--store", str(store), "--no-progress", "--repair")
+    assert r.returncode == 1 and f"DAMAGED {store / 'videos'}" in r.stdout and "plan a new store" in r.stderr
+    assert (store / "videos").is_dir()  # never removed
+
+
+def test_disk_full_is_one_clear_line_leaves_no_debris_and_the_rerun_resumes(odd_store, odd_dataset, weights,
+                                                                            tmp_path, monkeypatch, capsys):
+    import errno
+
+    import zarr.storage._local as local
+
+    from pipeline.cli import main
+
+    real, writes = local._put, []
+
+    def put(path, value, exclusive=False):  # the disk fills up during the second part's features
+        if "parts/p000001" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        writes.append(path)
+        return real(path, value, exclusive)
+
+    monkeypatch.setattr(local, "_put", put)
+    store = tmp_path / "full.zarr"
+    args = ["extract", "--manifest", odd_dataset["manifest"], "--captions", odd_dataset["captions"],
+            "--video-root", odd_dataset["video_root"], "--store", str(store), "--resnet152-weights",
+            weights["resnet152"], "--word2vec", weights["word2vec"], "--workers", "0", "--part-size", "2",
+            "--short-side", "64", "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+        f"error: disk full while writing {store}/parts/p000001/resnet152 ({err.split('(')[1].split(')')[0]}): "
+        "free space or move the store, then rerun the same command; every unit finished before is kept and "
+        "the run resumes"]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]  # no debris
+    assert (store / "parts" / "p000000" / "resnet152").is_dir() and writes  # finished units kept
+    monkeypatch.setattr(local, "_put", real)
+    assert main(args) == 1  # resumes (exit 1: the odd dataset has failed videos)
+    after, before = store_arrays(store), store_arrays(odd_store[0])
+    assert after.keys() == before.keys()
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)

@@ -216,3 +216,18 @@ def test_clips_outside_the_video_are_dropped_and_counted_never_zero_features(odd
     np.testing.assert_allclose(b["video"][0], whole / np.linalg.norm(whole), rtol=1e-5)
     m = ClipReader(store, mmv_spec(MMVConfig(store=str(store), out="x"))).batch([0, 1, 2])  # MMV masks it
     assert m["valid_v"].tolist() == [True, False, True] and m["valid_a"].tolist() == [True, False, True]
+
+
+def test_training_stops_on_a_non_finite_loss(planted, tmp_path):
+    import shutil
+
+    from trainers.loop import NonFiniteLoss
+
+    store = tmp_path / "nan.zarr"
+    shutil.copytree(planted[0], store)
+    chunk = store / "parts" / "p000000" / "resnet152" / "data" / "c" / "0" / "0"
+    rows = np.frombuffer(chunk.read_bytes(), np.float16).copy()
+    rows[:] = np.inf  # a damaged payload: every video row is inf (a NaN only poisons the clips reading it)
+    chunk.write_bytes(rows.tobytes())
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 0: stopped.*pipeline verify --store"):
+        train(small(str(store), tmp_path / "run"), progress=False)

@@ -75,6 +75,19 @@ class RunDir:
             self._tb.close()
 
 
+class NonFiniteLoss(ValueError):
+    pass
+
+
+def check_finite(loss: torch.Tensor, step: int, store: str) -> None:
+    """Stop before a nan/inf loss reaches the weights (the last checkpoint stays good)."""
+    if not torch.isfinite(loss).item():
+        raise NonFiniteLoss(
+            f"loss is {loss.item()} at step {step}: stopped before it reached the weights (the last checkpoint "
+            f"is intact). Damaged features read as garbage: `pipeline verify --store {store}` checks every chunk; "
+            "if the store is sound, lower --lr")
+
+
 def warmup_cosine(warmup: int, total: int):
     """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then half-cosine to 0 at ``total``."""
     def f(step: int) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .data import ClipReader, ClipSpec, default_workers, step_loader
-from .loop import RunDir, warmup_cosine
+from .loop import RunDir, check_finite, warmup_cosine
 from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
 from .model import MCN, parse_combo
 
@@ -184,6 +184,7 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
                for k, (emb, rec) in out.items()}
         terms = losses_for(out, clusterers, cfg, step, steps_per_epoch, cfg.device)
         loss = terms["mms"] + cfg.cluster_weight * terms["cluster"] + terms["recon"]
+        check_finite(loss, step, cfg.store)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ClipReader, ClipSpec, default_workers, step_loader
-from .loop import RunDir, warmup_cosine
+from .loop import RunDir, check_finite, warmup_cosine
 from .losses import milnce
 from .model import SentenceMaxpool
 
@@ -157,6 +157,7 @@ def train(cfg: MMVConfig, progress: bool = True) -> dict:
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
     for step, b in zip(range(step, cfg.steps), loader):
         terms = mmv_loss(model, b, vectors, cfg)
+        check_finite(terms["loss"], step, cfg.store)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()

@@ -19,7 +19,7 @@ from torch import nn
 
 from .clustering import ClipSet, encode, encoder, export_labels
 from .data import default_workers, step_loader
-from .loop import RunDir
+from .loop import RunDir, check_finite
 from .losses import sinkhorn_labels
 
 
@@ -196,6 +196,7 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
         ce = {m: torch.stack([F.cross_entropy(head(torch.relu(z[m])), y[h])
                               for h, head in enumerate(model.heads[m])]).mean() for m in "va"}
         loss = 0.5 * ce["v"] + 0.5 * ce["a"]
+        check_finite(loss, step, cfg.store)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -20,7 +20,7 @@ from torch import nn
 
 from .clustering import ClipSet, encode, encode_chunks, encoder, export_labels
 from .data import default_workers
-from .loop import RunDir
+from .loop import RunDir, check_finite
 
 # which clustering supervises each encoder: sources are 'v', 'a' or 'cat' (concatenated features)
 TARGETS = {"sdc": {"v": ["v"], "a": ["a"]}, "xdc": {"v": ["a"], "a": ["v"]},
@@ -152,6 +152,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
                 z = {"v": encoders["v"](b["video"].to(cfg.device)), "a": encoders["a"](b["audio"].to(cfg.device))}
                 loss = sum(F.cross_entropy(heads[f"{m}_from_{s}"](torch.relu(z[m])), y[s][idx].to(cfg.device))
                            for m, ss in targets.items() for s in ss)
+                check_finite(loss, it, cfg.store)
                 opt.zero_grad(set_to_none=True)
                 head_opt.zero_grad(set_to_none=True)
                 loss.backward()
