@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from features.frames import FrameEncoder
+from features.base import Options
+from features.frames import ResNetFrames
 from pipeline.decode import decode
 from pipeline.demo import write_video
 from pipeline.extract import ExtractConfig, extract
@@ -21,7 +22,7 @@ from pipeline.extract import ExtractConfig, extract
 def _bare_forward(frames) -> float:
     """Seconds for one process to run ResNet-152 (1 thread) over these frames, after a warm-up."""
     torch.set_num_threads(1)
-    enc = FrameEncoder("resnet152", random_init=True)
+    enc = ResNetFrames("resnet152", Options(random_init=("resnet152",)))
     enc(frames[0][:2])
     t = time.perf_counter()
     for f in frames:

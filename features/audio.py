@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torchaudio
 
+from .base import AUDIO, Extractor, Options
+
 PARAMS = dict(sample_rate=16000, n_fft=400, win_length=400, hop_length=160, n_mels=40, f_min=20.0,
               f_max=8000.0, window="hamming(symmetric)", preemphasis=0.97, gain_db=-4.0, top_db=80.0,
               ref="max", frames_per_second=100)
@@ -40,3 +42,16 @@ def logmel(wave: np.ndarray) -> np.ndarray:
     y = y - y.mean()
     y = torch.cat([y[:1], y[1:] - PARAMS["preemphasis"] * y[:-1]]).float()
     return power_to_db(_mel()(y)).T.contiguous().numpy()
+
+
+class LogMel(Extractor):
+    consumes = AUDIO
+    dim, rate = 40, 100.0
+    description = "torchaudio MelSpectrogram, AVLnet/DAVEnet front end"
+
+    def __init__(self, name: str, opts: Options):
+        super().__init__(name, opts)
+        self.params = dict(PARAMS, dtype="float16")
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        return logmel(wave)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .base import LOGMEL, Extractor, Options
 from .weights import load_into, load_state_dict, sha256, state_dict_sha256
 
 
@@ -59,23 +60,29 @@ class DAVEnet(nn.Module):
         return x.squeeze(2)
 
 
-class DaveNetEncoder:
+class DaveNetAudio(Extractor):
     """Frozen DAVEnet over a whole video's log-mel: (T, 40) -> (ceil(T/16), 1024)."""
+    consumes = LOGMEL
+    rate = 100.0 / 16
+    description = "ResDAVEnet over the log-mel spectrogram (frozen)"
 
-    def __init__(self, weights: str | None = None, random_init: bool = False, device: str = "cpu"):
+    def __init__(self, name: str, opts: Options):
+        super().__init__(name, opts)
         torch.manual_seed(0)
-        if random_init:
+        self.weights, self.random_init = opts.weights_for(name), opts.is_random(name)
+        if self.random_init:
             model = DAVEnet()
-            self.checksum = "random-init:" + state_dict_sha256(model.state_dict())
+            self.weights_sha256 = "random-init:" + state_dict_sha256(model.state_dict())
         else:
-            state = load_state_dict(weights, "DAVEnet", "--davenet")
+            state = load_state_dict(self.weights, "DAVEnet", "--davenet")
             with torch.device("meta"):
                 model = DAVEnet()
-            load_into(model, state, "DAVEnet", weights)
-            self.checksum = sha256(weights)
-        self.model, self.device, self.dim = model.eval().to(device), device, model.dim
+            load_into(model, state, "DAVEnet", self.weights)
+            self.weights_sha256 = sha256(self.weights)
+        self.model, self.dim = model.eval().to(opts.device), model.dim
+        self.params = dict(input="logmel", dtype="float16")
 
     @torch.inference_mode()
     def __call__(self, mel: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(mel.T, dtype=np.float32))[None].to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(mel.T, dtype=np.float32))[None].to(self.opts.device)
         return self.model(x)[0].T.float().cpu().numpy()

@@ -9,39 +9,52 @@ import numpy as np
 import torch
 import torchvision
 
+from .base import FRAMES, Extractor, Options
 from .weights import load_into, load_state_dict, sha256, state_dict_sha256
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-class FrameEncoder:
-    def __init__(self, arch: str = "resnet152", weights: str | None = None, random_init: bool = False,
-                 device: str = "cpu", batch_size: int = 32):
-        torch.manual_seed(0)  # random-init weights must be identical in every worker
-        if random_init:
-            model = torchvision.models.get_model(arch, weights=None)
-            self.checksum = "random-init:" + state_dict_sha256(model.state_dict())
-        else:
-            state = load_state_dict(weights, arch, f"--{arch}-weights")
-            with torch.device("meta"):  # the weights replace every tensor: skip the random init
-                model = torchvision.models.get_model(arch, weights=None)
-            load_into(model, state, arch, weights)
-            self.checksum = sha256(weights)
+def frozen_torchvision(arch: str, opts: Options, group: str, flag: str) -> tuple[torch.nn.Module, str]:
+    """A torchvision model with the user's state_dict (or random-init on purpose), and its checksum."""
+    torch.manual_seed(0)  # random-init weights must be identical in every worker
+    if opts.is_random(group):
+        model = torchvision.models.get_model(arch, weights=None)
+        return model, "random-init:" + state_dict_sha256(model.state_dict())
+    path = opts.weights_for(group)
+    state = load_state_dict(path, arch, flag)
+    with torch.device("meta"):  # the weights replace every tensor: skip the random init
+        model = torchvision.models.get_model(arch, weights=None)
+    load_into(model, state, arch, path)
+    return model, sha256(path)
+
+
+class ResNetFrames(Extractor):
+    consumes = FRAMES
+    rate = 1.0
+
+    def __init__(self, name: str, opts: Options):
+        super().__init__(name, opts)
+        model, self.weights_sha256 = frozen_torchvision(name, opts, name, f"--{name}-weights")
         model.fc = torch.nn.Identity()
-        self.model = model.eval().to(device, memory_format=torch.channels_last)
-        self.device, self.batch_size = device, batch_size
-        self.dim = 2048 if arch in ("resnet50", "resnet101", "resnet152") else 512
+        self.model = model.eval().to(opts.device, memory_format=torch.channels_last)
+        self.weights, self.random_init = opts.weights_for(name), opts.is_random(name)
+        self.dim = 2048 if name in ("resnet50", "resnet101", "resnet152") else 512
+        self.description = f"torchvision.models.{name}, fc removed (global average pool, {self.dim}-d)"
+        self.params = dict(fps=1, selection="ffmpeg fps filter", rotation="display matrix applied",
+                           short_side=opts.short_side, crop=None, interpolation="bilinear",
+                           normalise="imagenet mean/std", l2_normalize=True, dtype="float16")
 
     @torch.inference_mode()
     def __call__(self, frames: list[np.ndarray]) -> np.ndarray:
-        out = []
-        for i in range(0, len(frames), self.batch_size):
-            batch = frames[i:i + self.batch_size]
+        out, dev, bs = [], self.opts.device, self.opts.batch_size
+        for i in range(0, len(frames), bs):
+            batch = frames[i:i + bs]
             if any(f.shape != batch[0].shape for f in batch):  # resolution change mid-video
                 out.extend(self([f]) for f in batch)
                 continue
-            x = torch.from_numpy(np.stack(batch)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+            x = torch.from_numpy(np.stack(batch)).to(dev).permute(0, 3, 1, 2).float().div_(255)
             x = ((x - MEAN.to(x.device)) / STD.to(x.device)).contiguous(memory_format=torch.channels_last)
             out.append(torch.nn.functional.normalize(self.model(x).float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

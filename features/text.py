@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 
+from .base import TEXT, Extractor, Options
 from .weights import WeightsError, sha256
 
 TOKEN = re.compile(r"[\w']+")
@@ -17,10 +18,17 @@ def tokenize(sentence: str) -> list[str]:
     return TOKEN.findall(str(sentence))
 
 
-class Word2Vec:
-    def __init__(self, path: str | os.PathLike):
+class Word2VecText(Extractor):
+    """Caption -> token ids into the word2vec vocabulary (the store keeps ids and the used vectors)."""
+    consumes = TEXT
+    rate = None
+    description = "gensim KeyedVectors.load_word2vec_format(binary=True)"
+
+    def __init__(self, name: str, opts: Options):
         from gensim.models import KeyedVectors
 
+        super().__init__(name, opts)
+        path = self.weights = opts.weights_for(name)
         if not path or not os.path.isfile(path):
             raise WeightsError(f"word2vec: file not found: {path!r} (--word2vec PATH to a GoogleNews-style "
                                ".bin written by gensim save_word2vec_format(binary=True))")
@@ -28,9 +36,13 @@ class Word2Vec:
             self.kv = KeyedVectors.load_word2vec_format(str(path), binary=True)
         except Exception as e:
             raise WeightsError(f"word2vec: cannot read {path} as a binary word2vec file: {e}") from e
-        self.checksum = sha256(path)
+        self.weights_sha256 = sha256(path)
         self.dim = self.kv.vector_size
+        self.params = dict(tokenizer=r"[\w']+", case="kept", oov="dropped")
 
     def ids(self, sentence: str) -> list[int]:
         index = self.kv.key_to_index
         return [index[w] for w in tokenize(sentence) if w in index]
+
+    def __call__(self, sentences) -> list[list[int]]:
+        return [self.ids(s) for s in sentences]

@@ -19,6 +19,13 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _pair(value: str) -> tuple[str, str]:
+    group, sep, path = value.partition("=")
+    if not sep or not group or not path:
+        raise argparse.ArgumentTypeError(f"expected GROUP=PATH, got {value!r}")
+    return group.strip(), path
+
+
 def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True) -> None:
     p.add_argument("--manifest", required=manifest_required, help="HowTo100M-style or clip-per-row CSV")
     p.add_argument("--store", required=manifest_required, help="output Zarr store (directory)")
@@ -28,10 +35,13 @@ def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True)
     p.add_argument("--allow-outside-root", action="store_true",
                    help="let the manifest's path column name files outside --video-root (default: reported, skipped)")
     p.add_argument("--groups", type=_csv, help=f"feature groups to extract, from {','.join(ALL_GROUPS)} "
-                   "(default: resnet152,logmel, plus davenet/word2vec when their weights are given)")
+                   "(default: resnet152,logmel, plus every group given weights or --random-init)")
     p.add_argument("--resnet152-weights", help="torchvision ResNet-152 state_dict (.pth)")
     p.add_argument("--davenet", help="DAVEnet checkpoint (state_dict .pth) for frozen audio features")
     p.add_argument("--word2vec", help="GoogleNews-style word2vec .bin (gensim binary format)")
+    p.add_argument("--weights", type=_pair, action="append", default=[], metavar="GROUP=PATH",
+                   help="weights of any group: a torchvision state_dict .pth (r2plus1d_18, r3d_18, ...), a local "
+                        "Hugging Face folder (hf_vision); repeat per group")
     p.add_argument("--random-init", type=_csv, default=[],
                    help="run these extractors untrained (e.g. resnet152,davenet); recorded in the store")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
@@ -49,7 +59,9 @@ def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True)
 
 def config_from(args: argparse.Namespace) -> ExtractConfig:
     names = {f.name for f in fields(ExtractConfig)}
-    return ExtractConfig(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["weights"] = dict(values.get("weights") or [])
+    return ExtractConfig(**values)
 
 
 def print_summary(summary: dict) -> None:

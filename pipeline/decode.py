@@ -50,12 +50,43 @@ def _scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, round(width * short_side / height)), short_side
 
 
+@dataclass
+class FrameStream:
+    """Frames picked at ``fps`` by FFmpeg's fps filter, scaled to ``short_side``, handed to ``sink``
+    ``batch`` at a time as they decode (so only a batch is ever held)."""
+    fps: float
+    short_side: int
+    sink: Callable[[list[np.ndarray]], None]
+    batch: int = 32
+    n: int = 0  # frames handed over
+    graph: object = None
+    pending: list = field(default_factory=list)
+
+    def push(self, frame, stream) -> None:
+        self.graph = self.graph or _fps_graph(stream, self.fps, frame.rotation)
+        self.graph.push(frame)
+        self.pull()
+
+    def pull(self, final: bool = False) -> None:
+        if final and self.graph is not None:
+            self.graph.push(None)
+        if self.graph is not None:
+            _pull(self.graph, self.pending, self.short_side)
+        while self.pending and (len(self.pending) >= self.batch or final):
+            done = self.pending[:self.batch]
+            self.sink(done)
+            self.n += len(done)
+            del self.pending[:len(done)]
+
+
 def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float = 1.0,
            short_side: int = 224, threads: int = 1,
-           on_frames: Callable[[list[np.ndarray]], None] | None = None, batch: int = 32) -> Decoded:
+           on_frames: Callable[[list[np.ndarray]], None] | None = None, batch: int = 32,
+           streams: list[FrameStream] = ()) -> Decoded:
     """Demux the file once, decoding only the streams asked for. Raises DecodeFailure.
 
-    With ``on_frames``, selected frames go to it ``batch`` at a time and ``Decoded.frames`` stays empty."""
+    ``frames``: frames at ``fps`` to ``on_frames`` ``batch`` at a time (without it: kept in
+    ``Decoded.frames``). ``streams``: more frame selections from the same decode (dense clip frames)."""
     if path is None or not os.path.isfile(path):
         raise DecodeFailure("missing", f"no such file: {path}")
     if os.path.getsize(path) == 0:
@@ -68,28 +99,18 @@ def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float
     with container:
         vstream = container.streams.video[0] if container.streams.video else None
         astream = container.streams.audio[0] if container.streams.audio else None
-        if frames and vstream is None:
+        video = frames or bool(streams)
+        if video and vstream is None:
             raise DecodeFailure("no_video", "file has no video stream")
         out = Decoded(duration=_duration(container, vstream, astream))
         if audio and astream is None:
             out.audio_error = "no audio track"
-        wanted = [s for s, on in ((vstream, frames), (astream, audio)) if s is not None and on]
-        graph = resampler = None
+        picks = ([FrameStream(fps, short_side, on_frames or out.frames.extend, batch if on_frames else 1)]
+                 if frames else []) + list(streams)
+        wanted = [s for s, on in ((vstream, video), (astream, audio)) if s is not None and on]
+        resampler = None
         chunks: list[np.ndarray] = []
-        pending: list[np.ndarray] = []
-
-        def pull(final: bool = False) -> None:
-            _pull(graph, pending, short_side)
-            while pending and (on_frames is None or len(pending) >= batch or final):
-                done = pending[:batch] if on_frames else list(pending)
-                if on_frames:
-                    on_frames(done)
-                else:
-                    out.frames.extend(done)
-                out.n_frames += len(done)
-                del pending[:len(done)]
-
-        if frames:
+        if video:
             vstream.thread_type = "AUTO"  # safe: we always decode to EOF
             vstream.codec_context.thread_count = threads
         broke = None
@@ -109,18 +130,17 @@ def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float
                 continue
             for frame in decoded:
                 if isinstance(frame, av.VideoFrame):
-                    graph = graph or _fps_graph(vstream, fps, frame.rotation)
-                    graph.push(frame)
-                    pull()
+                    for pick in picks:
+                        pick.push(frame, vstream)
                 else:
                     resampler = resampler or av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
                     chunks.extend(f.to_ndarray()[0] for f in resampler.resample(frame))
-        if graph is not None:
-            graph.push(None)
-            pull(final=True)
+        for pick in picks:
+            pick.pull(final=True)
         if resampler is not None:
             chunks.extend(f.to_ndarray()[0] for f in resampler.resample(None))
-        if frames and not out.n_frames:
+        out.n_frames = picks[0].n if picks else 0
+        if video and not out.n_frames:
             raise DecodeFailure("decode_error" if broke else "empty",
                                 f"no video frame decodes: {broke}" if broke else "no video frames decoded (zero duration?)")
         if audio and astream is not None:
@@ -128,7 +148,8 @@ def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float
                 out.audio = np.concatenate(chunks).astype(np.float32, copy=False)
             else:
                 out.audio_error = f"audio track decoded to no samples{f': {broke}' if broke else ''}"
-        _check_extent(out, vstream if frames else None, astream if audio else None, fps, broke)
+        _check_extent(out, vstream if video else None, astream if audio else None, picks[0].fps if picks else 1.0,
+                      broke)
         return out
 
 

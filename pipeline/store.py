@@ -38,7 +38,7 @@ FORMAT_VERSION = 2
 PART = "p{:06d}"
 TMP_PREFIX = ".tmp-"
 CLIP_CHUNK = 1 << 16  # rows per chunk of the per-clip columns
-# rows per second of each time-indexed group (davenet: log-mel at 100 fps downsampled 16x)
+# rows per second of the built-in groups, for stores whose group records carry no rate (each extractor records its own)
 RATES = {"resnet152": 1.0, "frames": 1.0, "logmel": 100.0, "davenet": 100.0 / 16}
 # per-video statuses whose rows trainers read ('truncated': the part of the file before it broke off)
 USABLE = ("ok", "truncated")
@@ -489,6 +489,11 @@ class FeatureStore:
     def groups(self) -> dict[str, dict]:
         return dict(self.attrs.get("groups", {}))
 
+    def rate(self, group: str) -> float | None:
+        """Rows per second of a time-indexed group (None: not time-indexed)."""
+        rate = self.groups.get(group, {}).get("rate", RATES.get(group))
+        return None if rate is None else float(rate)
+
     @property
     def n_parts(self) -> int:
         return (self.n_videos + self.part_size - 1) // self.part_size
@@ -692,7 +697,7 @@ class FeatureStore:
 
     def read(self, group: str, keys) -> list[np.ndarray]:
         """Features of each clip's time range, for a batch of clip keys (or clip indices)."""
-        rate = RATES.get(group)
+        rate = self.rate(group)
         if rate is None:
             raise KeyError(f"{group!r} is not a time-indexed group")
         idx = np.asarray(keys, dtype=np.int64) if np.asarray(keys).dtype.kind in "iu" else self.clip_index(keys)
@@ -730,7 +735,7 @@ class FeatureStore:
             lengths.append(np.diff(u.offsets))
         status, error = self.video_status(group)
         offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
-        return Group(group, np.concatenate(datas), offsets, status, error, RATES.get(group))
+        return Group(group, np.concatenate(datas), offsets, status, error, self.rate(group))
 
     # ---- text ----------------------------------------------------------------------------
     @cached_property

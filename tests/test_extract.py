@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.frames import FrameEncoder
+from features.base import Options
+from features.registry import extractor
 from pipeline.decode import decode
 from pipeline.extract import ExtractConfig, ExtractError, extract
 from pipeline.store import FeatureStore, read_unit
@@ -63,7 +64,7 @@ def test_features_equal_direct_extractor_calls(odd_store, odd_dataset, weights):
     g = s.load_group("resnet152")
     i = list(s.videos["video_id"]).index("good1")
     frames = decode(os.path.join(odd_dataset["video_root"], "good1.mp4"), audio=False, short_side=64).frames
-    expected = FrameEncoder("resnet152", weights["resnet152"])(frames).astype(np.float16)
+    expected = extractor("resnet152", Options(weights=(("resnet152", weights["resnet152"]),)))(frames).astype(np.float16)
     assert g.video(i).shape == (4, 2048)
     np.testing.assert_allclose(g.video(i).astype(np.float32), expected.astype(np.float32), atol=2e-3)
     mel = s.load_group("logmel")

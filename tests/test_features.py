@@ -7,14 +7,21 @@ import torch
 import torchvision
 
 from features.audio import logmel
-from features.davenet import DAVEnet, DaveNetEncoder
-from features.frames import FrameEncoder
-from features.text import Word2Vec, tokenize
+from features.base import Options
+from features.davenet import DAVEnet
+from features.registry import extractor
+from features.text import tokenize
 from features.weights import WeightsError
 
 
+def built(group, path=None, random_init=False, **kw):
+    """The group's extractor as the pipeline builds it (registry + Options)."""
+    return extractor(group, Options(weights=((group, path),) if path else (),
+                                    random_init=(group,) if random_init else (), **kw))
+
+
 def test_resnet152_matches_a_direct_torchvision_call(weights):
-    enc = FrameEncoder("resnet152", weights["resnet152"])
+    enc = built("resnet152", weights["resnet152"])
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (64, 80, 3), dtype=np.uint8) for _ in range(3)]
     ours = enc(frames)
@@ -27,24 +34,26 @@ def test_resnet152_matches_a_direct_torchvision_call(weights):
         expected = torch.nn.functional.normalize(ref.eval()(x), dim=1).numpy()
     assert ours.shape == (3, 2048)
     np.testing.assert_allclose(ours, expected, atol=1e-5)
-    assert enc.checksum != "" and not enc.checksum.startswith("random-init")
+    assert enc.weights_sha256 and not enc.weights_sha256.startswith("random-init")
 
 
 def test_missing_or_wrong_weights_say_what_to_do(weights, tmp_path):
     with pytest.raises(WeightsError, match="--resnet152-weights"):
-        FrameEncoder("resnet152", None)
+        built("resnet152", None)
     with pytest.raises(WeightsError, match="not found"):
-        FrameEncoder("resnet152", str(tmp_path / "nope.pth"))
+        built("resnet152", str(tmp_path / "nope.pth"))
     with pytest.raises(WeightsError, match="does not match"):
-        FrameEncoder("resnet152", weights["davenet"])
+        built("resnet152", weights["davenet"])
     (tmp_path / "junk.pth").write_bytes(b"garbage")
     with pytest.raises(WeightsError, match="weights_only"):
-        FrameEncoder("resnet152", str(tmp_path / "junk.pth"))
+        built("resnet152", str(tmp_path / "junk.pth"))
 
 
 def test_random_init_is_explicit_and_identical_across_processes():
-    a, b = FrameEncoder("resnet18", random_init=True), FrameEncoder("resnet18", random_init=True)
-    assert a.checksum == b.checksum and a.checksum.startswith("random-init:")
+    from features.frames import ResNetFrames
+
+    a, b = (ResNetFrames("resnet18", Options(random_init=("resnet18",))) for _ in range(2))
+    assert a.weights_sha256 == b.weights_sha256 and a.weights_sha256.startswith("random-init:")
 
 
 def _slaney_mel(sr, n_fft, n_mels, fmin, fmax):
@@ -98,7 +107,7 @@ def test_davenet_output_length_is_ceil_t_over_16(frames):
 
 
 def test_davenet_encoder_loads_a_checkpoint_and_matches_the_model(weights):
-    enc = DaveNetEncoder(weights["davenet"])
+    enc = built("davenet", weights["davenet"])
     mel = np.random.default_rng(1).normal(size=(50, 40)).astype(np.float32)
     model = DAVEnet()
     model.load_state_dict(torch.load(weights["davenet"], weights_only=True))
@@ -112,7 +121,7 @@ def test_word2vec_tokens_match_gensim(weights):
     from gensim.models import KeyedVectors
 
     kv = KeyedVectors.load_word2vec_format(weights["word2vec"], binary=True)
-    w2v = Word2Vec(weights["word2vec"])
+    w2v = built("word2vec", weights["word2vec"])
     assert tokenize("Cut the onion, in New_York's kitchen!") == ["Cut", "the", "onion", "in", "New_York's", "kitchen"]
     ids = w2v.ids("cut THE the onion xyzzy New_York")  # case-sensitive, OOV dropped
     assert ids == [kv.key_to_index[w] for w in ["cut", "the", "onion", "New_York"]]
@@ -120,4 +129,4 @@ def test_word2vec_tokens_match_gensim(weights):
 
 def test_word2vec_missing_file_is_clear(tmp_path):
     with pytest.raises(WeightsError, match="--word2vec"):
-        Word2Vec(str(tmp_path / "GoogleNews-vectors-negative300.bin"))
+        built("word2vec", str(tmp_path / "GoogleNews-vectors-negative300.bin"))

@@ -16,7 +16,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from pipeline.store import RATES, FeatureStore
+from pipeline.store import FeatureStore
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ class ClipReader:
                 x = _pool(frames, t0.astype(np.int64), t1.astype(np.int64) + 1, np.maximum)
                 out["video"][at] = x / np.maximum(np.linalg.norm(x, axis=1), 1e-12)[:, None]
             if audio is not None and not spec.end_to_end_audio:
-                rate = RATES[self.audio_group]
+                rate = s.rate(self.audio_group)
                 out["audio"][at] = _pool(audio, np.floor(t0 * rate).astype(np.int64),
                                          np.floor(t1 * rate).astype(np.int64) + 1, np.add)
             for n, (j, i, (_, _, order), s0, s1) in enumerate(zip(at.tolist(), local, merged, t0, t1)):

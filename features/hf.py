@@ -1,0 +1,77 @@
+"""Frame features from a Hugging Face vision model in a local folder (``save_pretrained`` layout; never
+downloaded): the folder's own image processor (resize, crop, normalisation), then the model's image embedding
+(the class named in its config.json; CLIP's projected ``image_embeds`` / ``get_image_features`` where it
+has one, else its pooled output), L2-normalised per frame.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import FRAMES, Extractor, Options
+from .weights import WeightsError
+
+
+def folder_sha256(folder: str | os.PathLike) -> str:
+    """SHA-256 over a model folder's files (names and contents, in name order)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode())
+        with open(f, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
+
+
+class HFVision(Extractor):
+    consumes = FRAMES
+    rate = 1.0
+
+    def __init__(self, name: str, opts: Options):
+        import transformers
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        super().__init__(name, opts)
+        folder = self.weights = opts.weights_for(name)
+        if not folder or not Path(folder, "config.json").is_file():
+            raise WeightsError(f"{name}: no Hugging Face model folder at {folder!r} (--weights {name}=FOLDER: a "
+                               "local folder written by save_pretrained, with config.json and an image processor)")
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+            arch = (AutoConfig.from_pretrained(folder, local_files_only=True).architectures or [None])[0]
+            model = getattr(transformers, arch or "", AutoModel).from_pretrained(folder, local_files_only=True)
+        except Exception as e:
+            raise WeightsError(f"{name}: cannot load {folder} with transformers: {e}") from e
+        self.model = model.eval().to(opts.device)
+        self.weights_sha256 = folder_sha256(folder)
+        with torch.inference_mode():
+            self.dim = int(self._embed(self.processor(images=[np.zeros((8, 8, 3), np.uint8)],
+                                                      return_tensors="pt")["pixel_values"]).shape[1])
+        self.description = f"transformers {type(model).__name__} ({model.config.model_type}), image embedding"
+        self.params = dict(fps=1, selection="ffmpeg fps filter", rotation="display matrix applied",
+                           short_side=opts.short_side, processor=self.processor.to_dict(), l2_normalize=True,
+                           dtype="float16")
+
+    def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The model's image embedding: CLIP-style ``image_embeds`` / ``get_image_features``, else pooled output."""
+        pixels = pixels.to(self.opts.device)
+        if hasattr(self.model, "get_image_features"):
+            out = self.model.get_image_features(pixel_values=pixels)
+        else:
+            out = self.model(pixel_values=pixels)
+        if isinstance(out, torch.Tensor):
+            return out
+        return out.image_embeds if getattr(out, "image_embeds", None) is not None else out.pooler_output
+
+    @torch.inference_mode()
+    def __call__(self, frames: list[np.ndarray]) -> np.ndarray:
+        out = []
+        for i in range(0, len(frames), self.opts.batch_size):
+            pixels = self.processor(images=list(frames[i:i + self.opts.batch_size]), return_tensors="pt")
+            out.append(torch.nn.functional.normalize(self._embed(pixels["pixel_values"]).float(), dim=1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

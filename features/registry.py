@@ -1,0 +1,28 @@
+"""Every feature group by name: adding an extractor is its own file plus one line here."""
+from __future__ import annotations
+
+import importlib
+
+from .base import Extractor, Options
+
+EXTRACTORS = {
+    "resnet152": "features.frames:ResNetFrames",
+    "logmel": "features.audio:LogMel",
+    "davenet": "features.davenet:DaveNetAudio",
+    "r2plus1d_18": "features.clips:VideoClipModel",
+    "r3d_18": "features.clips:VideoClipModel",
+    "hf_vision": "features.hf:HFVision",
+    "word2vec": "features.text:Word2VecText",
+}
+
+_BUILT: dict[tuple[str, Options], Extractor] = {}  # per process: frozen models load once per worker
+
+
+def extractor(name: str, opts: Options) -> Extractor:
+    """The extractor of group ``name`` built from ``opts`` (cached per process)."""
+    if name not in EXTRACTORS:
+        raise KeyError(f"unknown feature group {name!r}; choose from {sorted(EXTRACTORS)}")
+    if (name, opts) not in _BUILT:
+        module, cls = EXTRACTORS[name].split(":")
+        _BUILT[name, opts] = getattr(importlib.import_module(module), cls)(name, opts)
+    return _BUILT[name, opts]
