@@ -34,11 +34,13 @@ def weights(tmp_path_factory) -> dict[str, str]:
     torch.manual_seed(123)
     torch.save(torchvision.models.resnet152(weights=None).state_dict(), d / "resnet152.pth")
     torch.save(DAVEnet().state_dict(), d / "davenet.pth")
+    torch.save(torchvision.models.video.r3d_18(weights=None).state_dict(), d / "r3d_18.pth")
     words = ["the", "onion", "cut", "New_York", "knead", "dough", "wheel", "bike", "paint", "wall", "tree"]
     kv = KeyedVectors(vector_size=300)
     kv.add_vectors(words, np.random.default_rng(0).normal(size=(len(words), 300)).astype(np.float32))
     kv.save_word2vec_format(str(d / "w2v.bin"), binary=True)
-    return {"resnet152": str(d / "resnet152.pth"), "davenet": str(d / "davenet.pth"), "word2vec": str(d / "w2v.bin")}
+    return {"resnet152": str(d / "resnet152.pth"), "davenet": str(d / "davenet.pth"), "word2vec": str(d / "w2v.bin"),
+            "r3d_18": str(d / "r3d_18.pth")}
 
 
 @pytest.fixture(scope="session")

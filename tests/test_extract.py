@@ -16,9 +16,9 @@ from pipeline.extract import ExtractConfig, ExtractError, extract
 from pipeline.store import FeatureStore, read_unit
 
 
-def config(data, store, weights, **kw):
+def config(data, store, paths, **kw):
     base = dict(manifest=data["manifest"], captions=data.get("captions"), video_root=data["video_root"],
-                store=str(store), resnet152_weights=weights["resnet152"], word2vec=weights["word2vec"],
+                store=str(store), resnet152_weights=paths["resnet152"], word2vec=paths["word2vec"],
                 workers=0, part_size=2, short_side=64, progress=False)
     return ExtractConfig(**{**base, **kw})
 
@@ -396,3 +396,34 @@ def test_disk_full_is_one_clear_line_leaves_no_debris_and_the_rerun_resumes(odd_
     assert after.keys() == before.keys()
     for k in before:
         np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+
+
+def test_3d_and_hf_groups_extract_in_the_same_decode_as_direct_calls(odd_dataset, weights, tmp_path):
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from pipeline.decode import FrameStream
+
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                   num_attention_heads=2, image_size=32, patch_size=8,
+                                                   projection_dim=16)).save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path / "clip")
+    cfg = config(odd_dataset, tmp_path / "s.zarr", weights, groups=["r3d_18", "hf_vision"], word2vec=None,
+                 weights={"r3d_18": weights["r3d_18"], "hf_vision": str(tmp_path / "clip")})
+    summary = extract(cfg)
+    assert summary["status"]["r3d_18"] == {"ok": 4, "decode_error": 2, "missing": 1} == summary["status"]["hf_vision"]
+    s = FeatureStore(tmp_path / "s.zarr")
+    assert s.groups["r3d_18"]["rate"] == 1.5 and s.groups["r3d_18"]["dim"] == 512
+    assert s.groups["hf_vision"]["weights_sha256"] and s.rate("hf_vision") == 1.0
+    i = list(s.videos["video_id"]).index("good1")
+    path = os.path.join(odd_dataset["video_root"], "good1.mp4")
+    dense = []
+    decode(path, frames=False, audio=False, streams=[FrameStream(24, 112, dense.extend)])
+    assert len(dense) == 96 and dense[0].shape == (112, 168, 3)  # 4 s at 24 fps, short side 112
+    opts = Options(weights=(("r3d_18", weights["r3d_18"]), ("hf_vision", str(tmp_path / "clip"))), short_side=64)
+    expected = extractor("r3d_18", opts)(np.stack(dense).reshape(6, 16, 112, 168, 3))
+    np.testing.assert_allclose(s.video_rows("r3d_18", i)().astype(np.float32), expected, atol=2e-3)
+    frames = decode(path, audio=False, short_side=64).frames
+    np.testing.assert_allclose(s.video_rows("hf_vision", i)().astype(np.float32),
+                               extractor("hf_vision", opts)(frames), atol=2e-3)

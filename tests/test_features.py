@@ -130,3 +130,39 @@ def test_word2vec_tokens_match_gensim(weights):
 def test_word2vec_missing_file_is_clear(tmp_path):
     with pytest.raises(WeightsError, match="--word2vec"):
         built("word2vec", str(tmp_path / "GoogleNews-vectors-negative300.bin"))
+
+
+def test_3d_clip_model_matches_a_direct_torchvision_call(weights):
+    enc = built("r3d_18", weights["r3d_18"])
+    clips = np.random.default_rng(0).integers(0, 256, (2, 16, 112, 150, 3), dtype=np.uint8)  # short side 112
+    ref = torchvision.models.video.r3d_18(weights=None)
+    ref.load_state_dict(torch.load(weights["r3d_18"], weights_only=True))
+    ref.fc = torch.nn.Identity()
+    x = torch.from_numpy(clips[:, :, :, 19:131]).permute(0, 4, 1, 2, 3).float() / 255  # centre 112x112
+    mean, std = torch.tensor([0.43216, 0.394666, 0.37645]), torch.tensor([0.22803, 0.22145, 0.216989])
+    x = (x - mean[:, None, None, None]) / std[:, None, None, None]
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(ref.eval()(x), dim=1).numpy()
+    np.testing.assert_allclose(enc(clips), expected, atol=1e-5)
+    assert (enc.dim, enc.rate, enc.consumes) == (512, 1.5, "clip_frames")
+    assert enc.provenance()["params"]["frames_per_clip"] == 16 and enc.weights_sha256
+
+
+def test_hf_vision_model_from_a_local_folder_matches_transformers(tmp_path):
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+        patch_size=8, projection_dim=16))
+    model.save_pretrained(tmp_path / "clip")
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(tmp_path / "clip")
+    enc = built("hf_vision", str(tmp_path / "clip"))
+    frames = [np.random.default_rng(i).integers(0, 256, (224, 300, 3), dtype=np.uint8) for i in range(3)]
+    with torch.no_grad():
+        ref = model.eval()(pixel_values=processor(images=frames, return_tensors="pt")["pixel_values"]).image_embeds
+    np.testing.assert_allclose(enc(frames), torch.nn.functional.normalize(ref, dim=1).numpy(), atol=1e-6)
+    assert enc.dim == 16 and "CLIPVisionModelWithProjection" in enc.provenance()["extractor"]
+    with pytest.raises(WeightsError, match="hf_vision=FOLDER"):
+        built("hf_vision", str(tmp_path / "nowhere"))

@@ -231,3 +231,50 @@ def test_training_stops_on_a_non_finite_loss(planted, tmp_path):
     chunk.write_bytes(rows.tobytes())
     with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 0: stopped.*pipeline verify --store"):
         train(small(str(store), tmp_path / "run"), progress=False)
+
+
+def with_3d_group(src, dst, dim=32):
+    """A copy of a planted store plus a 'r3d_18' group at 1.5 rows/s carrying the same signal as its frames."""
+    import shutil
+
+    from pipeline.store import add_groups, write_part
+
+    shutil.copytree(src, dst)
+    s = FeatureStore(dst)
+    mix = np.random.default_rng(5).normal(size=(s.groups["resnet152"]["dim"], dim))
+    rows = []
+    for v in range(s.n_videos):
+        frames = s.video_rows("resnet152", v)().astype(np.float32)
+        rows.append(frames[(np.arange(int(len(frames) * 1.5)) / 1.5).astype(int)] @ mix)
+    n = s.n_videos
+    write_part(dst, 0, "r3d_18", rows, ["ok"] * n, [""] * n, list(s.video_duration("resnet152")), dim)
+    add_groups(dst, {"r3d_18": {"dim": dim, "rate": 1.5}})
+    FeatureStore(dst).write_status_index("r3d_18")
+    return dst
+
+
+def test_several_video_groups_are_pooled_per_group_and_concatenated(planted, tmp_path):
+    store = with_3d_group(planted[0], tmp_path / "train.zarr")
+    cfg = small(str(store), tmp_path / "run", video_groups="resnet152,r3d_18", min_time=3.0)
+    reader = ClipReader(store, clip_spec(cfg))
+    assert reader.video_dim == 64 + 32
+    clips = reader.all_clips()[:12]
+    b = reader.batch(clips)
+    np.testing.assert_allclose(np.linalg.norm(b["video"][:, :64], axis=1), 1, rtol=1e-5)  # each group unit norm
+    np.testing.assert_allclose(np.linalg.norm(b["video"][:, 64:], axis=1), 1, rtol=1e-5)
+    one = ClipReader(store, clip_spec(small(str(store), "x", min_time=3.0)))
+    np.testing.assert_array_equal(b["video"][:, :64], one.batch(clips)["video"])  # the 2D half is unchanged
+    s = FeatureStore(store)
+    starts, ends = s.clip_rows("start", 0, s.n_clips), s.clip_rows("end", 0, s.n_clips)
+    for j, c in enumerate(clips):  # the 3D half: rows floor(1.5 s) .. floor(1.5 e) of the merged span, max-pooled
+        v = int(s.clip_video([c])[0])
+        a = int(s.clip_offsets[v])
+        first, last, _ = merge_captions(starts[a:int(s.clip_offsets[v + 1])], ends[a:int(s.clip_offsets[v + 1])],
+                                        int(c) - a, 3.0)
+        x = s.video_rows("r3d_18", v)(int(np.floor(starts[a + first] * 1.5)),
+                                      int(np.floor(ends[a + last] * 1.5)) + 1).astype(np.float32).max(0)
+        np.testing.assert_allclose(b["video"][j, 64:], x / np.linalg.norm(x), rtol=1e-5, atol=1e-6)
+    train(cfg, progress=False)
+    eval_store = with_3d_group(planted[1], tmp_path / "eval.zarr")
+    r = evaluate(tmp_path / "run", str(eval_store), label="task")
+    assert r["text_to_video"]["R@1"] > 5 / r["text_to_video"]["N"], r["text_to_video"]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import ClipReader, ClipSpec, step_loader
+from .data import ClipReader, ClipSpec, step_loader, video_groups
 from .metrics import clustering_metrics
 
 
@@ -19,14 +19,13 @@ class ClipSet:
     """The clips a pseudo-label trainer works on (every clip with video and audio, at its caption's span),
     addressed by position 0..N-1. Only the clip indices are in RAM; features are read per chunk."""
 
-    def __init__(self, store: str):
+    def __init__(self, store: str, groups: str = "resnet152"):
         self.store_path = str(store)
+        self.spec = ClipSpec("va", min_time=0.0, video_groups=video_groups(groups))
         self.reader = ClipReader(store, self.spec)
         self.reader.require_usable("clip with both video and audio")
         self.clips = self.reader.all_clips()
         self.video_dim, self.audio_dim = self.reader.video_dim, self.reader.audio_dim
-
-    spec = ClipSpec("va", min_time=0.0)
 
     def __len__(self) -> int:
         return len(self.clips)

@@ -28,6 +28,12 @@ class ClipSpec:
     end_to_end_audio: bool = False  # log-mel windows instead of pooled frozen DAVEnet features
     audio_frames: int = 1000
     candidates: int = 0  # > 0: also the words of each clip's K nearest narrations (MIL-NCE positives)
+    video_groups: tuple[str, ...] = ("resnet152",)  # several: each pooled and L2-normalised, concatenated (MCN 2D|3D)
+
+
+def video_groups(flag: str) -> tuple[str, ...]:
+    """--video-groups resnet152,r2plus1d_18 -> ('resnet152', 'r2plus1d_18')."""
+    return tuple(g.strip() for g in flag.split(",") if g.strip())
 
 
 MERGE_CAP = 32  # captions MCN's loop merges per clip before the span is completed by search (see merge_captions)
@@ -115,17 +121,19 @@ class ClipReader:
         self.spec = spec
         s, n = self.store, self.store.n_videos
         self.counts = np.diff(s.clip_offsets)
-        self.video_group = "resnet152" if "v" in spec.modalities else None
+        self.video_groups = tuple(spec.video_groups) if "v" in spec.modalities else ()
+        self.video_group = self.video_groups[0] if self.video_groups else None
         self.audio_group = ("logmel" if spec.end_to_end_audio else "davenet") if "a" in spec.modalities else None
         self.ok = {}  # per modality, per video
-        for m, group in (("v", self.video_group), ("a", self.audio_group)):
-            if group:
+        for m, groups in (("v", self.video_groups), ("a", (self.audio_group,) if self.audio_group else ())):
+            for group in groups:
                 if group not in s.groups:
                     raise KeyError(f"{s.path} has no {group!r} group (have {sorted(s.groups)}); extract it first")
-                self.ok[m] = s.video_ok(group)
+                self.ok[m] = self.ok[m] & s.video_ok(group) if m in self.ok else s.video_ok(group)
         self.text_ok = s.text_ok_per_video() if "t" in spec.modalities or spec.candidates else None
         self.pad = s.n_words() if self.text_ok is not None else 0  # padding id -> the appended zero row
-        self.video_dim = int(s.groups[self.video_group]["dim"]) if self.video_group else 1
+        self.video_dims = [int(s.groups[g]["dim"]) for g in self.video_groups]
+        self.video_dim = sum(self.video_dims) or 1
         self.audio_dim = int(s.groups[self.audio_group]["dim"]) if self.audio_group else 1
         # clips that start at or after the decoded end have nothing to read: never used, counted in dropped()
         timed = self.video_group or self.audio_group
@@ -154,7 +162,7 @@ class ClipReader:
     def dropped(self) -> dict[str, int]:
         """Clips left out by usable_videos / usable_clips, by first reason."""
         out, left = {}, np.ones(len(self.counts), bool)
-        for m, why in (("v", "video not ok"), ("a", f"{self.audio_group} not ok")):
+        for m, why in (("v", f"{'+'.join(self.video_groups)} not ok"), ("a", f"{self.audio_group} not ok")):
             if m in self.ok and (bad := left & ~self.ok[m]).any():
                 out[why] = int(self.counts[bad].sum())
                 left &= self.ok[m]
@@ -170,7 +178,7 @@ class ClipReader:
         if len(self.usable_videos()):
             return
         have = [f"{int((self.counts > 0).sum())} of {len(self.counts)} videos have clips"]
-        have += [f"{int(ok.sum())} have {g} ok" for g, ok in zip((self.video_group, self.audio_group), (
+        have += [f"{int(ok.sum())} have {g} ok" for g, ok in zip(("+".join(self.video_groups), self.audio_group), (
             self.ok.get("v"), self.ok.get("a"))) if ok is not None]
         if "t" in self.spec.modalities:
             have.append(f"{int((self.text_ok > 0).sum())} have a caption with known words")
@@ -209,7 +217,8 @@ class ClipReader:
             at = np.flatnonzero(inverse == k)
             a, b = int(s.clip_offsets[v]), int(s.clip_offsets[v + 1])
             starts, ends = s.clip_rows("start", a, b), s.clip_rows("end", a, b)
-            frames = s.video_rows(self.video_group, v) if "v" in self.ok and self.ok["v"][v] else None
+            frames = ([s.video_rows(g, v) for g in self.video_groups] if "v" in self.ok and self.ok["v"][v]
+                      else None)
             audio = s.video_rows(self.audio_group, v) if "a" in self.ok and self.ok["a"][v] else None
             out["valid_v"][at] = frames is not None
             out["valid_a"][at] = audio is not None
@@ -228,9 +237,15 @@ class ClipReader:
             out["valid_a"][at] &= inside
             t0 = np.minimum(starts[[m[0] for m in merged]], dur)
             t1 = np.minimum(ends[[m[1] for m in merged]], dur)
-            if frames is not None:  # MCN: rows int(s) .. int(e), max-pooled, L2-normalised
-                x = _pool(frames, t0.astype(np.int64), t1.astype(np.int64) + 1, np.maximum)
-                out["video"][at] = x / np.maximum(np.linalg.norm(x, axis=1), 1e-12)[:, None]
+            col = 0
+            for g, rows, dim in zip(self.video_groups, frames or [], self.video_dims):
+                # MCN: rows floor(s*rate) .. floor(e*rate) (int(s)..int(e) at 1 per second), max-pooled,
+                # L2-normalised per group, groups concatenated
+                rate = s.rate(g)
+                x = _pool(rows, np.floor(t0 * rate).astype(np.int64), np.floor(t1 * rate).astype(np.int64) + 1,
+                          np.maximum)
+                out["video"][at, col:col + dim] = x / np.maximum(np.linalg.norm(x, axis=1), 1e-12)[:, None]
+                col += dim
             if audio is not None and not spec.end_to_end_audio:
                 rate = s.rate(self.audio_group)
                 out["audio"][at] = _pool(audio, np.floor(t0 * rate).astype(np.int64),

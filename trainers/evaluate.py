@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import ClipReader, ClipSpec
+from .data import ClipReader, ClipSpec, video_groups
 from .mcn import MCNConfig, build_model, modalities_of
 from .metrics import clustering_metrics, retrieval_metrics
 
@@ -83,7 +83,7 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
     cfg, _, model = load_run(run)
     modalities = modalities_of(cfg.combo) if isinstance(cfg, MCNConfig) else "vat"
     reader = ClipReader(store, ClipSpec(modalities, 0.0, cfg.max_words, getattr(cfg, "end_to_end_audio", False),
-                                        audio_frames))
+                                        audio_frames, video_groups=video_groups(cfg.video_groups)))
     clips = reader.all_clips()
     score = len(clips) <= max_score_clips
     emb = embed(model, reader, clips, run / "embeddings.zarr", keep=score)

@@ -26,7 +26,7 @@ class RunDir:
         if cfg.resume and (self.path / "config.json").exists():
             saved = json.loads((self.path / "config.json").read_text())
             new = asdict(cfg)
-            changed = {k: (saved.get(k), v) for k, v in new.items() if k not in RESUMABLE and saved.get(k) != v}
+            changed = {k: (saved[k], v) for k, v in new.items() if k not in RESUMABLE and k in saved and saved[k] != v}
             if changed:
                 raise ValueError(f"--resume of {self.path} with other settings than it was trained with: " +
                                  ", ".join(f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in changed.items())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import ClipReader, ClipSpec, default_workers, step_loader
+from .data import ClipReader, ClipSpec, default_workers, step_loader, video_groups
 from .loop import RunDir, check_finite, warmup_cosine
 from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
 from .model import MCN, parse_combo
@@ -21,6 +21,7 @@ from .model import MCN, parse_combo
 class MCNConfig:
     store: str
     out: str
+    video_groups: str = "resnet152"  # comma-separated: each pooled, L2-normalised, concatenated (resnet152,r2plus1d_18)
     combo: str = "all"
     dim: int = 6144
     videos_per_batch: int = 128
@@ -58,7 +59,8 @@ def build_model(cfg: MCNConfig, video_dim: int, we_dim: int) -> MCN:
 
 
 def clip_spec(cfg: MCNConfig) -> ClipSpec:
-    return ClipSpec(modalities_of(cfg.combo), cfg.min_time, cfg.max_words, cfg.end_to_end_audio, cfg.audio_frames)
+    return ClipSpec(modalities_of(cfg.combo), cfg.min_time, cfg.max_words, cfg.end_to_end_audio, cfg.audio_frames,
+                    video_groups=video_groups(cfg.video_groups))
 
 
 class MCNSampler:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import ClipReader, ClipSpec, default_workers, step_loader
+from .data import ClipReader, ClipSpec, default_workers, step_loader, video_groups
 from .loop import RunDir, check_finite, warmup_cosine
 from .losses import milnce
 from .model import SentenceMaxpool
@@ -26,6 +26,7 @@ GRAPHS = ("fac", "shared", "disjoint")
 class MMVConfig:
     store: str
     out: str
+    video_groups: str = "resnet152"  # comma-separated: each pooled, L2-normalised, concatenated (resnet152,r2plus1d_18)
     graph: str = "fac"
     dim_va: int = 512  # fine video-audio space
     dim_vat: int = 256  # coarse space shared with text (FAC)
@@ -95,7 +96,8 @@ def build(cfg: MMVConfig, video_dim: int, audio_dim: int, we_dim: int) -> MMV:
 
 
 def clip_spec(cfg: MMVConfig) -> ClipSpec:
-    return ClipSpec("vat", cfg.min_time, cfg.max_words, candidates=cfg.candidates)
+    return ClipSpec("vat", cfg.min_time, cfg.max_words, candidates=cfg.candidates,
+                    video_groups=video_groups(cfg.video_groups))
 
 
 class MMVSampler:
@@ -131,7 +133,7 @@ def train(cfg: MMVConfig, progress: bool = True) -> dict:
     t0 = time.time()
     reader = ClipReader(cfg.store, clip_spec(cfg))
     for pair in ("va", "vt"):  # MMV masks a missing modality, but each pair needs clips that have both
-        ClipReader(reader.store, ClipSpec(pair, cfg.min_time)).require_usable(f"clip with both {pair[0]} and {pair[1]}")
+        ClipReader(reader.store, ClipSpec(pair, cfg.min_time, video_groups=video_groups(cfg.video_groups))).require_usable(f"clip with both {pair[0]} and {pair[1]}")
     n = reader.store.n_clips
     if n < cfg.batch_size:
         raise ValueError(f"{n} clips but --batch-size {cfg.batch_size}; lower it")

@@ -27,6 +27,7 @@ from .losses import sinkhorn_labels
 class SeLaViConfig:
     store: str
     out: str
+    video_groups: str = "resnet152"  # comma-separated: each pooled, L2-normalised, concatenated (resnet152,r2plus1d_18)
     heads: int = 10
     k: int = 32
     lam: float = 20.0
@@ -133,7 +134,7 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
 
     run = RunDir(cfg)
     t0 = time.time()
-    clips = ClipSet(cfg.store)
+    clips = ClipSet(cfg.store, cfg.video_groups)
     n = len(clips)
     if n < max(cfg.batch_size, cfg.k):
         raise ValueError(f"{n} clips: lower --batch-size / --k")
@@ -161,7 +162,7 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
           f"{cfg.distribution} marginals, starting at step {step}")
     model.train()
     record: dict = {}
-    loader = step_loader(cfg.store, ClipSet.spec, sampler, step, total, cfg.loader_workers)
+    loader = step_loader(cfg.store, clips.spec, sampler, step, total, cfg.loader_workers)
     bar = tqdm(total=total, initial=step, disable=not progress, desc="train")
     for step, b in zip(range(step, total), loader):
         if step in updates:  # one head at a time: RAM holds the features and one head's N x K log-probs

@@ -31,6 +31,7 @@ TARGETS = {"sdc": {"v": ["v"], "a": ["a"]}, "xdc": {"v": ["a"], "a": ["v"]},
 class XDCConfig:
     store: str
     out: str
+    video_groups: str = "resnet152"  # comma-separated: each pooled, L2-normalised, concatenated (resnet152,r2plus1d_18)
     variant: str = "xdc"
     k: int = 64
     iterations: int = 10  # re-clusterings
@@ -112,7 +113,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown variant {cfg.variant!r}; choose from {sorted(TARGETS)}")
     run = RunDir(cfg)
     t0 = time.time()
-    clips = ClipSet(cfg.store)
+    clips = ClipSet(cfg.store, cfg.video_groups)
     n = len(clips)
     if n < cfg.k:
         raise ValueError(f"{n} clips cannot make {cfg.k} clusters; lower --k")
