@@ -108,26 +108,28 @@ def index_video_root(root: str | os.PathLike) -> tuple[dict[str, str], dict[str,
 
 
 def read_videos(manifest: str | os.PathLike, video_root: str | os.PathLike | None, problems: Problems,
-                captions: str | os.PathLike | None = None, allow_outside_root: bool = False) -> Videos:
+                captions: str | os.PathLike | None = None, allow_outside_root: bool = False,
+                find_videos: bool = True) -> Videos:
     """The video table of a manifest (one pass over the CSV). A ``path`` must name a video container under
-    the video root (unless ``allow_outside_root``): `/etc/passwd` or `../x` are reported, never opened."""
+    the video root (unless ``allow_outside_root``): `/etc/passwd` or `../x` are reported, never opened.
+    Without ``find_videos`` (importing released features) no video file is looked for."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise ManifestError(f"manifest not found: {manifest}")
     root = Path(video_root) if video_root else manifest.parent
-    if not root.is_dir():
+    if find_videos and not root.is_dir():
         raise ManifestError(f"--video-root {root} is not a folder")
     with open(manifest, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel's CSV) is not a column
         reader = csv.DictReader(f)
         try:
-            return _read_video_rows(manifest, root, reader, problems, captions, allow_outside_root)
+            return _read_video_rows(manifest, root, reader, problems, captions, allow_outside_root, find_videos)
         except UnicodeDecodeError as e:
             raise ManifestError(f"{manifest}: not UTF-8 text after line {reader.line_num} ({e.reason} at byte "
                                 f"{e.start} of a read block); save it as UTF-8") from None
 
 
 def _read_video_rows(manifest: Path, root: Path, reader: csv.DictReader, problems: Problems, captions,
-                     allow_outside_root: bool) -> Videos:
+                     allow_outside_root: bool, find_videos: bool = True) -> Videos:
     """read_videos' pass over the rows of an open CSV reader."""
     columns = [c.strip() for c in (reader.fieldnames or [])]
     reader.fieldnames = columns
@@ -141,7 +143,7 @@ def _read_video_rows(manifest: Path, root: Path, reader: csv.DictReader, problem
         log.warning("%s has no start/end columns and no --captions was given: videos get features, "
                     "but there are no clips to train on", manifest)
     labels = [c for c in columns if c not in STRUCTURAL]
-    stems, ambiguous = index_video_root(root) if "path" not in columns else ({}, {})
+    stems, ambiguous = index_video_root(root) if find_videos and "path" not in columns else ({}, {})
     v = Videos([], [], {} if clip_rows else {c: [] for c in labels}, {}, clip_rows,
                labels if clip_rows else [])
     source: dict[str, tuple[str, int]] = {}  # video id -> (its path column, first line)
@@ -170,7 +172,9 @@ def _read_video_rows(manifest: Path, root: Path, reader: csv.DictReader, problem
                 continue
         else:
             path = str(root / rel) if rel else stems.get(vid)
-            if rel and Path(rel).suffix.lower() not in VIDEO_EXTENSIONS:
+            if not find_videos:
+                path = None
+            elif rel and Path(rel).suffix.lower() not in VIDEO_EXTENSIONS:
                 problems.add(f"{manifest.name} line {line}: {rel!r} is not a video container we open "
                              f"({', '.join(sorted(VIDEO_EXTENSIONS))}); recorded as 'missing'")
                 path = None

@@ -131,6 +131,25 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from .transfer import ImportConfig, import_features
+
+    names = set(ImportConfig.__dataclass_fields__)
+    summary = import_features(ImportConfig(**{k: v for k, v in vars(args).items() if k in names}))
+    print(f"store {summary['store']}: group {summary['group']}, {summary['videos']} videos; {summary['parts_run']} "
+          "parts imported this time; " + ", ".join(f"{k}={v}" for k, v in sorted(summary["status"].items())))
+    return 0 if set(summary["status"]) <= {"ok"} else EXIT_FAILURES
+
+
+def cmd_export(args) -> int:
+    from .transfer import export_features
+
+    r = export_features(args.store, args.group, args.format, args.out, args.dtype, not args.no_progress)
+    print(f"wrote {r['videos']} videos of {r['group']} to {r['out']} ({r['format']}); "
+          f"{r['skipped (not ok)']} videos without usable features skipped")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from .integrity import repair, verify
     from .store import FeatureStore, StoreLock
@@ -201,6 +220,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--problems", type=int, default=10, help="manifest/caption problems to list (default 10)")
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("import", help="released pre-extracted features (<video_id>.npy files or an .h5) into a "
+                                      "store group; no video needed")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--captions")
+    p.add_argument("--store", required=True)
+    p.add_argument("--features", required=True, help="folder of <video_id>.npy (T, D) arrays, or an .h5 file "
+                                                        "with one dataset per video id")
+    p.add_argument("--group", required=True, help="group name (resnet152, r3d_18, ... or your own)")
+    p.add_argument("--rate", type=float, default=1.0, help="rows per second (HowTo100M 2D: 1.0, 3D: 1.5)")
+    p.add_argument("--part-size", type=int)
+    p.add_argument("--strict", action="store_true")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(fn=cmd_import)
+    p = sub.add_parser("export", help="write a group out: <video_id>.npy files or one .h5 (dataset per video)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--group", required=True)
+    p.add_argument("--format", choices=["npy", "h5"], required=True)
+    p.add_argument("--out", required=True, help="folder (npy) or file (h5)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_export)
     p = sub.add_parser("verify", help="re-read every chunk file against its checksum, check every unit's "
                                       "shapes; --repair removes damaged units for `extract` to recompute")
     p.add_argument("--store", required=True)

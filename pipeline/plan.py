@@ -34,7 +34,7 @@ def plan_checksum(*paths) -> str:
 
 def plan_store(store: str | os.PathLike, manifest: str, captions: str | None = None,
                video_root: str | None = None, strict: bool = False, part_size: int | None = None,
-               workers: int = 1, allow_outside_root: bool = False) -> dict:
+               workers: int = 1, allow_outside_root: bool = False, find_videos: bool = True) -> dict:
     """Write videos/, clips/, parts/ and the root attributes into a temp dir, then rename it to ``store``.
     Returns {videos, clips, problems, problems_at, plan_sha256}."""
     final = Path(store)
@@ -45,7 +45,7 @@ def plan_store(store: str | os.PathLike, manifest: str, captions: str | None = N
         problem_rows = ColumnWriter(root, {"problems": str}, chunk=4096)
         problems = Problems(lambda m: problem_rows.append({"problems": [m]}), where=f"{final}/problems")
         try:
-            videos = read_videos(manifest, video_root, problems, captions, allow_outside_root)
+            videos = read_videos(manifest, video_root, problems, captions, allow_outside_root, find_videos)
             columns = {"video": "int32", "start": "float64", "end": "float64", "text": str,
                        **{f"label_{c}": str for c in videos.clip_labels}}
             clips = ColumnWriter(root.create_group("clips"), columns)

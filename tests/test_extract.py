@@ -427,3 +427,48 @@ def test_3d_and_hf_groups_extract_in_the_same_decode_as_direct_calls(odd_dataset
     frames = decode(path, audio=False, short_side=64).frames
     np.testing.assert_allclose(s.video_rows("hf_vision", i)().astype(np.float32),
                                extractor("hf_vision", opts)(frames), atol=2e-3)
+
+
+@pytest.mark.parametrize("fmt", ["npy", "h5"])
+def test_export_import_round_trip_then_train_and_eval(odd_store, odd_dataset, weights, tmp_path, fmt):
+    from trainers.evaluate import evaluate
+    from trainers.mcn import MCNConfig, train
+
+    out = tmp_path / ("feats" if fmt == "npy" else "feats.h5")
+    r = run_cli("export", "--store", str(odd_store[0]), "--group", "resnet152", "--format", fmt, "--out", str(out),
+                "--no-progress")
+    assert r.returncode == 0 and "wrote 4 videos" in r.stdout, r.stderr
+    store = tmp_path / "imported.zarr"
+    r = run_cli("import", "--manifest", odd_dataset["manifest"], "--captions", odd_dataset["captions"], "--store",
+                str(store), "--features", str(out), "--group", "resnet152", "--part-size", "2", "--no-progress")
+    assert r.returncode == 1 and "missing=3, ok=4" in r.stdout, r.stdout + r.stderr  # the 3 that had none
+    src, dst = FeatureStore(odd_store[0]), FeatureStore(store)
+    assert list(dst.videos["video_id"]) == list(src.videos["video_id"])
+    for v in range(src.n_videos):
+        if src.video_ok("resnet152")[v]:
+            np.testing.assert_array_equal(dst.video_rows("resnet152", v)(), src.video_rows("resnet152", v)())
+    status, error = dst.video_status("resnet152")
+    gone = list(dst.videos["video_id"]).index("gone")
+    assert status[gone] == "missing" and "no features at" in error[gone]
+    assert dst.groups["resnet152"]["extractor"].startswith("imported from")
+    extract(config(odd_dataset, store, weights, groups=["word2vec"]))  # captions' words, still no video read
+    train(MCNConfig(store=str(store), out=str(tmp_path / "run"), combo="vt", dim=32, videos_per_batch=2,
+                    clips_per_video=2, steps=6, warmup=2, min_time=0.0, clusters=2, cluster_every=2, queue_steps=1,
+                    loader_workers=0), progress=False)
+    assert evaluate(tmp_path / "run", str(store))["text_to_video"]["N"] > 0
+
+
+def test_import_never_unpickles_and_reports_bad_arrays(tmp_path):
+    from pipeline.transfer import BadFeatures, Source
+
+    d = tmp_path / "feats"
+    d.mkdir()
+    np.save(d / "pickled.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    np.save(d / "flat.npy", np.zeros(5, np.float32))
+    np.save(d / "nan.npy", np.full((3, 4), np.nan, np.float32))
+    np.save(d / "good.npy", np.ones((3, 4), np.float32))
+    src = Source(d)
+    for vid, why in (("pickled", "cannot read"), ("flat", "need \\(T, D\\)"), ("nan", "nan/inf")):
+        with pytest.raises(BadFeatures, match=why):
+            src.get(vid)
+    assert src.get("absent") is None and src.get("good").shape == (3, 4)
