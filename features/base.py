@@ -26,6 +26,8 @@ class Options:
     device: str = "cpu"
     batch_size: int = 32  # frames (or clips) per forward
     short_side: int = 224  # 1 fps frames
+    decoder: str = "pyav"  # pyav (in-process) or ffmpeg (the CLI through ffmpeg-python): recorded per frame group
+    hwaccel: str | None = None  # ffmpeg -hwaccel (cuda, vaapi, ...), ffmpeg decoder only
 
     def weights_for(self, group: str) -> str | None:
         return dict(self.weights).get(group)

@@ -23,6 +23,8 @@ class VideoClipModel(Extractor):
 
     def __init__(self, name: str, opts: Options):
         super().__init__(name, opts)
+        if opts.decoder != "pyav":
+            raise ValueError(f"{name}: 3D clip groups decode dense frames in-process; use --decoder pyav")
         model, self.weights_sha256 = frozen_torchvision(name, opts, name, f"--weights {name}=PATH")
         self.dim = model.fc.in_features
         model.fc = torch.nn.Identity()
@@ -32,7 +34,7 @@ class VideoClipModel(Extractor):
         self.description = f"torchvision.models.video.{name}, fc removed (global average pool, {self.dim}-d)"
         self.params = dict(fps=self.fps, selection="ffmpeg fps filter", rotation="display matrix applied",
                            frames_per_clip=self.frames_per_clip, overlap=0, short_side=self.side,
-                           crop=f"centre {self.side}x{self.side}", interpolation="bilinear",
+                           crop=f"centre {self.side}x{self.side}", interpolation="bicubic",
                            normalise="kinetics mean/std", l2_normalize=True, tail="< 16 frames dropped",
                            dtype="float16")
 

@@ -1,6 +1,7 @@
 """Frame features: a torchvision ResNet (ResNet-152 by default), global-average-pooled, one row per frame.
 
-As in the HowTo100M extractor: /255, ImageNet mean/std, the whole short-side-224 frame (no crop),
+As in the HowTo100M extractor: frames as its ffmpeg recipe gives them (pipeline/decode.py), /255, ImageNet
+mean/std, the whole short-side-224 frame (no crop),
 2048-d pooled output, L2-normalised per frame (stored as float16 by the pipeline).
 """
 from __future__ import annotations
@@ -42,8 +43,8 @@ class ResNetFrames(Extractor):
         self.weights, self.random_init = opts.weights_for(name), opts.is_random(name)
         self.dim = 2048 if name in ("resnet50", "resnet101", "resnet152") else 512
         self.description = f"torchvision.models.{name}, fc removed (global average pool, {self.dim}-d)"
-        self.params = dict(fps=1, selection="ffmpeg fps filter", rotation="display matrix applied",
-                           short_side=opts.short_side, crop=None, interpolation="bilinear",
+        self.params = dict(fps=1, selection="ffmpeg fps filter", rotation="display matrix applied", decoder=opts.decoder,
+                           short_side=opts.short_side, long_side="truncated", crop=None, interpolation="bicubic",
                            normalise="imagenet mean/std", l2_normalize=True, dtype="float16")
 
     @torch.inference_mode()

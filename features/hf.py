@@ -53,7 +53,7 @@ class HFVision(Extractor):
             self.dim = int(self._embed(self.processor(images=[np.zeros((8, 8, 3), np.uint8)],
                                                       return_tensors="pt")["pixel_values"]).shape[1])
         self.description = f"transformers {type(model).__name__} ({model.config.model_type}), image embedding"
-        self.params = dict(fps=1, selection="ffmpeg fps filter", rotation="display matrix applied",
+        self.params = dict(fps=1, selection="ffmpeg fps filter", rotation="display matrix applied", decoder=opts.decoder,
                            short_side=opts.short_side, processor=self.processor.to_dict(), l2_normalize=True,
                            dtype="float16")
 

@@ -53,6 +53,10 @@ def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True)
     p.add_argument("--device", default="cpu", help="torch device for the extractors (cpu, cuda)")
     p.add_argument("--batch-size", type=int, default=32, help="frames per CNN forward")
     p.add_argument("--short-side", type=int, default=224, help="frame short side in pixels")
+    p.add_argument("--decoder", choices=["pyav", "ffmpeg"], default="pyav",
+                   help="pyav: in-process (default); ffmpeg: the HowTo100M extractor's ffmpeg CLI recipe through "
+                        "ffmpeg-python (imageio-ffmpeg's binary or ffmpeg on PATH); the same frames, bit for bit")
+    p.add_argument("--hwaccel", help="ffmpeg -hwaccel method for --decoder ffmpeg (cuda, vaapi, ...)")
     p.add_argument("--retry-failed", action="store_true", help="recompute parts holding failed videos")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 

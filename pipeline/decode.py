@@ -3,7 +3,8 @@
 Frame selection runs FFmpeg's own ``fps`` filter in-process, so frame k is the last source frame
 before k + 0.5 s -- the same frames the HowTo100M extractor (ffmpeg ``fps=1``) fed its CNN.
 A display matrix (phone videos) is applied first, as the ffmpeg CLI's autorotate does.
-Only the selected frames are converted to RGB (bilinear, aspect kept, no crop).
+Only the selected frames are scaled (short side given, long side truncated, bicubic) and converted to RGB,
+by the same filters the CLI runs: the frames are bit-identical to the ffmpeg CLI recipe's.
 
 Frames can be handed to a callback ``batch`` at a time (``on_frames``), so memory per video is bounded
 whatever its length; audio is kept whole (64 KB per second: the log-mel front end normalises by the
@@ -45,9 +46,11 @@ MEDIA_DEMUXERS = ",".join(["mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska",
                             "mpegts", "mpegvideo", "ogg", "wav", "mp3", "aac", "flac", "asf", "h264", "hevc", "m4v"])
 
 def _scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) with the short side ``short_side`` and the long side truncated, as the HowTo100M
+    extractor computes it (``int(h * size / w)``)."""
     if width <= height:
-        return short_side, max(2, round(height * short_side / width))
-    return max(2, round(width * short_side / height)), short_side
+        return short_side, max(2, int(height * short_side / width))
+    return max(2, int(width * short_side / height)), short_side
 
 
 @dataclass
@@ -63,7 +66,10 @@ class FrameStream:
     pending: list = field(default_factory=list)
 
     def push(self, frame, stream) -> None:
-        self.graph = self.graph or _fps_graph(stream, self.fps, frame.rotation)
+        if self.graph is None:
+            turned = round(-frame.rotation) % 180 == 90
+            size = (frame.height, frame.width) if turned else (frame.width, frame.height)
+            self.graph = _fps_graph(stream, self.fps, frame.rotation, _scaled_size(*size, self.short_side))
         self.graph.push(frame)
         self.pull()
 
@@ -71,7 +77,7 @@ class FrameStream:
         if final and self.graph is not None:
             self.graph.push(None)
         if self.graph is not None:
-            _pull(self.graph, self.pending, self.short_side)
+            _pull(self.graph, self.pending)
         while self.pending and (len(self.pending) >= self.batch or final):
             done = self.pending[:self.batch]
             self.sink(done)
@@ -146,22 +152,26 @@ def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float
         if audio and astream is not None:
             if chunks:
                 out.audio = np.concatenate(chunks).astype(np.float32, copy=False)
+                declared = round(_stream_seconds(astream) * SAMPLE_RATE)
+                if 0 < declared < len(out.audio) <= declared + 2048:  # the encoder's end padding, past the
+                    out.audio = out.audio[:declared]  # stream's declared duration: the ffmpeg CLI drops it too
             else:
                 out.audio_error = f"audio track decoded to no samples{f': {broke}' if broke else ''}"
-        _check_extent(out, vstream if video else None, astream if audio else None, picks[0].fps if picks else 1.0,
-                      broke)
+        _check_extent(out, _stream_seconds(vstream) if video else None,
+                      _stream_seconds(astream) if audio and astream else None, picks[0].fps if picks else 1.0, broke)
         return out
 
 
-def _check_extent(out: Decoded, vstream, astream, fps: float, broke: str | None) -> None:
+def _check_extent(out: Decoded, video_s: float | None, audio_s: float | None, fps: float, broke: str | None) -> None:
     """Mark the video truncated (and set ``out.duration`` to what decoded) if a stream stops well before the
-    duration its header declares (more than 1.5 s + 2% short), or broke off with an error where no duration
-    is declared. Damaged packets inside a file that decodes to its end are skipped, as the ffmpeg CLI does."""
+    duration its header declares (``video_s`` / ``audio_s``: 0 unknown, None not decoded; more than 1.5 s + 2%
+    short), or broke off with an error where no duration is declared. Damaged packets inside a file that
+    decodes to its end are skipped, as the ffmpeg CLI does."""
     extents = []
-    if vstream is not None:
-        extents.append((out.n_frames / fps, _stream_seconds(vstream)))
-    if astream is not None and out.audio is not None:
-        extents.append((len(out.audio) / SAMPLE_RATE, _stream_seconds(astream)))
+    if video_s is not None:
+        extents.append((out.n_frames / fps, video_s))
+    if audio_s is not None and out.audio is not None:
+        extents.append((len(out.audio) / SAMPLE_RATE, audio_s))
     decoded = min((got for got, _ in extents), default=0.0)
     short = [(got, want) for got, want in extents if want and got < want - 1.5 - 0.02 * want]
     if short or (broke and not any(want for _, want in extents)):
@@ -184,26 +194,28 @@ def _duration(container, vstream, astream) -> float:
     return float(container.duration / av.time_base) if container.duration else 0.0
 
 
-def _fps_graph(stream, fps: float, rotation: int = 0):
-    """buffer -> [rotation as the ffmpeg CLI's autorotate: transpose / hflip+vflip] -> fps -> sink."""
+def _fps_graph(stream, fps: float, rotation: int, size: tuple[int, int]):
+    """The ffmpeg CLI's chain, in-process: buffer -> [autorotate: transpose / hflip+vflip] -> fps ->
+    scale=W:H (bicubic, the scale filter's default) -> rgb24 -> sink. Frames come out bit-identical to
+    ``ffmpeg -vf fps=F,scale=W:H -pix_fmt rgb24`` (tests/test_decode.py checks it on the real videos)."""
     graph = av.filter.Graph()
     chain = [graph.add_buffer(template=stream)]
     theta = round(-rotation) % 360  # av_display_rotation_get is counter-clockwise; the CLI negates it
     for name, arg in {90: [("transpose", "clock")], 180: [("hflip", ""), ("vflip", "")],
                       270: [("transpose", "cclock")]}.get(theta, []):
         chain.append(graph.add(name, arg))
-    chain += [graph.add("fps", f"fps={fps}"), graph.add("buffersink")]
+    chain += [graph.add("fps", f"fps={fps}"), graph.add("scale", f"{size[0]}:{size[1]}"),
+              graph.add("format", "pix_fmts=rgb24"), graph.add("buffersink")]
     for a, b in zip(chain, chain[1:]):
         a.link_to(b)
     graph.configure()
     return graph
 
 
-def _pull(graph, into: list[np.ndarray], short_side: int) -> None:
+def _pull(graph, into: list[np.ndarray]) -> None:
     while True:
         try:
             frame = graph.pull()
         except (av.BlockingIOError, av.EOFError):
             return
-        w, h = _scaled_size(frame.width, frame.height, short_side)
-        into.append(frame.to_ndarray(width=w, height=h, format="rgb24"))
+        into.append(frame.to_ndarray(format="rgb24"))

@@ -51,6 +51,8 @@ class ExtractConfig:
     device: str = "cpu"
     batch_size: int = 32
     short_side: int = 224
+    decoder: str = "pyav"  # or ffmpeg: the CLI recipe through ffmpeg-python (bit-identical frames, see README)
+    hwaccel: str | None = None  # passed to ffmpeg -hwaccel (decoder ffmpeg)
     retry_failed: bool = False
     progress: bool = True
 
@@ -58,7 +60,8 @@ class ExtractConfig:
         named = {"resnet152": self.resnet152_weights, "davenet": self.davenet, "word2vec": self.word2vec}
         weights = {**{g: w for g, w in named.items() if w}, **self.weights}
         return Options(weights=tuple(sorted(weights.items())), random_init=tuple(sorted(self.random_init)),
-                       device=self.device, batch_size=self.batch_size, short_side=self.short_side)
+                       device=self.device, batch_size=self.batch_size, short_side=self.short_side,
+                       decoder=self.decoder, hwaccel=self.hwaccel)
 
     def wanted_groups(self) -> list[str]:
         opts = self.options()

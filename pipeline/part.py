@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from features.base import AUDIO, CLIP_FRAMES, FRAMES, LOGMEL, Options
 from features.registry import extractor
 
 from .decode import DecodeFailure, FrameStream, decode
+from .decode_ffmpeg import decode_ffmpeg
 from .store import USABLE, read_unit, write_part
 
 CLIPS_PER_FORWARD = 4
@@ -92,6 +94,7 @@ def run_part(job: PartJob) -> dict:
     mel_maker = exts.get("logmel") or (extractor("logmel", job.opts) if of[LOGMEL] and stored_mel is None else None)
     need_audio = bool(of[AUDIO]) or mel_maker is not None
     results = {g: Column() for g in job.groups}
+    read = decode if job.opts.decoder == "pyav" else partial(decode_ffmpeg, hwaccel=job.opts.hwaccel)
     seconds = 0.0
     for i, (vid, path) in enumerate(job.videos):
         streamed = Streamed(exts)
@@ -100,14 +103,14 @@ def run_part(job: PartJob) -> dict:
         dec, failure = None, None
         if of[FRAMES] or streams or need_audio:
             try:
-                dec = decode(path or None, frames=bool(of[FRAMES]), audio=need_audio, short_side=job.opts.short_side,
-                             on_frames=lambda b: streamed.feed(of[FRAMES], b), batch=job.opts.batch_size,
-                             streams=streams)
+                dec = read(path or None, frames=bool(of[FRAMES]), audio=need_audio, short_side=job.opts.short_side,
+                           on_frames=lambda b: streamed.feed(of[FRAMES], b), batch=job.opts.batch_size,
+                           **({"streams": streams} if streams else {}))
             except DecodeFailure as f:
                 failure = f
                 if f.status == "no_video" and need_audio:  # audio-only file: the audio groups still work
                     try:
-                        dec = decode(path, frames=False, audio=True)
+                        dec = read(path, frames=False, audio=True)
                     except DecodeFailure as f2:
                         failure = f2
         duration = dec.duration if dec else 0.0

@@ -472,3 +472,15 @@ def test_import_never_unpickles_and_reports_bad_arrays(tmp_path):
         with pytest.raises(BadFeatures, match=why):
             src.get(vid)
     assert src.get("absent") is None and src.get("good").shape == (3, 4)
+
+
+def test_ffmpeg_decoder_extracts_the_same_store(odd_store, odd_dataset, weights, tmp_path):
+    store = tmp_path / "ffmpeg.zarr"
+    summary = extract(config(odd_dataset, store, weights, groups=["resnet152", "logmel"], decoder="ffmpeg"))
+    assert summary["status"]["resnet152"] == {"ok": 4, "decode_error": 2, "missing": 1}
+    assert FeatureStore(store).groups["resnet152"]["params"]["decoder"] == "ffmpeg"
+    a, b = store_arrays(store), store_arrays(odd_store[0])
+    for k in [k for k in a if k.startswith("parts/") and k.rsplit("/", 1)[1] in ("data", "offsets", "status")]:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    with pytest.raises(ExtractError, match="different settings"):  # one decoder per store: it is recorded
+        extract(config(odd_dataset, store, weights, groups=["resnet152"]))
