@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import FRAMES, Extractor, Options
+from .base import FRAMES, TEXT, Extractor, Options
 from .weights import WeightsError
 
 
@@ -75,3 +75,50 @@ class HFVision(Extractor):
             pixels = self.processor(images=list(frames[i:i + self.opts.batch_size]), return_tensors="pt")
             out.append(torch.nn.functional.normalize(self._embed(pixels["pixel_values"]).float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+class HFText(Extractor):
+    """Captions through a Hugging Face text model in a local folder (e.g. all-MiniLM-L6-v2): the tokenizer's
+    ids (kept for end-to-end text training) and the attention-masked mean of the last hidden states,
+    L2-normalised (the sentence-transformers pooling), per clip."""
+    consumes = TEXT
+    rate = None
+    max_length = 128
+
+    def __init__(self, name: str, opts: Options):
+        import transformers
+        from transformers import AutoModel, AutoTokenizer
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        super().__init__(name, opts)
+        folder = self.weights = opts.weights_for(name)
+        if not folder or not Path(folder, "config.json").is_file():
+            raise WeightsError(f"{name}: no Hugging Face model folder at {folder!r} (--weights {name}=FOLDER: a "
+                               "local folder written by save_pretrained, with config.json and a tokenizer)")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval().to(opts.device)
+        except Exception as e:
+            raise WeightsError(f"{name}: cannot load {folder} with transformers: {e}") from e
+        self.weights_sha256 = folder_sha256(folder)
+        self.dim = int(self.model.config.hidden_size)
+        self.description = f"transformers {type(self.model).__name__} ({self.model.config.model_type}), mean-pooled"
+        self.params = dict(pooling="attention-masked mean of the last hidden state", l2_normalize=True,
+                           max_length=self.max_length, truncation=True, dtype="float16")
+
+    @torch.inference_mode()
+    def __call__(self, sentences) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(embeddings (n, dim) float32, token ids per sentence, special tokens included)."""
+        out, ids = [], []
+        sentences = [str(s) for s in sentences]
+        for i in range(0, len(sentences), self.opts.batch_size):
+            enc = self.tokenizer(sentences[i:i + self.opts.batch_size], padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+            mask = enc["attention_mask"]
+            hidden = self.model(**{k: v.to(self.opts.device) for k, v in enc.items()}).last_hidden_state.float()
+            m = mask.to(hidden.device).unsqueeze(-1).float()
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled, dim=1).cpu().numpy())
+            ids += [row[keep.bool()].numpy().astype(np.int32) for row, keep in zip(enc["input_ids"], mask)]
+        return (np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)), ids

@@ -12,6 +12,7 @@ EXTRACTORS = {
     "r2plus1d_18": "features.clips:VideoClipModel",
     "r3d_18": "features.clips:VideoClipModel",
     "hf_vision": "features.hf:HFVision",
+    "hf_text": "features.hf:HFText",
     "word2vec": "features.text:Word2VecText",
 }
 

@@ -75,8 +75,8 @@ def print_summary(summary: dict) -> None:
         print(f"  {summary['problems']} manifest/caption problems (`pipeline status --problems N` lists them)")
     for g, counts in summary.get("status", {}).items():
         print(f"  {g:10s} " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    if "word2vec" in summary:
-        print("  word2vec   " + ", ".join(f"{k}={v}" for k, v in sorted(summary["word2vec"].items())))
+    for g, counts in summary.get("text", {}).items():
+        print(f"  {g:10s} " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     for part, err in summary.get("failed_parts", {}).items():
         print(f"  part {part} FAILED (rerun to retry): {err}")
 
@@ -117,6 +117,12 @@ def cmd_status(args) -> int:
             vocab = len(store.word_vectors())
             out["groups"][g] = {"status": counts, "vocab": vocab}
             print(f"  word2vec   vocab {vocab}; " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            continue
+        if store.rate(g) is None:  # a per-clip text group (text/<group>)
+            if (store.path / "text" / g).is_dir():
+                counts = store.text_status_counts(g)
+                out["groups"][g] = {"status": counts}
+                print(f"  {g:10s} per clip; " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
             continue
         status, error = store.video_status(g)
         vals, counts = np.unique(status.astype(str), return_counts=True)

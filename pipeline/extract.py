@@ -20,7 +20,7 @@ from manifests.read import index_video_root
 
 from .part import PartJob, run_part
 from .plan import plan_checksum, plan_store
-from .store import CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries, write_text
+from .store import CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries, write_clip_text, write_text
 
 ALL_GROUPS = tuple(EXTRACTORS)
 log = logging.getLogger("mmcache")
@@ -95,6 +95,21 @@ def extract_text(cfg: ExtractConfig, store: FeatureStore) -> dict:
                             for t, i in zip(texts, ids)], dtype=object), ids
 
     return write_text(store, chunks(), len(w2v.kv.key_to_index), lambda rows: w2v.kv.vectors[rows])
+
+
+def extract_clip_text(cfg: ExtractConfig, store: FeatureStore, group: str) -> dict:
+    """A per-clip text group other than word2vec (hf_text): embeddings and token ids, a chunk at a time."""
+    from tqdm import tqdm
+
+    ext = extractor(group, cfg.options())
+
+    def chunks():
+        for a in tqdm(range(0, store.n_clips, CLIP_CHUNK), disable=not cfg.progress, desc=group, unit="chunk"):
+            texts = store.clip_values("text", np.arange(a, min(store.n_clips, a + CLIP_CHUNK)))
+            emb, ids = ext(texts)
+            yield np.array(["empty_caption" if not str(t).strip() else "ok" for t in texts], dtype=object), emb, ids
+
+    return write_clip_text(store, group, chunks(), ext.dim)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,8 +210,11 @@ def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool
     metas = _record_groups(cfg, store, groups, lock)
     summary: dict = {"store": str(store.path), "videos": store.n_videos, "clips": store.n_clips,
                      "groups": groups, "parts_run": 0, "failed_parts": {}}
-    if "word2vec" in groups and not (store.path / "word2vec").is_dir():  # the one text group today
-        summary["word2vec"] = extract_text(cfg, store)
+    for g in [g for g in groups if metas[g]["rate"] is None]:  # per clip, run here over the clip table
+        if g == "word2vec" and not (store.path / "word2vec").is_dir():
+            summary["text"] = {**summary.get("text", {}), g: extract_text(cfg, store)}
+        elif g != "word2vec" and not (store.path / "text" / g).is_dir():
+            summary["text"] = {**summary.get("text", {}), g: extract_clip_text(cfg, store, g)}
     video_groups = [g for g in groups if metas[g]["rate"] is not None]  # per video; text is per clip
     workers = cfg.workers if not cfg.scheduler else 0
     threads = cfg.threads_per_worker or (max(1, (os.cpu_count() or 1) // max(1, workers)) if not cfg.scheduler else None)

@@ -89,7 +89,8 @@ class Report:
 
 
 def _units(store) -> list[tuple[str, Path]]:
-    """(kind, path) of every unit of the store: the plan, each (part, group), word2vec, status indexes."""
+    """(kind, path) of every unit of the store: the plan, each (part, group), word2vec, status indexes, text
+    groups."""
     p = store.path
     out = [("plan", p / "videos"), ("plan", p / "clips"), ("plan", p / "problems")]
     parts = p / "parts"
@@ -98,9 +99,10 @@ def _units(store) -> list[tuple[str, Path]]:
             out += [("part", u) for u in sorted(d.iterdir()) if u.is_dir() and not u.name.startswith(".")]
     if (p / "word2vec").is_dir():
         out.append(("word2vec", p / "word2vec"))
-    for d in sorted((p / "status").iterdir()) if (p / "status").is_dir() else []:
-        if d.is_dir() and not d.name.startswith("."):
-            out.append(("status", d))
+    for kind in ("status", "text"):
+        for d in sorted((p / kind).iterdir()) if (p / kind).is_dir() else []:
+            if d.is_dir() and not d.name.startswith("."):
+                out.append((kind, d))
     return out
 
 
@@ -141,6 +143,9 @@ def _shapes(store, kind: str, unit: Path) -> list[str]:
     if kind == "word2vec":
         return offsets_ok("offsets", n("ids"), store.n_clips + 1) + (
             [f"{unit / 'status'}: {n('status')} rows for {store.n_clips} clips"] if n("status") != store.n_clips else [])
+    if kind == "text":
+        return offsets_ok("offsets", n("ids"), store.n_clips + 1) + [
+            f"{unit / x}: {n(x)} rows for {store.n_clips} clips" for x in ("status", "embedding") if n(x) != store.n_clips]
     if kind == "status":
         return [f"{unit / x}: {n(x)} rows for {store.n_videos} videos"
                 for x in ("status", "ok", "duration") if n(x) != store.n_videos]
@@ -179,7 +184,7 @@ def verify(store, progress: bool = False) -> Report:
 
 
 def repair(store, report: Report) -> list[str]:
-    """Remove the damaged units `pipeline extract` can recompute (parts, word2vec, status indexes) so the next
+    """Remove the damaged units `pipeline extract` can recompute (parts, word2vec, status, text) so the next
     run with the same flags rebuilds them; returns what the plan needs (it cannot be recomputed in place)."""
     unrepairable = []
     for unit in map(Path, report.damaged):

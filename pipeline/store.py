@@ -270,6 +270,42 @@ def _fill_text(group: zarr.Group, store: "FeatureStore", chunks, vocab_size: int
     return dict(counts)
 
 
+def write_clip_text(store: "FeatureStore", group: str, chunks, dim: int) -> dict[str, int]:
+    """Commit ``text/<group>``: per clip a status, an embedding row (C, dim) float16 and token ids
+    (``ids[offsets[c]:offsets[c+1]]``), from ``chunks`` of (status, embeddings, ids) in clip order, streamed."""
+    from collections import Counter
+
+    final = store.path / "text" / group
+    tmp = final.parent / f"{TMP_PREFIX}{group}-{uuid.uuid4().hex[:8]}"
+    counts: Counter = Counter()
+    with scratch(tmp, final):
+        root = zarr.open_group(str(tmp), mode="w")
+        per_clip = ColumnWriter(root, {"status": str, "embedding": ("float16", dim), "ends": "int64"})
+        ids_out = ColumnWriter(root, {"ids": "int32"}, chunk=1 << 20)
+        total = n = 0
+        for status, emb, ids in chunks:
+            counts.update(np.asarray(status, dtype=object).tolist())
+            ends = total + np.cumsum([len(i) for i in ids], dtype=np.int64)
+            total = int(ends[-1]) if len(ends) else total
+            ids_out.append({"ids": np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, np.int32)})
+            per_clip.append({"status": status, "embedding": np.asarray(emb, np.float16), "ends": ends})
+            n += len(status)
+        if n != store.n_clips:
+            raise ValueError(f"text for {n} clips, but the store has {store.n_clips}")
+        per_clip.close()
+        ids_out.close()
+        offsets = root.create_array("offsets", shape=(n + 1,), dtype="int64", chunks=(min(CLIP_CHUNK, n + 1),),
+                                    compressors=None)
+        offsets[0] = 0
+        for b in range(0, n, 1 << 22):  # a block at a time: 136M clips would be 1 GB at once
+            offsets[b + 1:b + 1 + (1 << 22)] = root["ends"][b:b + (1 << 22)]
+        del root["ends"]
+        root.attrs.update({"group": group})
+    ensure_group(final.parent)
+    commit(tmp, final, replace=True)
+    return dict(counts)
+
+
 class StoreLock:
     """flock-based locks in a file beside the store (never inside: the store stays pure Zarr). Released by
     the OS when the holder dies, so a killed run never leaves a stale lock.
@@ -333,7 +369,7 @@ def clean_temporaries(store: str | os.PathLike) -> int:
     planning temp beside it). Only the levels where units live are listed, never the chunk files."""
     store = Path(store)
     places = [(store.parent, f"{TMP_PREFIX}{store.name}-"), (store, TMP_PREFIX)]
-    for sub in ("parts", "status"):
+    for sub in ("parts", "status", "text"):
         if (store / sub).is_dir():
             places += [(store / sub, TMP_PREFIX)]
     if (store / "parts").is_dir():
@@ -761,6 +797,13 @@ class FeatureStore:
         lo, hi = off.take(idx), off.take(idx + 1)
         return [self._text_readers["ids"].rows(int(x), int(y)) for x, y in zip(lo, hi)]
 
+    def clip_text(self, group: str, idx) -> np.ndarray:
+        """Embedding rows of a per-clip text group (``text/<group>``, e.g. hf_text) at clip indices ``idx``."""
+        path = self.path / "text" / group
+        if not path.is_dir():
+            raise KeyError(f"no text group {group!r} in {self.path} (extract it with --groups {group})")
+        return RowReader(path / "embedding").take(np.asarray(idx, dtype=np.int64))
+
     def text_ok_per_video(self) -> np.ndarray:
         """Clips with at least one known word, per video."""
         return self._text["ok_per_video"][...]
@@ -772,11 +815,13 @@ class FeatureStore:
         """Rows of word_vectors(), without reading them."""
         return int(self._text["vectors"].shape[0])
 
-    def text_status_counts(self) -> dict[str, int]:
-        """Clips per text status, counted a chunk at a time."""
+    def text_status_counts(self, group: str = "word2vec") -> dict[str, int]:
+        """Clips per status of a text group (word2vec, or text/<group>), counted a chunk at a time."""
         from collections import Counter
 
-        arr, counts = self._text["status"], Counter()
+        arr = (self._text["status"] if group == "word2vec" else
+               zarr.open_array(str(self.path / "text" / group / "status"), mode="r"))
+        counts: Counter = Counter()
         for a in range(0, arr.shape[0], CLIP_CHUNK):
             counts.update(arr[a:a + CLIP_CHUNK].astype(object).tolist())
         return dict(counts)

@@ -484,3 +484,50 @@ def test_ffmpeg_decoder_extracts_the_same_store(odd_store, odd_dataset, weights,
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     with pytest.raises(ExtractError, match="different settings"):  # one decoder per store: it is recorded
         extract(config(odd_dataset, store, weights, groups=["resnet152"]))
+
+
+def tiny_text_model(folder):
+    """A BERT-shaped text model and its tokenizer, saved as a local Hugging Face folder (never downloaded)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cut", "the", "onion", "knead", "dough", "wheel", "bike",
+             "paint", "wall", "bad", "time", "zzz", "qqq"]
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32))
+    model.save_pretrained(folder)
+    return model
+
+
+def test_hf_text_group_embeds_every_caption_as_transformers_does(odd_dataset, weights, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    model = tiny_text_model(tmp_path / "bert")
+    store = tmp_path / "t.zarr"
+    summary = extract(config(odd_dataset, store, weights, groups=["hf_text"], word2vec=None,
+                             weights={"hf_text": str(tmp_path / "bert")}))
+    assert summary["text"]["hf_text"] == {"ok": 5, "empty_caption": 1}
+    s = FeatureStore(store)
+    texts = list(s.clip_values("text", np.arange(s.n_clips)))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "bert")
+    with torch.no_grad():
+        for c, text in enumerate(texts):
+            enc = tok([text], return_tensors="pt")
+            ref = torch.nn.functional.normalize(model.eval()(**enc).last_hidden_state.mean(1), dim=1)[0].numpy()
+            np.testing.assert_allclose(s.clip_text("hf_text", [c])[0].astype(np.float32), ref, atol=2e-3)
+            ids = zarr_ids(store, c)
+            np.testing.assert_array_equal(ids, enc["input_ids"][0].numpy())
+    assert run_cli("verify", "--store", str(store), "--no-progress").returncode == 0
+    assert "hf_text    per clip; empty_caption=1, ok=5" in run_cli("status", "--store", str(store)).stdout
+
+
+def zarr_ids(store, c):
+    import zarr
+
+    g = zarr.open_group(str(store / "text" / "hf_text"), mode="r")
+    return g["ids"][int(g["offsets"][c]):int(g["offsets"][c + 1])]
