@@ -26,6 +26,19 @@ def folder_sha256(folder: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def local_folder(name: str, opts: Options, needs: str) -> str:
+    """The group's Hugging Face folder (``--weights NAME=FOLDER``), transformers quietened; never downloads."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    folder = opts.weights_for(name)
+    if not folder or not Path(folder, "config.json").is_file():
+        raise WeightsError(f"{name}: no Hugging Face model folder at {folder!r} (--weights {name}=FOLDER: a "
+                           f"local folder written by save_pretrained, with config.json and {needs})")
+    return folder
+
+
 class HFVision(Extractor):
     consumes = FRAMES
     rate = 1.0
@@ -34,13 +47,8 @@ class HFVision(Extractor):
         import transformers
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
         super().__init__(name, opts)
-        folder = self.weights = opts.weights_for(name)
-        if not folder or not Path(folder, "config.json").is_file():
-            raise WeightsError(f"{name}: no Hugging Face model folder at {folder!r} (--weights {name}=FOLDER: a "
-                               "local folder written by save_pretrained, with config.json and an image processor)")
+        folder = self.weights = local_folder(name, opts, "an image processor")
         try:
             self.processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
             arch = (AutoConfig.from_pretrained(folder, local_files_only=True).architectures or [None])[0]
@@ -86,16 +94,10 @@ class HFText(Extractor):
     max_length = 128
 
     def __init__(self, name: str, opts: Options):
-        import transformers
         from transformers import AutoModel, AutoTokenizer
 
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
         super().__init__(name, opts)
-        folder = self.weights = opts.weights_for(name)
-        if not folder or not Path(folder, "config.json").is_file():
-            raise WeightsError(f"{name}: no Hugging Face model folder at {folder!r} (--weights {name}=FOLDER: a "
-                               "local folder written by save_pretrained, with config.json and a tokenizer)")
+        folder = self.weights = local_folder(name, opts, "a tokenizer")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval().to(opts.device)

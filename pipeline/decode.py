@@ -53,6 +53,19 @@ def _scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, int(width * short_side / height)), short_side
 
 
+def open_media(path: str | None):
+    """The file opened for demuxing: a missing, empty or unopenable file is a DecodeFailure. Local files only,
+    media demuxers only: no playlist (hls, concat) can pull in URLs or other files."""
+    if path is None or not os.path.isfile(path):
+        raise DecodeFailure("missing", f"no such file: {path}")
+    if os.path.getsize(path) == 0:
+        raise DecodeFailure("decode_error", f"empty file: {path}")
+    try:
+        return av.open(path, options={"protocol_whitelist": "file", "format_whitelist": MEDIA_DEMUXERS})
+    except av.FFmpegError as e:
+        raise DecodeFailure("decode_error", f"cannot open (truncated or not a media file?): {e}") from e
+
+
 @dataclass
 class FrameStream:
     """Frames picked at ``fps`` by FFmpeg's fps filter, scaled to ``short_side``, handed to ``sink``
@@ -93,16 +106,7 @@ def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float
 
     ``frames``: frames at ``fps`` to ``on_frames`` ``batch`` at a time (without it: kept in
     ``Decoded.frames``). ``streams``: more frame selections from the same decode (dense clip frames)."""
-    if path is None or not os.path.isfile(path):
-        raise DecodeFailure("missing", f"no such file: {path}")
-    if os.path.getsize(path) == 0:
-        raise DecodeFailure("decode_error", f"empty file: {path}")
-    try:
-        # local files only, media demuxers only: no playlist (hls, concat) can pull in URLs or other files
-        container = av.open(path, options={"protocol_whitelist": "file", "format_whitelist": MEDIA_DEMUXERS})
-    except av.FFmpegError as e:
-        raise DecodeFailure("decode_error", f"cannot open (truncated or not a media file?): {e}") from e
-    with container:
+    with open_media(path) as container:
         vstream = container.streams.video[0] if container.streams.video else None
         astream = container.streams.audio[0] if container.streams.audio else None
         video = frames or bool(streams)

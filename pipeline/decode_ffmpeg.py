@@ -21,8 +21,8 @@ from typing import Callable
 import av
 import numpy as np
 
-from .decode import (MEDIA_DEMUXERS, SAMPLE_RATE, DecodeFailure, Decoded, _check_extent, _duration, _scaled_size,
-                     _stream_seconds)
+from .decode import (SAMPLE_RATE, DecodeFailure, Decoded, _check_extent, _duration, _scaled_size, _stream_seconds,
+                     open_media)
 
 
 def ffmpeg_exe() -> str:
@@ -41,11 +41,7 @@ def ffmpeg_exe() -> str:
 
 def _probe(path: str) -> dict:
     """Size after rotation, durations and the audio track, from the header and the first frame (PyAV)."""
-    try:
-        container = av.open(path, options={"protocol_whitelist": "file", "format_whitelist": MEDIA_DEMUXERS})
-    except av.FFmpegError as e:
-        raise DecodeFailure("decode_error", f"cannot open (truncated or not a media file?): {e}") from e
-    with container:
+    with open_media(path) as container:
         v = container.streams.video[0] if container.streams.video else None
         a = container.streams.audio[0] if container.streams.audio else None
         info = dict(duration=_duration(container, v, a), video_s=_stream_seconds(v) if v else None,
@@ -65,13 +61,9 @@ def decode_ffmpeg(path: str | None, frames: bool = True, audio: bool = True, fps
                   short_side: int = 224, on_frames: Callable[[list[np.ndarray]], None] | None = None,
                   batch: int = 32, hwaccel: str | None = None) -> Decoded:
     """As ``decode.decode`` (1 fps frames and audio), through the ffmpeg CLI. Raises DecodeFailure."""
-    if path is None or not os.path.isfile(path):
-        raise DecodeFailure("missing", f"no such file: {path}")
-    if os.path.getsize(path) == 0:
-        raise DecodeFailure("decode_error", f"empty file: {path}")
     import ffmpeg
 
-    info = _probe(path)
+    info = _probe(path)  # missing, empty and unopenable files fail here, as with the in-process decoder
     if frames and info["size"] is None:
         raise DecodeFailure("no_video", "file has no video stream" if info["video_s"] is None else "no frame decodes")
     out = Decoded(duration=info["duration"])
