@@ -26,6 +26,7 @@ class Options:
     device: str = "cpu"
     batch_size: int = 32  # frames (or clips) per forward
     short_side: int = 224  # 1 fps frames
+    precision: str = "fp32"  # resolved (features/precision.py): fp32, bf16 or fp16; recorded per group
     decoder: str = "pyav"  # pyav (in-process) or ffmpeg (the CLI through ffmpeg-python): recorded per frame group
     hwaccel: str | None = None  # ffmpeg -hwaccel (cuda, vaapi, ...), ffmpeg decoder only
 
@@ -55,6 +56,12 @@ class Extractor:
 
     def __init__(self, name: str, opts: Options):
         self.name, self.opts = name, opts
+
+    def autocast(self):
+        """Around the model's forward: the run's precision (recorded in ``params.precision``)."""
+        from .precision import autocast
+
+        return autocast(self.opts.device, self.opts.precision)
 
     def provenance(self) -> dict:
         return dict(extractor=self.description, weights=self.weights, weights_sha256=self.weights_sha256,

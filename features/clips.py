@@ -36,7 +36,7 @@ class VideoClipModel(Extractor):
                            frames_per_clip=self.frames_per_clip, overlap=0, short_side=self.side,
                            crop=f"centre {self.side}x{self.side}", interpolation="bicubic",
                            normalise="kinetics mean/std", l2_normalize=True, tail="< 16 frames dropped",
-                           dtype="float16")
+                           precision=opts.precision, dtype="float16")
 
     @torch.inference_mode()
     def __call__(self, clips: np.ndarray) -> np.ndarray:
@@ -47,4 +47,6 @@ class VideoClipModel(Extractor):
         x = x[:, :, top:top + self.side, left:left + self.side]
         x = x.permute(0, 4, 1, 2, 3).float().div_(255)  # (B, 3, T, H, W)
         x = (x - MEAN.to(x.device)) / STD.to(x.device)
-        return torch.nn.functional.normalize(self.model(x).float(), dim=1).cpu().numpy()
+        with self.autocast():
+            y = self.model(x)
+        return torch.nn.functional.normalize(y.float(), dim=1).cpu().numpy()

@@ -80,9 +80,11 @@ class DaveNetAudio(Extractor):
             load_into(model, state, "DAVEnet", self.weights)
             self.weights_sha256 = sha256(self.weights)
         self.model, self.dim = model.eval().to(opts.device), model.dim
-        self.params = dict(input="logmel", dtype="float16")
+        self.params = dict(input="logmel", precision=opts.precision, dtype="float16")
 
     @torch.inference_mode()
     def __call__(self, mel: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(mel.T, dtype=np.float32))[None].to(self.opts.device)
-        return self.model(x)[0].T.float().cpu().numpy()
+        with self.autocast():
+            y = self.model(x)
+        return y[0].T.float().cpu().numpy()

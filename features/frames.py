@@ -45,7 +45,8 @@ class ResNetFrames(Extractor):
         self.description = f"torchvision.models.{name}, fc removed (global average pool, {self.dim}-d)"
         self.params = dict(fps=1, selection="ffmpeg fps filter", rotation="display matrix applied", decoder=opts.decoder,
                            short_side=opts.short_side, long_side="truncated", crop=None, interpolation="bicubic",
-                           normalise="imagenet mean/std", l2_normalize=True, dtype="float16")
+                           normalise="imagenet mean/std", l2_normalize=True, precision=opts.precision,
+                           dtype="float16")
 
     @torch.inference_mode()
     def __call__(self, frames: list[np.ndarray]) -> np.ndarray:
@@ -57,5 +58,7 @@ class ResNetFrames(Extractor):
                 continue
             x = torch.from_numpy(np.stack(batch)).to(dev).permute(0, 3, 1, 2).float().div_(255)
             x = ((x - MEAN.to(x.device)) / STD.to(x.device)).contiguous(memory_format=torch.channels_last)
-            out.append(torch.nn.functional.normalize(self.model(x).float(), dim=1).cpu().numpy())
+            with self.autocast():
+                y = self.model(x)
+            out.append(torch.nn.functional.normalize(y.float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

@@ -63,7 +63,7 @@ class HFVision(Extractor):
         self.description = f"transformers {type(model).__name__} ({model.config.model_type}), image embedding"
         self.params = dict(fps=1, selection="ffmpeg fps filter", rotation="display matrix applied", decoder=opts.decoder,
                            short_side=opts.short_side, processor=self.processor.to_dict(), l2_normalize=True,
-                           dtype="float16")
+                           precision=opts.precision, dtype="float16")
 
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """The model's image embedding: CLIP-style ``image_embeds`` / ``get_image_features``, else pooled output."""
@@ -81,7 +81,9 @@ class HFVision(Extractor):
         out = []
         for i in range(0, len(frames), self.opts.batch_size):
             pixels = self.processor(images=list(frames[i:i + self.opts.batch_size]), return_tensors="pt")
-            out.append(torch.nn.functional.normalize(self._embed(pixels["pixel_values"]).float(), dim=1).cpu().numpy())
+            with self.autocast():
+                y = self._embed(pixels["pixel_values"])
+            out.append(torch.nn.functional.normalize(y.float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
@@ -107,7 +109,7 @@ class HFText(Extractor):
         self.dim = int(self.model.config.hidden_size)
         self.description = f"transformers {type(self.model).__name__} ({self.model.config.model_type}), mean-pooled"
         self.params = dict(pooling="attention-masked mean of the last hidden state", l2_normalize=True,
-                           max_length=self.max_length, truncation=True, dtype="float16")
+                           max_length=self.max_length, truncation=True, precision=opts.precision, dtype="float16")
 
     @torch.inference_mode()
     def __call__(self, sentences) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -118,7 +120,8 @@ class HFText(Extractor):
             enc = self.tokenizer(sentences[i:i + self.opts.batch_size], padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt")
             mask = enc["attention_mask"]
-            hidden = self.model(**{k: v.to(self.opts.device) for k, v in enc.items()}).last_hidden_state.float()
+            with self.autocast():
+                hidden = self.model(**{k: v.to(self.opts.device) for k, v in enc.items()}).last_hidden_state.float()
             m = mask.to(hidden.device).unsqueeze(-1).float()
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
             out.append(torch.nn.functional.normalize(pooled, dim=1).cpu().numpy())

