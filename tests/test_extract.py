@@ -381,7 +381,7 @@ def test_disk_full_is_one_clear_line_leaves_no_debris_and_the_rerun_resumes(odd_
     args = ["extract", "--manifest", odd_dataset["manifest"], "--captions", odd_dataset["captions"],
             "--video-root", odd_dataset["video_root"], "--store", str(store), "--resnet152-weights",
             weights["resnet152"], "--word2vec", weights["word2vec"], "--workers", "0", "--part-size", "2",
-            "--short-side", "64", "--no-progress"]
+            "--short-side", "64", "--precision", "fp32", "--no-progress"]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and [ln for ln in err.splitlines() if ln.startswith("error:")] == [
