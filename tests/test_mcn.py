@@ -278,3 +278,40 @@ def test_several_video_groups_are_pooled_per_group_and_concatenated(planted, tmp
     eval_store = with_3d_group(planted[1], tmp_path / "eval.zarr")
     r = evaluate(tmp_path / "run", str(eval_store), label="task")
     assert r["text_to_video"]["R@1"] > 5 / r["text_to_video"]["N"], r["text_to_video"]
+
+
+def test_mcn_fidelity_warmup_refit_period_and_eval_audio_pooling():
+    """Three details pinned against the MCN authors' code (spec: shared/spec/mcn.md)."""
+    from trainers.loop import warmup_cosine
+    from trainers.model import MCN
+
+    f = warmup_cosine(10, 110)  # get_cosine_schedule_with_warmup: step / warmup, the first update at lr 0
+    assert (f(0), f(5), f(10), f(60), f(110)) == (0.0, 0.5, 1.0, pytest.approx(0.5), pytest.approx(0.0))
+    # k-means refits when the batch index within the epoch is a multiple of the period: 7 steps/epoch, period 5
+    from trainers.mcn import losses_for
+
+    class Recorder:
+        centroids, refits = torch.zeros(2, 8), []
+
+        def labels(self, fused, refit, g):
+            self.refits.append(refit)
+            self.centroids = torch.zeros(2, 8)  # (reset to None at each epoch start, as MCN does)
+            return torch.zeros(len(fused), dtype=torch.long)
+
+        def push(self, rows):  # the queue of past steps
+            pass
+
+    rec = Recorder()
+    cfg = MCNConfig(store="x", out="y", combo="va", dim=8, clips_per_video=2, cluster_every=5, no_recon=True)
+    emb = {"v": torch.randn(4, 8), "a": torch.randn(4, 8)}
+    for step in range(20):
+        losses_for({"va": (emb, [])}, {"va": rec}, cfg, step, 7, "cpu")
+    assert [s for s, r in enumerate(rec.refits) if r] == [0, 5, 7, 12, 14, 19]  # global steps: 0, 5, 10, 15
+    # eval pooling over the first nframes // r DAVEnet frames, r = round(T_in / T_out): 14 for a 100-frame input
+    torch.manual_seed(0)
+    model = MCN("va", dim=8, video_dim=4, audio_dim=1024, we_dim=4, recon=False, end_to_end_audio=True).eval()
+    mel = torch.randn(1, 40, 100)
+    with torch.no_grad():
+        out = model.davenet(mel)  # (1, 1024, 7): r = round(100 / 7) = 14
+        got = model.audio_features(mel, torch.tensor([70]))
+    np.testing.assert_allclose(got, out[:, :, :5].mean(2), rtol=1e-5)  # 70 // 14 = 5 frames (70 // 16 = 4)

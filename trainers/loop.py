@@ -89,9 +89,10 @@ def check_finite(loss: torch.Tensor, step: int, store: str) -> None:
 
 
 def warmup_cosine(warmup: int, total: int):
-    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then half-cosine to 0 at ``total``."""
+    """LR multiplier: linear warm-up step/warmup (MCN's: the first update runs at lr 0), then half-cosine to 0
+    at ``total``."""
     def f(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return step / warmup
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
     return f

@@ -33,7 +33,7 @@ class MCNConfig:
     min_time: float = 10.0
     max_words: int = 20
     clusters: int = 256
-    cluster_every: int = 20  # full k-means every N steps, assignment only in between
+    cluster_every: int = 20  # full k-means every N batches of an epoch (counted from its start), assignment between
     queue_steps: int = 20  # queue length in steps (each step pushes half the clips of every video)
     cluster_weight: float = 1.0
     recon_weight: float = 50.0
@@ -128,7 +128,8 @@ def losses_for(out: dict, clusterers: dict, cfg: MCNConfig, step: int, steps_per
             c = clusterers[name]
             if step % steps_per_epoch == 0:
                 c.centroids = None  # MCN re-initialises the centroids every epoch
-            labels = c.labels(fused, step % cfg.cluster_every == 0, g).to(device)
+            # MCN refits when the batch index *within the epoch* is a multiple of the period (train_tri_kmeans.py)
+            labels = c.labels(fused, step % steps_per_epoch % cfg.cluster_every == 0, g).to(device)
             centroids = c.centroids.to(device)
             terms["cluster"] = terms["cluster"] + sum(cluster_loss(e, centroids, labels, cfg.margin)
                                                       for e in emb.values()) / len(emb)

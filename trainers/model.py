@@ -98,13 +98,14 @@ class MCN(nn.Module):
 
     def audio_features(self, audio: torch.Tensor, nframes: torch.Tensor | None = None) -> torch.Tensor:
         """Cached mode: already pooled 1024-d. End-to-end: DAVEnet over (B, 40, F) log-mel, mean over time
-        (training: all output frames incl. padding; eval: the first max(1, nframes // 16), as MCN)."""
+        (training: all output frames incl. padding; eval: the first max(1, nframes // r), r = round(T_in / T_out),
+        as MCN: 16 for 1000+ input frames, less for short windows)."""
         if self.davenet is None:
             return audio
         out = self.davenet(audio)
         if self.training or nframes is None:
             return out.mean(dim=2)
-        keep = torch.clamp(nframes // 16, min=1)
+        keep = torch.clamp(nframes // max(1, round(audio.shape[-1] / out.shape[2])), min=1)
         mask = (torch.arange(out.shape[2], device=out.device)[None] < keep[:, None]).to(out.dtype)
         return (out * mask[:, None]).sum(dim=2) / mask.sum(dim=1, keepdim=True)
 
