@@ -61,6 +61,8 @@ def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True)
                         "ffmpeg-python (imageio-ffmpeg's binary or ffmpeg on PATH); the same frames, bit for bit")
     p.add_argument("--hwaccel", help="ffmpeg -hwaccel method for --decoder ffmpeg (cuda, vaapi, ...)")
     p.add_argument("--retry-failed", action="store_true", help="recompute parts holding failed videos")
+    p.add_argument("--dashboard", action="store_true",
+                   help="start Dask's diagnostic dashboard on the local cluster (or use the scheduler's) and print it")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 

@@ -56,6 +56,7 @@ class ExtractConfig:
     decoder: str = "pyav"  # or ffmpeg: the CLI recipe through ffmpeg-python (bit-identical frames, see README)
     hwaccel: str | None = None  # passed to ffmpeg -hwaccel (decoder ffmpeg)
     retry_failed: bool = False
+    dashboard: bool = False  # Dask's diagnostic dashboard (bokeh) on the local cluster; its address is printed
     progress: bool = True
 
     def options(self) -> Options:
@@ -250,7 +251,9 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
             failed += max((sum(n for k, n in st.items() if k != "ok") for st in result["status"].values()),
                           default=0)
         bar.update(len(job.videos))
-        bar.set_postfix(failed=failed, video_s_per_s=f"{seconds / max(time.time() - t0, 1e-9):.1f}")
+        rate = seconds / max(time.time() - t0, 1e-9)  # video-seconds per second (= 1 fps frames per second)
+        bar.set_postfix(failed=failed, video_s_per_s=f"{rate:.1f}",
+                        frames_per_s_per_worker=f"{rate / max(1, cfg.workers):.1f}")
 
     if not cfg.scheduler and cfg.workers == 0:
         for job in jobs:
@@ -273,9 +276,12 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
                    if k != "MALLOC_TRIM_THRESHOLD_"}
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None,  # failures are reported by the driver, once:
-                                   silence_logs=logging.CRITICAL)
+                                   dashboard_address=":0" if cfg.dashboard else None,
+                                   silence_logs=logging.CRITICAL)  # failures are reported by the driver, once
         client = Client(cluster)
+    if cfg.dashboard:
+        summary["dashboard"] = client.dashboard_link
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
     try:
         in_flight = 2 * max(1, len(client.scheduler_info()["workers"]) or cfg.workers or 1)
         pending = list(jobs)

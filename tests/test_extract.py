@@ -539,3 +539,14 @@ def test_precision_is_recorded_and_a_store_never_mixes_precisions(odd_dataset, w
     assert FeatureStore(store).groups["resnet152"]["params"]["precision"] == "bf16"
     with pytest.raises(ExtractError, match="different settings"):
         extract(config(odd_dataset, store, weights, groups=["resnet152"], precision="fp32"))
+
+
+def test_dashboard_is_started_and_its_address_printed(odd_dataset, weights, tmp_path, capsys):
+    import urllib.request
+
+    summary = extract(config(odd_dataset, tmp_path / "d.zarr", weights, groups=["logmel"], word2vec=None,
+                             workers=1, dashboard=True))
+    link = summary["dashboard"]
+    assert link.startswith("http://") and link.endswith("/status") and f"Dask dashboard: {link}" in capsys.readouterr().out
+    with pytest.raises(OSError):  # the local cluster (and its dashboard) is gone when the run ends
+        urllib.request.urlopen(link, timeout=2)
