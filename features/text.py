@@ -5,12 +5,16 @@ Tokenisation follows HowTo100M/MCN: regex [\\w']+, case kept, words missing from
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+
+import numpy as np
 
 from .base import TEXT, Extractor, Options
 from .weights import WeightsError, sha256
 
+log = logging.getLogger("mmcache")
 TOKEN = re.compile(r"[\w']+")
 
 
@@ -38,6 +42,11 @@ class Word2VecText(Extractor):
             raise WeightsError(f"word2vec: cannot read {path} as a binary word2vec file: {e}") from e
         self.weights_sha256 = sha256(path)
         self.dim = self.kv.vector_size
+        rows = self.kv.vectors[:: max(1, len(self.kv.vectors) // 10000)]
+        self.mean_norm = float(np.linalg.norm(rows, axis=1).mean()) if len(rows) else 0.0
+        if self.mean_norm < 0.5:
+            log.warning("word2vec: the vectors in %s have mean norm %.3f (GoogleNews: about 2-3); nearly untrained "
+                        "vectors carry almost no meaning, so text features will barely help", path, self.mean_norm)
         self.params = dict(tokenizer=r"[\w']+", case="kept", oov="dropped")
 
     def ids(self, sentence: str) -> list[int]:

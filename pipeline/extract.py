@@ -213,11 +213,14 @@ def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool
     metas = _record_groups(cfg, store, groups, lock)
     summary: dict = {"store": str(store.path), "videos": store.n_videos, "clips": store.n_clips,
                      "groups": groups, "parts_run": 0, "failed_parts": {}}
+    summary["text"] = {}
     for g in [g for g in groups if metas[g]["rate"] is None]:  # per clip, run here over the clip table
         if g == "word2vec" and not (store.path / "word2vec").is_dir():
-            summary["text"] = {**summary.get("text", {}), g: extract_text(cfg, store)}
+            summary["text"][g] = extract_text(cfg, store)
         elif g != "word2vec" and not (store.path / "text" / g).is_dir():
-            summary["text"] = {**summary.get("text", {}), g: extract_clip_text(cfg, store, g)}
+            summary["text"][g] = extract_clip_text(cfg, store, g)
+        else:  # made by an earlier run: its counts, so every run's summary lists every group
+            summary["text"][g] = store.text_status_counts(g)
     video_groups = [g for g in groups if metas[g]["rate"] is not None]  # per video; text is per clip
     workers = cfg.workers if not cfg.scheduler else 0
     threads = cfg.threads_per_worker or (max(1, (os.cpu_count() or 1) // max(1, workers)) if not cfg.scheduler else None)

@@ -266,7 +266,7 @@ def _fill_text(group: zarr.Group, store: "FeatureStore", chunks, vocab_size: int
     for name, value in (("ok_per_video", ok_per_video), ("vocab_rows", vocab_rows),
                         ("vectors", np.asarray(vectors(vocab_rows), dtype=np.float32))):
         group.create_array(name, shape=value.shape, dtype=value.dtype, compressors=None)[...] = value
-    group.attrs.update({"group": "word2vec"})
+    group.attrs.update({"group": "word2vec", "counts": dict(counts)})
     return dict(counts)
 
 
@@ -300,7 +300,7 @@ def write_clip_text(store: "FeatureStore", group: str, chunks, dim: int) -> dict
         for b in range(0, n, 1 << 22):  # a block at a time: 136M clips would be 1 GB at once
             offsets[b + 1:b + 1 + (1 << 22)] = root["ends"][b:b + (1 << 22)]
         del root["ends"]
-        root.attrs.update({"group": group})
+        root.attrs.update({"group": group, "counts": dict(counts)})
     ensure_group(final.parent)
     commit(tmp, final, replace=True)
     return dict(counts)
@@ -816,11 +816,14 @@ class FeatureStore:
         return int(self._text["vectors"].shape[0])
 
     def text_status_counts(self, group: str = "word2vec") -> dict[str, int]:
-        """Clips per status of a text group (word2vec, or text/<group>), counted a chunk at a time."""
+        """Clips per status of a text group (word2vec, or text/<group>): recorded when it was written, else
+        counted a chunk at a time."""
         from collections import Counter
 
-        arr = (self._text["status"] if group == "word2vec" else
-               zarr.open_array(str(self.path / "text" / group / "status"), mode="r"))
+        unit = self.path / ("word2vec" if group == "word2vec" else f"text/{group}")
+        if "counts" in (recorded := _attributes(unit)):
+            return dict(recorded["counts"])
+        arr = zarr.open_array(str(unit / "status"), mode="r")
         counts: Counter = Counter()
         for a in range(0, arr.shape[0], CLIP_CHUNK):
             counts.update(arr[a:a + CLIP_CHUNK].astype(object).tolist())

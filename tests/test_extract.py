@@ -550,3 +550,15 @@ def test_dashboard_is_started_and_its_address_printed(odd_dataset, weights, tmp_
     assert link.startswith("http://") and link.endswith("/status") and f"Dask dashboard: {link}" in capsys.readouterr().out
     with pytest.raises(OSError):  # the local cluster (and its dashboard) is gone when the run ends
         urllib.request.urlopen(link, timeout=2)
+
+
+def test_a_rerun_summary_still_lists_the_text_groups(odd_store, odd_dataset, weights, capsys):
+    from pipeline.cli import print_summary
+
+    first = odd_store[1]["text"]["word2vec"]
+    again = extract(config(odd_dataset, odd_store[0], weights))  # nothing to do
+    assert again["parts_run"] == 0 and again["text"]["word2vec"] == first == {
+        "ok": 4, "empty_caption": 1, "no_known_words": 1}
+    assert FeatureStore(odd_store[0]).text_status_counts() == first  # recorded with the unit
+    print_summary(again)
+    assert "  word2vec   empty_caption=1, no_known_words=1, ok=4" in capsys.readouterr().out

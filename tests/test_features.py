@@ -226,3 +226,15 @@ def test_bf16_sentence_embeddings_match_fp32_with_real_weights():
     assert ((fp32 * bf16).sum(1) >= 0.999).all()
     a, b = fp32 - fp32.mean(0), bf16 - fp32.mean(0)
     assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1) >= 0.99).all()
+
+
+def test_nearly_untrained_word2vec_is_named(tmp_path, caplog):
+    from gensim.models import KeyedVectors
+
+    kv = KeyedVectors(vector_size=300)
+    kv.add_vectors(["cut", "onion"], np.full((2, 300), 0.002, np.float32))  # norm 0.035: like a barely trained .bin
+    kv.save_word2vec_format(str(tmp_path / "weak.bin"), binary=True)
+    with caplog.at_level("WARNING", logger="mmcache"):
+        w2v = built("word2vec", str(tmp_path / "weak.bin"))
+    assert w2v.mean_norm == pytest.approx(0.0346, abs=1e-3)
+    assert "mean norm 0.035 (GoogleNews: about 2-3); nearly untrained" in caplog.text
