@@ -53,6 +53,12 @@ def _scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, int(width * short_side / height)), short_side
 
 
+def display_size(frame) -> tuple[int, int]:
+    """(width, height) of a frame as shown, after its display matrix's rotation."""
+    turned = round(-frame.rotation) % 180 == 90
+    return (frame.height, frame.width) if turned else (frame.width, frame.height)
+
+
 def open_media(path: str | None):
     """The file opened for demuxing: a missing, empty or unopenable file is a DecodeFailure. Local files only,
     media demuxers only: no playlist (hls, concat) can pull in URLs or other files."""
@@ -80,9 +86,8 @@ class FrameStream:
 
     def push(self, frame, stream) -> None:
         if self.graph is None:
-            turned = round(-frame.rotation) % 180 == 90
-            size = (frame.height, frame.width) if turned else (frame.width, frame.height)
-            self.graph = _fps_graph(stream, self.fps, frame.rotation, _scaled_size(*size, self.short_side))
+            self.graph = _fps_graph(stream, self.fps, frame.rotation,
+                                    _scaled_size(*display_size(frame), self.short_side))
         self.graph.push(frame)
         self.pull()
 

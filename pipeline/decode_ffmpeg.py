@@ -22,7 +22,7 @@ import av
 import numpy as np
 
 from .decode import (SAMPLE_RATE, DecodeFailure, Decoded, _check_extent, _duration, _scaled_size, _stream_seconds,
-                     open_media)
+                     display_size, open_media)
 
 
 def ffmpeg_exe() -> str:
@@ -52,8 +52,7 @@ def _probe(path: str) -> dict:
             except (StopIteration, av.FFmpegError):
                 first = None
             if first is not None:
-                turned = round(-first.rotation) % 180 == 90
-                info["size"] = (first.height, first.width) if turned else (first.width, first.height)
+                info["size"] = display_size(first)
         return info
 
 

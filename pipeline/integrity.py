@@ -22,6 +22,15 @@ CRC_KEY = "mmcache_crc32"
 BLOCK = 1 << 24
 
 
+def offsets_problem(offsets: np.ndarray, rows: int, want: int) -> str | None:
+    """Why ``offsets`` cannot index ``rows`` rows as ``want - 1`` runs, or None when they can."""
+    if len(offsets) != want:
+        return f"{len(offsets)} offsets, the plan needs {want}"
+    if len(offsets) and (offsets[0] != 0 or (np.diff(offsets) < 0).any() or offsets[-1] != rows):
+        return f"offsets are not 0..{rows} non-decreasing, so they cannot index {rows} rows"
+    return None
+
+
 def crc32(path: Path) -> tuple[int, int]:
     """(bytes, CRC-32) of a file, read in 16 MB blocks."""
     crc, size = 0, 0
@@ -115,12 +124,8 @@ def _shapes(store, kind: str, unit: Path) -> list[str]:
 
     def offsets_ok(name, data_rows, want):
         off = RowReader(unit / name)
-        if len(off) != want:
-            return [f"{unit / name}: {len(off)} offsets, the plan needs {want}"]
-        v = off.rows(0, len(off))
-        if len(v) and (v[0] != 0 or (np.diff(v) < 0).any() or v[-1] != data_rows):
-            return [f"{unit / name}: offsets are not 0..{data_rows} non-decreasing (damaged)"]
-        return []
+        why = offsets_problem(off.rows(0, len(off)), data_rows, want)
+        return [f"{unit / name}: {why}"] if why else []
 
     if kind == "plan" and unit.name == "videos":
         return offsets_ok("clip_offsets", store.n_clips, store.n_videos + 1) + [

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .integrity import CRC_KEY, seal
+from .integrity import CRC_KEY, offsets_problem, seal
 
 FORMAT_VERSION = 2
 PART = "p{:06d}"
@@ -257,17 +257,24 @@ def _fill_text(group: zarr.Group, store: "FeatureStore", chunks, vocab_size: int
     big = 1 << 22
     for b in range(0, group["ids"].shape[0], big):
         group["ids"][b:b + big] = remap[group["ids"][b:b + big]]
-    offsets = group.create_array("offsets", shape=(a + 1,), dtype="int64", chunks=(min(CLIP_CHUNK, a + 1),),
-                                 compressors=None)
-    offsets[0] = 0
-    for b in range(0, a, big):
-        offsets[b + 1:b + 1 + big] = group["ends"][b:b + big]
-    del group["ends"]
+    _ends_to_offsets(group, a)
     for name, value in (("ok_per_video", ok_per_video), ("vocab_rows", vocab_rows),
                         ("vectors", np.asarray(vectors(vocab_rows), dtype=np.float32))):
         group.create_array(name, shape=value.shape, dtype=value.dtype, compressors=None)[...] = value
     group.attrs.update({"group": "word2vec", "counts": dict(counts)})
     return dict(counts)
+
+
+def _ends_to_offsets(group: zarr.Group, n: int) -> None:
+    """Replace the per-clip ``ends`` column with ``offsets`` (n + 1: 0, then the ends), copied a block at a
+    time (136M clips would be 1 GB at once)."""
+    big = 1 << 22
+    offsets = group.create_array("offsets", shape=(n + 1,), dtype="int64", chunks=(min(CLIP_CHUNK, n + 1),),
+                                 compressors=None)
+    offsets[0] = 0
+    for b in range(0, n, big):
+        offsets[b + 1:b + 1 + big] = group["ends"][b:b + big]
+    del group["ends"]
 
 
 def write_clip_text(store: "FeatureStore", group: str, chunks, dim: int) -> dict[str, int]:
@@ -294,12 +301,7 @@ def write_clip_text(store: "FeatureStore", group: str, chunks, dim: int) -> dict
             raise ValueError(f"text for {n} clips, but the store has {store.n_clips}")
         per_clip.close()
         ids_out.close()
-        offsets = root.create_array("offsets", shape=(n + 1,), dtype="int64", chunks=(min(CLIP_CHUNK, n + 1),),
-                                    compressors=None)
-        offsets[0] = 0
-        for b in range(0, n, 1 << 22):  # a block at a time: 136M clips would be 1 GB at once
-            offsets[b + 1:b + 1 + (1 << 22)] = root["ends"][b:b + (1 << 22)]
-        del root["ends"]
+        _ends_to_offsets(root, n)
         root.attrs.update({"group": group, "counts": dict(counts)})
     ensure_group(final.parent)
     commit(tmp, final, replace=True)
@@ -332,7 +334,6 @@ class StoreLock:
 
     def attrs(self):
         import fcntl
-        from contextlib import contextmanager
 
         @contextmanager
         def held():
@@ -714,8 +715,8 @@ class FeatureStore:
             data, offsets = RowReader(path / "data"), RowReader(path / "offsets")
             offsets = offsets.rows(0, len(offsets))
             a, b = self.part_range(p)
-            if len(offsets) != b - a + 1 or offsets[0] != 0 or offsets[-1] != len(data) or (np.diff(offsets) < 0).any():
-                raise damaged(path / "offsets", f"cannot index {len(data)} rows of {b - a} videos")
+            if why := offsets_problem(offsets, len(data), b - a + 1):
+                raise damaged(path / "offsets", why)
             self._units[p, group] = Unit(data, offsets)
         return self._units[p, group]
 
