@@ -20,6 +20,8 @@ from typing import Callable
 import av
 import numpy as np
 
+from .gop import GopSkipper
+
 SAMPLE_RATE = 16000
 
 
@@ -40,6 +42,7 @@ class Decoded:
     audio_error: str | None = None  # why audio is None
     n_frames: int = 0  # frames selected (also when they went to ``on_frames`` instead of ``frames``)
     truncated: str | None = None  # the file broke off: what decoded, of how much, and why (duration = decoded)
+    skipped: int = 0  # video packets never decoded: no selected frame needs them (pipeline/gop.py)
 
 
 MEDIA_DEMUXERS = ",".join(["mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "flv", "mpeg",
@@ -106,11 +109,12 @@ class FrameStream:
 def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float = 1.0,
            short_side: int = 224, threads: int = 1,
            on_frames: Callable[[list[np.ndarray]], None] | None = None, batch: int = 32,
-           streams: list[FrameStream] = ()) -> Decoded:
+           streams: list[FrameStream] = (), skip_unused: bool = True) -> Decoded:
     """Demux the file once, decoding only the streams asked for. Raises DecodeFailure.
 
     ``frames``: frames at ``fps`` to ``on_frames`` ``batch`` at a time (without it: kept in
-    ``Decoded.frames``). ``streams``: more frame selections from the same decode (dense clip frames)."""
+    ``Decoded.frames``). ``streams``: more frame selections from the same decode (dense clip frames).
+    ``skip_unused``: never decode the packets no selection needs (pipeline/gop.py; the frames are identical)."""
     with open_media(path) as container:
         vstream = container.streams.video[0] if container.streams.video else None
         astream = container.streams.audio[0] if container.streams.audio else None
@@ -129,7 +133,24 @@ def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float
             vstream.thread_type = "AUTO"  # safe: we always decode to EOF
             vstream.codec_context.thread_count = threads
         broke = None
+        skipper = GopSkipper(vstream, [p.fps for p in picks]) if video and skip_unused and GopSkipper.usable(vstream) else None
         packets = container.demux(*wanted)
+
+        def run(packet) -> None:
+            nonlocal broke, resampler
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError as e:  # a damaged or partial packet: skipped, as the ffmpeg CLI does
+                broke = broke or f"{type(e).__name__}: {e}"
+                return
+            for frame in decoded:
+                if isinstance(frame, av.VideoFrame):
+                    for pick in picks:
+                        pick.push(frame, vstream)
+                else:
+                    resampler = resampler or av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+                    chunks.extend(f.to_ndarray()[0] for f in resampler.resample(frame))
+
         while True:
             try:
                 packet = next(packets)
@@ -138,23 +159,16 @@ def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float
             except av.FFmpegError as e:  # the container breaks off: keep what came before
                 broke = broke or f"{type(e).__name__}: {e}"
                 break
-            try:
-                decoded = packet.decode()
-            except av.FFmpegError as e:  # a damaged or partial packet: skipped, as the ffmpeg CLI does
-                broke = broke or f"{type(e).__name__}: {e}"
-                continue
-            for frame in decoded:
-                if isinstance(frame, av.VideoFrame):
-                    for pick in picks:
-                        pick.push(frame, vstream)
-                else:
-                    resampler = resampler or av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-                    chunks.extend(f.to_ndarray()[0] for f in resampler.resample(frame))
+            for p in skipper.feed(packet) if skipper is not None and packet.stream is vstream else (packet,):
+                run(p)
+        for p in skipper.drain() if skipper is not None else ():  # held when the container broke off
+            run(p)
         for pick in picks:
             pick.pull(final=True)
         if resampler is not None:
             chunks.extend(f.to_ndarray()[0] for f in resampler.resample(None))
         out.n_frames = picks[0].n if picks else 0
+        out.skipped = skipper.skipped if skipper is not None else 0
         if video and not out.n_frames:
             raise DecodeFailure("decode_error" if broke else "empty",
                                 f"no video frame decodes: {broke}" if broke else "no video frames decoded (zero duration?)")

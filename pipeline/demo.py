@@ -26,13 +26,16 @@ SR = 16000
 
 
 def write_video(path: str | os.PathLike, seconds: float, color=(128, 128, 128), tone: float | None = 440.0,
-                size=(160, 120), fps: int = 10, seed: int = 0, codec: str = "libx264") -> None:
-    """An H.264 (or other codec) mp4 with an optional AAC mono tone; deterministic for a seed."""
+                size=(160, 120), fps: int = 10, seed: int = 0, codec: str = "libx264", gop: int | None = None) -> None:
+    """An H.264 (or other codec) mp4 with an optional AAC mono tone; deterministic for a seed. ``gop``: frames
+    between keyframes (the encoder's default otherwise; libx264's is 250, with B-frames)."""
     rng = np.random.default_rng(seed)
     w, h = size
     with av.open(str(path), "w") as out:
         vs = out.add_stream(codec, rate=fps)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        if gop:
+            vs.codec_context.gop_size = gop
         a_s = None
         if tone is not None:
             a_s = out.add_stream("aac", rate=SR)
@@ -60,6 +63,24 @@ def write_video(path: str | os.PathLike, seconds: float, color=(128, 128, 128), 
                 for packet in a_s.encode(frame):
                     out.mux(packet)
             for packet in a_s.encode():
+                out.mux(packet)
+
+
+def loop_video(src: str | os.PathLike, dst: str | os.PathLike, times: int) -> None:
+    """A long video from a real one without re-encoding: its packets remuxed ``times`` over, timestamps shifted
+    (each copy starts with the source's own IDR frame, so the result decodes as the encoder's stream would)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        streams = [s for s in (inp.streams.video[:1] + inp.streams.audio[:1])]
+        outs = {s.index: out.add_stream_from_template(s) for s in streams}
+        for k in range(times):
+            inp.seek(0)
+            for packet in inp.demux(*streams):
+                if packet.dts is None:
+                    continue
+                s = packet.stream
+                shift = k * int(s.duration or round(inp.duration / av.time_base / s.time_base))
+                packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+                packet.stream = outs[s.index]
                 out.mux(packet)
 
 

@@ -215,3 +215,59 @@ def test_ffmpeg_cli_decoder_statuses(tmp_path, real_videos):
     write_video(tmp_path / "silent.mp4", 3.0, tone=None, size=(64, 48))
     d = decode_ffmpeg(str(tmp_path / "silent.mp4"))
     assert d.n_frames == 3 and d.audio is None and d.audio_error == "no audio track"
+
+
+def _same_frames(a, b):
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("name", ["v_GGSY1Qvo990", "v_ZNVhz7ctTq0"])
+def test_unused_packets_are_skipped_and_the_frames_are_identical(real_videos, tmp_path, name):
+    """A real encode looped to 10 copies (a keyframe every 2-3 s, as YouTube's): the packets after a GOP's last
+    picked frame are never decoded (a fifth of them), and every frame and sample equals a full decode's."""
+    from pipeline.demo import loop_video
+
+    path = tmp_path / f"{name}.mp4"
+    loop_video(real_videos[name], path, 10)
+    full, fast = decode(str(path), skip_unused=False), decode(str(path))
+    _same_frames(fast.frames, full.frames)
+    np.testing.assert_array_equal(fast.audio, full.audio)
+    with av.open(str(path)) as c:
+        packets = c.streams.video[0].frames
+    assert full.skipped == 0 and 0.15 < fast.skipped / packets < 0.3, (fast.skipped, packets)
+    assert len(fast.frames) == round(full.duration) >= 140
+
+
+def test_skipping_is_exact_with_b_frames_and_dense_clip_streams(tmp_path):
+    """x264 with B-frames (reordered decode) and a keyframe every 15 frames, a 1 fps selection and a 24 fps
+    dense one from the same decode (3D groups): identical frames either way; nothing of the dense one is lost."""
+    from pipeline.decode import FrameStream
+
+    path = tmp_path / "b.mp4"
+    write_video(path, 12.0, size=(96, 64), fps=30, gop=15)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.profile == "High"  # B-frames on
+
+    def run(skip):
+        dense = []
+        d = decode(str(path), audio=False, short_side=64, skip_unused=skip,
+                   streams=[FrameStream(24.0, 32, dense.extend, 8)])
+        return d, dense
+
+    (full, full_dense), (fast, fast_dense) = run(False), run(True)
+    _same_frames(fast.frames, full.frames)
+    _same_frames(fast_dense, full_dense)
+    assert len(full_dense) > 250 and full.skipped == 0
+    one = decode(str(path), audio=False, short_side=64)
+    _same_frames(one.frames, full.frames)
+    # 1 fps alone skips the tail of every GOP after its picked frame; at 24 fps from 30 nearly all are needed
+    assert one.skipped > 60 and 0 < fast.skipped < 20
+
+
+def test_skipping_stays_off_where_it_cannot_be_exact(tmp_path):
+    """mpeg4 has no IDR marker to rely on: every packet is decoded."""
+    write_video(tmp_path / "m.mp4", 4.0, size=(64, 48), codec="mpeg4")
+    d = decode(str(tmp_path / "m.mp4"), audio=False)
+    assert d.skipped == 0 and len(d.frames) == 4
