@@ -56,7 +56,9 @@ class ResNetFrames(Extractor):
             if any(f.shape != batch[0].shape for f in batch):  # resolution change mid-video
                 out.extend(self([f]) for f in batch)
                 continue
-            x = torch.from_numpy(np.stack(batch)).to(dev).permute(0, 3, 1, 2).float().div_(255)
+            x = torch.from_numpy(np.stack(batch))
+            x = (x.pin_memory().to(dev, non_blocking=True) if dev.startswith("cuda") else x)  # copy overlaps the last forward
+            x = x.permute(0, 3, 1, 2).float().div_(255)
             x = ((x - MEAN.to(x.device)) / STD.to(x.device)).contiguous(memory_format=torch.channels_last)
             with self.autocast():
                 y = self.model(x)

@@ -44,13 +44,21 @@ def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True)
                         "Hugging Face folder (hf_vision); repeat per group")
     p.add_argument("--random-init", type=_csv, default=[],
                    help="run these extractors untrained (e.g. resnet152,davenet); recorded in the store")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="local Dask worker processes (0 = no Dask, run in this process)")
+    p.add_argument("--workers", type=int,
+                   help="local Dask worker processes (0 = no Dask, run in this process; default: one per core, "
+                        "with --device cuda one per GPU)")
     p.add_argument("--threads-per-worker", type=int, help="torch threads per worker (default: cores // workers)")
+    p.add_argument("--decode-workers", type=int,
+                   help="decoding processes per worker feeding its models frames from several videos at once "
+                        "(default: 0 on CPU, where each worker decodes for itself; with --device cuda the host's "
+                        "cores // its GPUs). Dask workers of --scheduler then need DASK_DISTRIBUTED__WORKER__DAEMON=False")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
     p.add_argument("--part-size", type=int, help="videos per part = one task, one commit "
                    "(default: at least 4 parts per worker, at most 64 videos; fixed when the store is planned)")
-    p.add_argument("--device", default="cpu", help="torch device for the extractors (cpu, cuda)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for the extractors (cpu, cuda). cuda: one local worker per GPU, each holding "
+                        "a Dask resource GPU=1 (start --scheduler workers with --resources GPU=1), decoding in "
+                        "--decode-workers processes")
     p.add_argument("--batch-size", type=int, default=32, help="frames per CNN forward")
     p.add_argument("--short-side", type=int, default=224, help="frame short side in pixels")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",

@@ -33,6 +33,9 @@ class DecodeFailure(Exception):
         self.status = status
         self.message = message
 
+    def __reduce__(self):  # picklable: decode workers send it back
+        return DecodeFailure, (self.status, self.message)
+
 
 @dataclass
 class Decoded:

@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +45,9 @@ class ExtractConfig:
     word2vec: str | None = None
     weights: dict[str, str] = field(default_factory=dict)  # any group: --weights GROUP=PATH
     random_init: list[str] = field(default_factory=list)
-    workers: int = os.cpu_count() or 1  # 0 = run in this process, no Dask
+    workers: int | None = None  # 0 = run in this process, no Dask; None: one per core (CPU) or per GPU (CUDA)
     threads_per_worker: int | None = None  # torch threads per worker; default: cores // workers
+    decode_workers: int | None = None  # decoding processes per worker (pipeline/part.py); None: 0 on CPU, cores // GPUs on CUDA
     scheduler: str | None = None
     part_size: int | None = None  # videos per part; default: at least 4 parts per worker, at most 64 videos
     device: str = "cpu"
@@ -188,20 +189,32 @@ def _jobs(cfg: ExtractConfig, store: FeatureStore, groups: list[str], threads: i
         vids = [(str(store.videos["video_id"][i]), str(paths[i])) for i in range(a, b)]
         todo = [g for g in groups if p not in done[g]]
         if todo:
-            jobs.append(PartJob(str(store.path), p, vids, todo, cfg.options(), threads))
+            jobs.append(PartJob(str(store.path), p, vids, todo, cfg.options(), threads,
+                                decode_workers=cfg.decode_workers))
         if failed_parts.get(p):
-            jobs.append(PartJob(str(store.path), p, vids, failed_parts[p], cfg.options(), threads, replace=True))
+            jobs.append(PartJob(str(store.path), p, vids, failed_parts[p], cfg.options(), threads, replace=True,
+                                decode_workers=cfg.decode_workers))
     return jobs
 
 
 def extract(cfg: ExtractConfig) -> dict:
     """Run (or resume) an extraction. Returns a summary dict."""
+    if cfg.workers is None:
+        cfg = replace(cfg, workers=_gpus() if cfg.device.startswith("cuda") else os.cpu_count() or 1)
     groups = cfg.wanted_groups()
     lock = StoreLock(cfg.store)
     try:
         return _extract(cfg, groups, lock, alone=lock.run())
     finally:
         lock.close()
+
+
+def _gpus() -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ExtractError("--device cuda: no CUDA device is visible here (torch.cuda.is_available() is False)")
+    return torch.cuda.device_count()
 
 
 def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool) -> dict:
@@ -250,6 +263,7 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
             log.error("part %d failed as a whole (it will be retried on the next run): %s", job.part, error)
         else:
             seconds += result["seconds"]
+            summary["decode_workers"] = max(summary.get("decode_workers", 0), result.get("decode_workers", 0))
             summary["task_seconds"] = summary.get("task_seconds", 0.0) + result["wall"]
             failed += max((sum(n for k, n in st.items() if k != "ok") for st in result["status"].values()),
                           default=0)
@@ -270,6 +284,8 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
     logging.getLogger("distributed").setLevel(logging.ERROR)
 
     cluster = None
+    cuda = cfg.device.startswith("cuda")
+    gpu = {"resources": {"GPU": 1}} if cuda else {}  # a GPU task runs only on a worker that holds a GPU
     if cfg.scheduler:
         client = Client(cfg.scheduler)
     else:
@@ -277,9 +293,12 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
         # back to the OS and faults them in again on every batch (ResNet-152 forward 8% slower, measured).
         environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
                    if k != "MALLOC_TRIM_THRESHOLD_"}
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        # decode workers are processes started by the task: the worker must not be a daemon
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
+                              "distributed.worker.daemon": not (cuda or cfg.decode_workers)}):
             cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
                                    dashboard_address=":0" if cfg.dashboard else None,
+                                   resources={"GPU": 1} if cuda else None,
                                    silence_logs=logging.CRITICAL)  # failures are reported by the driver, once
         client = Client(cluster)
     if cfg.dashboard:
@@ -289,7 +308,7 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
         in_flight = 2 * max(1, len(client.scheduler_info()["workers"]) or cfg.workers or 1)
         pending = list(jobs)
         by_key = {}
-        first = [client.submit(run_part, j, pure=False, retries=1) for j in pending[:in_flight]]
+        first = [client.submit(run_part, j, pure=False, retries=1, **gpu) for j in pending[:in_flight]]
         for f, j in zip(first, pending[:in_flight]):
             by_key[f.key] = j
         pending = pending[in_flight:]
@@ -304,7 +323,7 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
                 done(job, None, f"{type(e).__name__}: {e}")
             if pending:
                 j = pending.pop(0)
-                nf = client.submit(run_part, j, pure=False, retries=1)
+                nf = client.submit(run_part, j, pure=False, retries=1, **gpu)
                 by_key[nf.key] = j
                 queue.add(nf)
     finally:

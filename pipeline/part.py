@@ -1,6 +1,10 @@
 """One task of `pipeline extract`: decode each video of a part once, hand each extractor what it consumes
 (1 fps frames and dense clip frames stream as they decode; the waveform and log-mel per video), and commit
 one unit per feature group. Statuses per video and group; one video's failure never loses the part.
+
+Videos decode in this process (the default on CPU: one task per core), or in ``decode_workers`` DataLoader
+processes (the default on CUDA, as the HowTo100M extractor does) while this process runs the models. Either
+way the frame models get full batches drawn from several videos (``Batcher``), and only a batch is held.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import IterableDataset
 
 from features.base import AUDIO, CLIP_FRAMES, FRAMES, LOGMEL, Options
 from features.registry import extractor
@@ -31,49 +36,205 @@ class PartJob:
     opts: Options
     threads: int | None = None  # torch threads in the worker
     replace: bool = False
+    decode_workers: int | None = None  # decoding processes feeding this task's models; None: 0 on CPU, cores // GPUs on CUDA
 
 
 @dataclass
 class Column:
-    """One group's results for the part's videos, in order."""
-    rows: list = field(default_factory=list)
-    status: list = field(default_factory=list)
-    error: list = field(default_factory=list)
-    duration: list = field(default_factory=list)
+    """One group's results for the part's videos, by video index (videos finish out of order with decode workers)."""
+    n: int
+    rows: dict = field(default_factory=dict)
+    status: dict = field(default_factory=dict)
+    error: dict = field(default_factory=dict)
+    duration: dict = field(default_factory=dict)
 
-    def put(self, rows, status="ok", error="", duration=0.0) -> None:
-        self.rows.append(rows)
-        self.status.append(status)
-        self.error.append(error)
-        self.duration.append(duration)
+    def put(self, i: int, rows, status="ok", error="", duration=0.0) -> None:
+        self.rows[i], self.status[i], self.error[i], self.duration[i] = rows, status, error, duration
+
+    def ordered(self, what: dict) -> list:
+        return [what[i] for i in range(self.n)]
 
 
-class Streamed:
-    """Rows of the streaming (frame / clip) groups of one video, fed a batch at a time during the decode."""
+class Batcher:
+    """Rows of the frame and clip groups for every video of the part. Frames (or clips) are fed as they decode,
+    and a group's forward takes ``batch`` of them, from several videos when one ends mid-batch (so a GPU model
+    always gets full batches); one frame size per forward. Only a batch per group and size is ever held."""
 
-    def __init__(self, exts: dict):
-        self.exts, self.rows, self.errors = exts, {g: [] for g in exts}, {}
+    def __init__(self, exts: dict, batch: int):
+        self.exts = exts
+        self.size = {g: CLIPS_PER_FORWARD if e.consumes == CLIP_FRAMES else batch for g, e in exts.items()}
+        self.pending: dict = {}  # (group, shape) -> [(video, first frame index, array)]
+        self.count: dict = {}  # (group, video) -> frames fed
+        self.rows: dict = {}  # (group, video) -> [(first frame index, rows)]
+        self.errors: dict = {}  # (group, video) -> message
 
-    def feed(self, groups: list[str], batch) -> None:
+    def feed(self, i: int, groups: list[str], batch: np.ndarray) -> None:
         for g in groups:
-            if g not in self.errors:
-                try:
-                    self.rows[g].append(self.exts[g](batch).astype(np.float16))
-                except Exception as e:  # an extractor bug or OOM: this group fails, the others go on
-                    self.errors[g] = f"{type(e).__name__}: {e}"
+            key = (g, batch.shape[1:])
+            self.pending.setdefault(key, []).append((i, self.count.get((g, i), 0), batch))
+            self.count[g, i] = self.count.get((g, i), 0) + len(batch)
+            while sum(len(b) for *_, b in self.pending[key]) >= self.size[g]:
+                self._forward(key, self.size[g])
 
-    def clips(self, group: str, frames: list[np.ndarray]) -> None:
+    def clips(self, i: int, group: str, frames: np.ndarray) -> None:
         """Dense frames -> non-overlapping windows of frames_per_clip (a shorter tail is dropped)."""
         t = self.exts[group].frames_per_clip
         n = len(frames) // t
         if n:
-            self.feed([group], np.stack(frames[:n * t]).reshape(n, t, *frames[0].shape))
+            self.feed(i, [group], frames[:n * t].reshape(n, t, *frames.shape[1:]))
 
-    def result(self, group: str) -> np.ndarray:
-        if group in self.errors:
-            raise RuntimeError(self.errors[group])
-        rows = self.rows[group]
+    def _forward(self, key, limit: int | None = None) -> None:
+        g, take, pieces = key[0], [], self.pending[key]
+        while pieces and (limit is None or sum(len(b) for *_, b in take) < limit):
+            i, first, b = pieces.pop(0)
+            room = len(b) if limit is None else limit - sum(len(x) for *_, x in take)
+            if len(b) > room:  # split: the rest waits for the next forward
+                pieces.insert(0, (i, first + room, b[room:]))
+                b = b[:room]
+            take.append((i, first, b))
+        try:
+            out = self.exts[g](np.concatenate([b for *_, b in take])).astype(np.float16)
+        except Exception as e:  # an extractor bug or OOM: this group fails for these videos, the rest go on
+            for i, *_ in take:
+                self.errors.setdefault((g, i), f"{type(e).__name__}: {e}")
+            return
+        a = 0
+        for i, first, b in take:
+            self.rows.setdefault((g, i), []).append((first, out[a:a + len(b)]))
+            a += len(b)
+
+    def flush(self) -> None:
+        for key in list(self.pending):
+            while self.pending[key]:
+                self._forward(key, self.size[key[0]])
+
+    def result(self, group: str, i: int) -> np.ndarray:
+        if (group, i) in self.errors:
+            raise RuntimeError(self.errors[group, i])
+        rows = [r for _, r in sorted(self.rows.pop((group, i), []), key=lambda x: x[0])]
         return np.concatenate(rows) if rows else np.zeros((0, self.exts[group].dim), np.float16)
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """What one video's single decode must give (picklable: decode workers get it, never the models)."""
+    frames: bool  # 1 fps frames for the frame groups
+    clips: tuple[tuple[str, float, int, int], ...]  # (group, fps, short side, frames per clip) per clip group
+    audio: bool
+    mel: bool  # compute the log-mel beside the decode (the logmel group, or DAVEnet with no stored log-mel)
+    raw_audio: bool  # a group takes the waveform itself (kept after the log-mel is made)
+    opts: Options
+
+
+@dataclass
+class Decoded1:
+    """One video's decode, without its frames (they went to the batcher): the log-mel if asked for."""
+    dec: object = None  # pipeline.decode.Decoded, frames and audio dropped once used
+    failure: DecodeFailure | None = None
+    mel: np.ndarray | None = None
+    mel_error: str | None = None
+
+
+def decode_video(plan: DecodePlan, path: str, sink) -> Decoded1:
+    """Decode one video once: frames to ``sink(kind, group, array)`` as they come, the log-mel computed here."""
+    opts = plan.opts
+    read = decode if opts.decoder == "pyav" else partial(decode_ffmpeg, hwaccel=opts.hwaccel)
+    streams = [FrameStream(fps, side, lambda b, g=g: sink(CLIP_FRAMES, g, np.stack(b)), t * CLIPS_PER_FORWARD)
+               for g, fps, side, t in plan.clips]
+    out = Decoded1()
+    if not (plan.frames or streams or plan.audio):
+        return out
+    try:
+        out.dec = read(path or None, frames=plan.frames, audio=plan.audio, short_side=opts.short_side,
+                       on_frames=lambda b: sink(FRAMES, None, np.stack(b)), batch=opts.batch_size,
+                       **({"streams": streams} if streams else {}))
+    except DecodeFailure as f:
+        out.failure = f
+        if f.status == "no_video" and plan.audio:  # audio-only file: the audio groups still work
+            try:
+                out.dec = read(path, frames=False, audio=True)
+            except DecodeFailure as f2:
+                out.failure = f2
+    if plan.mel and out.dec is not None and out.dec.audio is not None:
+        try:  # rounded as stored, so DAVEnet sees the same input whether the log-mel was just computed or read
+            out.mel = extractor("logmel", opts)(out.dec.audio).astype(np.float16).astype(np.float32)
+        except Exception as e:
+            out.mel_error = f"{type(e).__name__}: {e}"
+    return out
+
+
+def _in_process(job: PartJob, plan: DecodePlan, batcher: Batcher, of: dict):
+    """Each video decoded here, its frames fed to the models as they decode."""
+    for i, (_, path) in enumerate(job.videos):
+        def sink(kind, group, arr, i=i):
+            if kind == FRAMES:
+                batcher.feed(i, of[FRAMES], arr)
+            else:
+                batcher.clips(i, group, arr)
+        yield i, decode_video(plan, path, sink)
+
+
+class _Decodes(IterableDataset):
+    """The part's videos decoded in DataLoader worker processes (an IterableDataset: worker k takes videos
+    k, k + n, ...): messages (kind, video, group, array) as frames decode, then ("done", video, None, Decoded1)."""
+
+    def __init__(self, job: PartJob, plan: DecodePlan):
+        self.videos, self.plan = [p for _, p in job.videos], plan
+
+    def __iter__(self):
+        import queue
+        import threading
+
+        import torch
+
+        info = torch.utils.data.get_worker_info()
+        for i in range(info.id if info else 0, len(self.videos), info.num_workers if info else 1):
+            q: queue.Queue = queue.Queue(maxsize=2)  # the decode thread waits while two batches are unread
+
+            def work(i=i, q=q):
+                try:
+                    res = decode_video(self.plan, self.videos[i], lambda kind, g, arr: q.put((kind, i, g, arr)))
+                except Exception as e:  # never lose the part: this video fails, the rest go on
+                    res = Decoded1(failure=DecodeFailure("extract_error", f"{type(e).__name__}: {e}"))
+                if res.dec is not None and not self.plan.raw_audio:  # only the log-mel travels back
+                    res.dec.audio = None
+                q.put(("done", i, None, res))
+
+            threading.Thread(target=work, daemon=True).start()
+            while (msg := q.get())[0] != "done":
+                yield msg
+            yield msg
+
+
+def _as_is(message):
+    return message
+
+
+def _pooled(job: PartJob, plan: DecodePlan, batcher: Batcher, of: dict, workers: int):
+    """Videos decoded in ``workers`` processes while this one runs the models on frames from all of them."""
+    import multiprocessing
+
+    from torch.utils.data import DataLoader
+
+    # forkserver: the workers fork from a clean server process that has imported torch and the decoders once,
+    # not from this one (its CUDA context and Dask's threads must not be forked)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["pipeline.part"])
+    loader = DataLoader(_Decodes(job, plan), batch_size=None, num_workers=workers, collate_fn=_as_is,
+                        multiprocessing_context=context)
+    try:
+        for kind, i, group, item in loader:
+            if kind == "done":
+                yield i, item
+            elif kind == FRAMES:
+                batcher.feed(i, of[FRAMES], item)
+            else:
+                batcher.clips(i, group, item)
+    except AssertionError as e:
+        if "daemonic" in str(e):
+            raise RuntimeError("--decode-workers needs Dask workers that may start processes: start them with "
+                               "DASK_DISTRIBUTED__WORKER__DAEMON=False (or use --decode-workers 0)") from e
+        raise
 
 
 def _stored_logmel(job: PartJob):
@@ -81,79 +242,110 @@ def _stored_logmel(job: PartJob):
     return read_unit(path)[0] if path.is_dir() else None
 
 
+def _this_gpu(device: str) -> str:
+    """``cuda`` on a local cluster of several GPU workers: worker k takes GPU k mod count."""
+    import torch
+
+    if device != "cuda" or torch.cuda.device_count() < 2:
+        return device
+    try:
+        from distributed import get_worker
+
+        return f"cuda:{int(get_worker().name) % torch.cuda.device_count()}"
+    except (ImportError, ValueError, TypeError):  # not in a Dask worker, or a worker named by the user
+        return device
+
+
 def run_part(job: PartJob) -> dict:
+    import os
+    from dataclasses import replace
+
     import torch
 
     t0 = time.time()
     if job.threads:
         torch.set_num_threads(job.threads)
-    exts = {g: extractor(g, job.opts) for g in job.groups}
+    cuda = job.opts.device.startswith("cuda")
+    opts = replace(job.opts, device=_this_gpu(job.opts.device)) if cuda else job.opts
+    exts = {g: extractor(g, opts) for g in job.groups}
     of = {kind: [g for g, e in exts.items() if e.consumes == kind] for kind in (FRAMES, CLIP_FRAMES, AUDIO, LOGMEL)}
     # log-mel consumers (DAVEnet) read the log-mel this run computes, or the stored one, or compute it unstored
     stored_mel = _stored_logmel(job) if of[LOGMEL] and "logmel" not in exts else None
-    mel_maker = exts.get("logmel") or (extractor("logmel", job.opts) if of[LOGMEL] and stored_mel is None else None)
-    need_audio = bool(of[AUDIO]) or mel_maker is not None
-    results = {g: Column() for g in job.groups}
-    read = decode if job.opts.decoder == "pyav" else partial(decode_ffmpeg, hwaccel=job.opts.hwaccel)
-    seconds = 0.0
-    for i, (vid, path) in enumerate(job.videos):
-        streamed = Streamed(exts)
-        streams = [FrameStream(exts[g].fps, exts[g].side, lambda b, g=g: streamed.clips(g, b),
-                               exts[g].frames_per_clip * CLIPS_PER_FORWARD) for g in of[CLIP_FRAMES]]
-        dec, failure = None, None
-        if of[FRAMES] or streams or need_audio:
-            try:
-                dec = read(path or None, frames=bool(of[FRAMES]), audio=need_audio, short_side=job.opts.short_side,
-                           on_frames=lambda b: streamed.feed(of[FRAMES], b), batch=job.opts.batch_size,
-                           **({"streams": streams} if streams else {}))
-            except DecodeFailure as f:
-                failure = f
-                if f.status == "no_video" and need_audio:  # audio-only file: the audio groups still work
-                    try:
-                        dec = read(path, frames=False, audio=True)
-                    except DecodeFailure as f2:
-                        failure = f2
-        duration = dec.duration if dec else 0.0
-        seconds += duration
-        # a truncated file keeps its decodable part: status 'truncated', the reason, the decoded duration
-        ok, note = ("truncated", dec.truncated) if dec is not None and dec.truncated else ("ok", "")
-        mel = None
-
-        def need(what_ok: bool, status: str, message: str) -> None:
-            if not what_ok:
-                raise DecodeFailure(failure.status, failure.message) if failure else DecodeFailure(status, message)
-
-        for group in sorted(job.groups, key=lambda g: exts[g].consumes == LOGMEL):  # the log-mel before its users
-            kind, r = exts[group].consumes, results[group]
-            try:
-                if kind in (FRAMES, CLIP_FRAMES):
-                    need(dec is not None and dec.n_frames > 0, "no_video", "no frames")
-                    r.put(streamed.result(group), ok, note, duration)
-                    continue
-                if kind == AUDIO and group != "logmel":
-                    need(dec is not None and dec.audio is not None, "no_audio", dec.audio_error if dec else "")
-                    r.put(exts[group](dec.audio), ok, note, duration)
-                    continue
-                if mel is None and stored_mel is not None:  # the log-mel's users, from the stored log-mel
-                    off, duration = stored_mel["offsets"], float(stored_mel["duration"][i])
-                    if stored_mel["status"][i] not in USABLE:
-                        raise DecodeFailure(stored_mel["status"][i], stored_mel["error"][i])
-                    ok, note = stored_mel["status"][i], stored_mel["error"][i]
-                    mel = stored_mel["data"][off[i]:off[i + 1]].astype(np.float32)
-                elif mel is None:
-                    need(dec is not None, "missing", "not decoded")
-                    need(dec.audio is not None, "no_audio", dec.audio_error or "no audio")
-                    # rounded as stored, so DAVEnet sees the same input whether the log-mel was just
-                    # computed or read back from the store (a resumed or incremental run)
-                    mel = mel_maker(dec.audio).astype(np.float16).astype(np.float32)
-                r.put(mel if group == "logmel" else exts[group](mel), ok, note, duration)
-            except DecodeFailure as f:
-                r.put(None, f.status, f.message, duration)
-            except Exception as e:  # an extractor bug or OOM on one video must not lose the part
-                r.put(None, "extract_error", f"{type(e).__name__}: {e}", duration)
-
+    want_mel = "logmel" in exts or (bool(of[LOGMEL]) and stored_mel is None)
+    raw = [g for g in of[AUDIO] if g != "logmel"]
+    plan = DecodePlan(frames=bool(of[FRAMES]), audio=bool(raw) or want_mel, mel=want_mel, raw_audio=bool(raw), opts=opts,
+                      clips=tuple((g, exts[g].fps, exts[g].side, exts[g].frames_per_clip) for g in of[CLIP_FRAMES]))
+    n = len(job.videos)
+    results = {g: Column(n) for g in job.groups}
+    batcher = Batcher({g: exts[g] for g in of[FRAMES] + of[CLIP_FRAMES]}, opts.batch_size)
+    workers = job.decode_workers
+    if workers is None:
+        workers = max(1, (os.cpu_count() or 1) // max(1, torch.cuda.device_count())) if cuda else 0
+    decoded = (_pooled(job, plan, batcher, of, min(workers, n)) if workers and n > 1
+               else _in_process(job, plan, batcher, of))
+    kept = {}  # the decode of each video, its audio dropped: the frame groups finish once every forward is done
+    for i, d in decoded:
+        _finish_audio(i, d, exts, of, stored_mel, results)
+        if d.dec is not None:
+            d.dec.audio = None
+        kept[i] = d
+    batcher.flush()
+    for i in range(n):
+        _finish_frames(i, kept[i], of, batcher, results)
     for group, r in results.items():
-        write_part(job.store, job.part, group, r.rows, r.status, r.error, r.duration, exts[group].dim,
-                   {"videos": [v for v, _ in job.videos]}, replace=job.replace)
-    return {"part": job.part, "groups": job.groups, "videos": len(job.videos), "seconds": seconds,
-            "status": {g: dict(Counter(r.status)) for g, r in results.items()}, "wall": time.time() - t0}
+        write_part(job.store, job.part, group, r.ordered(r.rows), r.ordered(r.status), r.ordered(r.error),
+                   r.ordered(r.duration), exts[group].dim, {"videos": [v for v, _ in job.videos]}, replace=job.replace)
+    seconds = sum(d.dec.duration for d in kept.values() if d.dec is not None)
+    return {"part": job.part, "groups": job.groups, "videos": n, "seconds": seconds, "decode_workers": workers,
+            "status": {g: dict(Counter(r.ordered(r.status))) for g, r in results.items()}, "wall": time.time() - t0}
+
+
+def _outcome(d: Decoded1) -> tuple[str, str, float]:
+    """A truncated file keeps its decodable part: status 'truncated', the reason, the decoded duration."""
+    if d.dec is not None and d.dec.truncated:
+        return "truncated", d.dec.truncated, d.dec.duration
+    return "ok", "", d.dec.duration if d.dec is not None else 0.0
+
+
+def _need(d: Decoded1, what_ok: bool, status: str, message: str) -> None:
+    if not what_ok:
+        raise DecodeFailure(d.failure.status, d.failure.message) if d.failure else DecodeFailure(status, message)
+
+
+def _finish_frames(i: int, d: Decoded1, of: dict, batcher: Batcher, results: dict) -> None:
+    ok, note, duration = _outcome(d)
+    for group in of[FRAMES] + of[CLIP_FRAMES]:
+        try:
+            _need(d, d.dec is not None and d.dec.n_frames > 0, "no_video", "no frames")
+            results[group].put(i, batcher.result(group, i), ok, note, duration)
+        except DecodeFailure as f:
+            results[group].put(i, None, f.status, f.message, duration)
+        except Exception as e:  # the group's forward failed on this video's frames
+            results[group].put(i, None, "extract_error", f"{type(e).__name__}: {e}", duration)
+
+
+def _finish_audio(i: int, d: Decoded1, exts: dict, of: dict, stored_mel, results: dict) -> None:
+    ok, note, duration = _outcome(d)
+    for group in sorted(of[AUDIO] + of[LOGMEL], key=lambda g: exts[g].consumes == LOGMEL):
+        try:
+            if exts[group].consumes == AUDIO and group != "logmel":
+                _need(d, d.dec is not None and d.dec.audio is not None, "no_audio", d.dec.audio_error if d.dec else "")
+                results[group].put(i, exts[group](d.dec.audio), ok, note, duration)
+                continue
+            mel = d.mel
+            if group != "logmel" and stored_mel is not None:  # the log-mel's users, from the stored log-mel
+                off, duration = stored_mel["offsets"], float(stored_mel["duration"][i])
+                if stored_mel["status"][i] not in USABLE:
+                    raise DecodeFailure(stored_mel["status"][i], stored_mel["error"][i])
+                ok, note = stored_mel["status"][i], stored_mel["error"][i]
+                mel = stored_mel["data"][off[i]:off[i + 1]].astype(np.float32)
+            elif mel is None:
+                _need(d, d.dec is not None, "missing", "not decoded")
+                if d.mel_error:
+                    raise DecodeFailure("extract_error", d.mel_error)
+                _need(d, False, "no_audio", d.dec.audio_error or "no audio")
+            results[group].put(i, mel if group == "logmel" else exts[group](mel), ok, note, duration)
+        except DecodeFailure as f:
+            results[group].put(i, None, f.status, f.message, duration)
+        except Exception as e:  # an extractor bug or OOM on one video must not lose the part
+            results[group].put(i, None, "extract_error", f"{type(e).__name__}: {e}", duration)

@@ -562,3 +562,57 @@ def test_a_rerun_summary_still_lists_the_text_groups(odd_store, odd_dataset, wei
     assert FeatureStore(odd_store[0]).text_status_counts() == first  # recorded with the unit
     print_summary(again)
     assert "  word2vec   empty_caption=1, no_known_words=1, ok=4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_decode_workers_feed_one_model_and_give_the_same_store(odd_dataset, weights, odd_store, tmp_path, workers):
+    """--decode-workers (the CUDA default): videos decode in DataLoader processes while the task's own process
+    runs the models on frames from several videos at once; in-process and on a Dask worker, the same store."""
+    store = tmp_path / "pool.zarr"
+    summary = extract(config(odd_dataset, store, weights, workers=workers, decode_workers=2))
+    assert summary["decode_workers"] == 2
+    assert summary["status"] == odd_store[1]["status"]
+    a, b = store_arrays(odd_store[0]), store_arrays(store)
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].dtype.kind == "f" and "resnet152" in k:  # batches may hold the videos in another order
+            np.testing.assert_allclose(a[k].astype(np.float32), b[k].astype(np.float32), atol=2e-3, err_msg=k)
+        else:  # the log-mel, statuses, messages, offsets: exact
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_decode_workers_on_daemonic_scheduler_workers_say_how_to_start_them(odd_dataset, weights, tmp_path):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        summary = extract(config(odd_dataset, tmp_path / "s.zarr", weights, groups=["logmel"], decode_workers=2,
+                                 scheduler=cluster.scheduler_address))
+    assert summary["failed_parts"] and all("DASK_DISTRIBUTED__WORKER__DAEMON=False" in e
+                                           for e in summary["failed_parts"].values())
+
+
+def test_batcher_fills_every_forward_across_videos_in_frame_order():
+    """Frames of three videos (5, 3 and 9 frames, one changing size mid-video) through forwards of 4: every
+    forward but the last per size is full, and each video's rows equal a forward of its own frames."""
+    from pipeline.part import Batcher
+
+    class Means:  # a stand-in model: one row per frame, its mean pixel, recording each forward's size
+        consumes, dim, sizes = "frames", 1, []
+
+        def __call__(self, x):
+            self.sizes.append(len(x))
+            return x.reshape(len(x), -1).mean(1, keepdims=True).astype(np.float32)
+
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 255, (5, 4, 6, 3)), rng.integers(0, 255, (3, 4, 6, 3)),
+              [rng.integers(0, 255, (4, 4, 6, 3)), rng.integers(0, 255, (5, 6, 4, 3))]]
+    model = Means()
+    b = Batcher({"g": model}, 4)
+    for i, v in enumerate(videos):
+        for part in (v if isinstance(v, list) else [v[:2], v[2:]]):
+            b.feed(i, ["g"], np.asarray(part, np.uint8))
+    b.flush()
+    assert model.sizes == [4, 4, 4, 4, 1]  # 12 frames of one size in 3 full forwards, 5 of the other in 4 + 1
+    for i, v in enumerate(videos):
+        frames = np.concatenate([x.reshape(len(x), -1) for x in (v if isinstance(v, list) else [v])])
+        np.testing.assert_allclose(b.result("g", i)[:, 0], frames.mean(1).astype(np.float16), rtol=1e-3)
