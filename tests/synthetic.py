@@ -120,3 +120,76 @@ def build_store(path: Path, manifest: Path, captions: Path, seconds: float = 12.
     for g in DIMS:
         store.write_status_index(g)
     return store
+
+
+# ---- real speech (FSDD): audio that says a digit, captions that name it some of the time ----------------
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+SPEECH_FILLER = ["now", "we", "just", "then", "so", "you", "okay", "next", "good", "this", "take", "look"]
+
+
+def recordings(folder: Path, indices) -> list[tuple[int, Path]]:
+    """(digit, wav) of every FSDD recording whose index (the number after the speaker) is in ``indices``."""
+    out = []
+    for p in sorted(Path(folder).glob("*.wav")):
+        digit, _, index = p.stem.split("_")
+        if int(index) in indices:
+            out.append((int(digit), p))
+    return out
+
+
+def read_wav16k(path: Path) -> np.ndarray:
+    import wave
+
+    import torch
+    import torchaudio
+
+    with wave.open(str(path)) as w:
+        x = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+        rate = w.getframerate()
+    return torchaudio.functional.resample(torch.from_numpy(x), rate, 16000).numpy()
+
+
+def speech_store(path: Path, recs: list[tuple[int, Path]], n_videos: int, clips_per_video: int = 3,
+                 name_prob: float = 0.5, seed: int = 0, word_vectors=None) -> Path:
+    """Narrated 'videos' of real speech, written straight into a store (no video files): each clip is 2 s whose
+    audio is one recording saying a digit (in quiet noise), whose caption names the digit with probability
+    ``name_prob`` (else filler words only), and whose frames carry nothing (random rows). label_digit is the
+    spoken digit. The log-mel is the pipeline's own (features/audio.py), over each whole video."""
+    from features.audio import logmel
+
+    rng = np.random.default_rng(seed)
+    vocab = DIGITS + SPEECH_FILLER
+    rows, ids, mels, frames = [], [], [], []
+    order = rng.permutation(len(recs))
+    for v in range(n_videos):
+        wave = []
+        for c in range(clips_per_video):
+            digit, wav = recs[order[(v * clips_per_video + c) % len(recs)]]
+            x = read_wav16k(wav)[:int(CLIP_S * 16000)]
+            clip = 0.003 * rng.normal(size=int(CLIP_S * 16000)).astype(np.float32)
+            at = int(rng.integers(0, len(clip) - len(x) + 1))
+            clip[at:at + len(x)] += x
+            wave.append(clip)
+            words = list(rng.choice(SPEECH_FILLER, 3, replace=False))
+            if rng.random() < name_prob:
+                words.insert(int(rng.integers(0, 4)), DIGITS[digit])
+            rows.append([f"v{v}", c * CLIP_S, c * CLIP_S + CLIP_S - 0.01, " ".join(words), DIGITS[digit]])
+            ids.append(np.array([vocab.index(w) for w in words], np.int32))
+        mels.append(logmel(np.concatenate(wave)))
+        frames.append(rng.normal(size=(int(clips_per_video * CLIP_S), 64)).astype(np.float32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = path.parent / f"{path.name}.csv"
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows([["video_id", "start", "end", "text", "digit"], *rows])
+    quiet_plan(path, manifest, None, n_videos)
+    ok = ["ok"] * n_videos
+    seconds = [clips_per_video * CLIP_S] * n_videos
+    write_part(path, 0, "logmel", mels, ok, [""] * n_videos, seconds, 40)
+    write_part(path, 0, "resnet152", frames, ok, [""] * n_videos, seconds, 64)
+    if word_vectors is None:
+        word_vectors = np.random.default_rng(1).normal(size=(len(vocab), 300)).astype(np.float32)
+    write_text(FeatureStore(path), [(["ok"] * len(ids), ids)], len(vocab), lambda used: word_vectors[used])
+    add_groups(path, {"resnet152": {"dim": 64, "rate": 1.0}, "logmel": {"dim": 40, "rate": 100.0},
+                      "word2vec": {"dim": 300}})
+    return path

@@ -88,3 +88,15 @@ def test_each_space_has_its_own_heads_and_shares_davenet():
     assert set(out["va"][0]) == {"v", "a"} and set(out["all"][0]) == {"v", "a", "t"}
     assert out["all"][0]["t"].shape == (3, 32) and len(out["all"][1]) == 3  # 3 decoders
     assert model.spaces["va"].video is not model.spaces["all"].video
+
+
+def test_kmeans_returns_the_assignment_made_before_the_last_centroid_update():
+    """fast_pytorch_kmeans' fit_predict (MCN's k-means) returns the labels of its last assignment step, computed
+    before that step's centroid update. Hand case: point 1 is nearer centroid 1 at the start (cos 0.714 vs
+    0.7), but centroid 1 then moves to the mean of points 1 and 2 and point 1 would now go to centroid 0."""
+    x = torch.tensor([[1.0, 0.0], [0.7, 0.714], [-0.9, 0.436]])
+    start = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels, centroids = kmeans_cosine(x, 2, start.clone(), max_iter=1)
+    torch.testing.assert_close(centroids, torch.tensor([[1.0, 0.0], [-0.1, 0.575]]))
+    assert labels.tolist() == [0, 1, 1]
+    assert kmeans_cosine(x, 2, start.clone(), max_iter=1, reassign=True)[0].tolist() == [0, 0, 1]

@@ -4,6 +4,8 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,9 @@ from pipeline.store import FeatureStore
 from trainers.data import MERGE_CAP, ClipReader, merge_captions, step_loader
 from trainers.evaluate import evaluate
 from trainers.mcn import MCNConfig, MCNSampler, clip_spec, train
+
+FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+
 
 @pytest.fixture(scope="module")
 def planted(stores):
@@ -315,3 +320,95 @@ def test_mcn_fidelity_warmup_refit_period_and_eval_audio_pooling():
         out = model.davenet(mel)  # (1, 1024, 7): r = round(100 / 7) = 14
         got = model.audio_features(mel, torch.tensor([70]))
     np.testing.assert_allclose(got, out[:, :, :5].mean(2), rtol=1e-5)  # 70 // 14 = 5 frames (70 // 16 = 4)
+
+
+def test_end_to_end_audio_defaults_detach_recon_targets_pad_with_silence_and_pool_the_clip_only():
+    """Issue 11's collapse: MCN reconstructs the trainable DAVEnet output and text pooling from themselves
+    (not detached), pads short windows with 0 dB (the loudest sound) and pools the padding in training.
+    Defaults: targets detached, padding at the log-mel floor, pooling over the clip's own frames; MCN's
+    behaviour stays behind --recon-targets mcn --audio-padding mcn."""
+    from trainers.data import LOGMEL_FLOOR
+    from trainers.mcn import build_model
+
+    torch.manual_seed(0)
+    cfg = MCNConfig(store="x", out="y", combo="va+all", dim=8, end_to_end_audio=True)
+    mcn_cfg = MCNConfig(store="x", out="y", combo="va+all", dim=8, end_to_end_audio=True, recon_targets="mcn",
+                        audio_padding="mcn")
+    video, mel, words = torch.randn(3, 4), torch.randn(3, 40, 96), torch.randn(3, 5, 6)
+    nframes = torch.tensor([96, 48, 20])
+    for c, detached in ((cfg, True), (mcn_cfg, False)):
+        model = build_model(c, 4, 6).train()
+        out = model(video, mel, words, nframes)
+        targets = [t for _, (_, rec) in out.items() for _, t in rec]
+        trainable = [t for t in targets if t.shape[1] in (1024, 8)]  # DAVEnet output (a), text pooling (t)
+        assert trainable and all(t.requires_grad != detached for t in trainable)
+        d = model.davenet(mel)  # same batch, same BatchNorm statistics
+        r = round(96 / d.shape[2])
+        keep = [max(1, int(n) // r) for n in nframes]
+        want = torch.stack([d[i, :, :k].mean(1) for i, k in enumerate(keep)]) if detached else d.mean(2)
+        torch.testing.assert_close(model.audio_features(mel, nframes), want, rtol=1e-4, atol=1e-5)
+    assert clip_spec(cfg).audio_pad == LOGMEL_FLOOR == -80.0 and clip_spec(mcn_cfg).audio_pad == 0.0
+    with pytest.raises(ValueError, match="--recon-targets 'none'"):
+        build_model(MCNConfig(store="x", out="y", recon_targets="none"), 4, 6)
+
+
+def test_silence_padding_and_the_eval_window_follow_the_run(planted, tmp_path):
+    """Windows shorter than --audio-frames are padded with silence (the floor of the stored log-mel, never
+    louder than the clip); `trainers eval` reads the window the run trained with unless told otherwise."""
+    from synthetic import recordings, speech_store
+
+    store = speech_store(tmp_path / "s.zarr", recordings(FSDD, range(0, 2)), 4, clips_per_video=2)
+    for padding, pad in (("silence", -80.0), ("mcn", 0.0)):
+        cfg = MCNConfig(store=str(store), out=str(tmp_path / padding), combo="va", end_to_end_audio=True,
+                        audio_frames=300, audio_padding=padding, min_time=0.0)
+        reader = ClipReader(str(store), clip_spec(cfg))
+        b = reader.batch(np.arange(4))
+        assert b["audio"].shape == (4, 40, 300) and (b["nframes"] <= 200).all()  # 2 s clips: 200 frames
+        for row, n in zip(b["audio"], b["nframes"]):
+            assert (row[:, n:] == pad).all() and (n == 0 or row[:, :n].min() >= -80.0)
+        assert clip_spec(cfg, min_time=0.0).audio_frames == 300 == clip_spec(cfg, audio_frames=None).audio_frames
+        # MCN's clip population (the default): a clip starting at 0 s gets librosa's frame -2, an empty window;
+        # frames (int(t * 16000) - 200) // 160: [0, 1.99] s -> 0..197, [2, 3.99] s -> 198..397
+        assert list(b["nframes"]) == [0, 199, 0, 199]
+        strict = ClipReader(str(store), replace(clip_spec(cfg), clip_population="strict")).batch(np.arange(4))
+        assert list(strict["nframes"]) == [197, 199, 197, 199]
+
+
+def test_mcn_clip_population_keeps_a_clip_without_known_words_with_its_neighbours_words(tmp_path):
+    """MCN samples every caption: one whose own words are all unknown takes the words of the captions merged
+    into it (min_time); --clip-population strict leaves it out."""
+    import csv
+
+    from pipeline.store import add_groups, write_part, write_text
+    from synthetic import quiet_plan
+
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["video_id", "start", "end", "text"], ["v", 0.5, 2, "a b"], ["v", 2, 4, "zzz"],
+                                 ["v", 4, 6, "c"]])
+    quiet_plan(tmp_path / "s.zarr", tmp_path / "m.csv", None, 1)
+    write_part(tmp_path / "s.zarr", 0, "resnet152", [np.ones((6, 8))], ["ok"], [""], [6.0], 8)
+    write_part(tmp_path / "s.zarr", 0, "davenet", [np.ones((37, 1024))], ["ok"], [""], [6.0], 1024)
+    ids = [np.array([1, 2], np.int32), np.array([], np.int32), np.array([3], np.int32)]
+    write_text(FeatureStore(tmp_path / "s.zarr"), [(["ok", "no_known_words", "ok"], ids)], 4,
+               lambda used: np.eye(4, 300)[used].astype(np.float32))
+    add_groups(tmp_path / "s.zarr", {"resnet152": {"dim": 8}, "davenet": {"dim": 1024}, "word2vec": {"dim": 300}})
+    cfg = MCNConfig(store=str(tmp_path / "s.zarr"), out="x", combo="all", min_time=3.5)
+    mcn_reader = ClipReader(cfg.store, clip_spec(cfg))
+    assert list(mcn_reader.usable_clips(0)) == [0, 1, 2]
+    b = mcn_reader.batch([1])  # [2, 4) grows to the previous caption first (4 - 0.5 < 6 - 2): words 'a b'
+    own = [list(w) for w in FeatureStore(cfg.store).word_ids(0, 3)]  # ids as the store renumbered them
+    assert own[1] == [] and len(own[0]) == 2
+    assert b["valid_t"][0] and list(b["words"][0, :2]) == own[0] and (b["words"][0, 2:] == mcn_reader.pad).all()
+    strict = ClipReader(cfg.store, replace(clip_spec(cfg), clip_population="strict"))
+    assert list(strict.usable_clips(0)) == [0, 2]
+
+
+def test_unnormalised_frozen_audio_is_named_and_normalize_audio_fixes_it(planted, tmp_path, capsys):
+    train(small(planted[0], tmp_path / "raw", steps=2, loader_workers=0), progress=False)
+    err = capsys.readouterr().err
+    assert "frozen audio features" in err and "--normalize-audio" in err
+    cfg = small(planted[0], tmp_path / "norm", steps=2, loader_workers=0, normalize_audio=True)
+    b = ClipReader(cfg.store, clip_spec(cfg)).batch(np.arange(8))
+    np.testing.assert_allclose(np.linalg.norm(b["audio"], axis=1), 1.0, rtol=1e-5)
+    train(cfg, progress=False)
+    assert "frozen audio features" not in capsys.readouterr().err

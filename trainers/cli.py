@@ -77,7 +77,9 @@ def main(argv=None) -> int:
     p.add_argument("--run", required=True)
     p.add_argument("--store", required=True)
     p.add_argument("--label", help="label column for clustering (default: every usable label column)")
-    p.add_argument("--audio-frames", type=int, default=5120, help="log-mel frames per clip (end-to-end audio)")
+    p.add_argument("--audio-frames", type=int,
+                   help="log-mel frames per clip for end-to-end audio, 100 per second (default: the run's own "
+                        "--audio-frames, so training and evaluation read the same window)")
     p.add_argument("--max-score-clips", type=int, default=50_000,
                    help="score retrieval and clustering up to this many clips (N x N scores); embeddings of "
                         "every clip are exported regardless (default 50000)")

@@ -19,6 +19,9 @@ import torch
 from pipeline.store import FeatureStore
 
 
+LOGMEL_FLOOR = -80.0  # the log-mel's lowest value (dB re the video's max, top_db 80): silence
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     """What a trainer asks of each clip."""
@@ -27,6 +30,12 @@ class ClipSpec:
     max_words: int = 20
     end_to_end_audio: bool = False  # log-mel windows instead of pooled frozen DAVEnet features
     audio_frames: int = 1000
+    audio_pad: float = LOGMEL_FLOOR  # log-mel padding: silence; MCN pads with 0 dB, the loudest value
+    normalize_audio: bool = False  # L2-normalise pooled frozen audio features (as the video groups are)
+    # mcn: every clip is used, one whose own caption has no known word takes its merged neighbours' words (or
+    # none), and a clip starting before 12.5 ms gets an empty audio window (librosa's negative frame, as MCN's
+    # loader slices it); strict: such clips are left out, and audio windows start at frame 0
+    clip_population: str = "strict"
     candidates: int = 0  # > 0: also the words of each clip's K nearest narrations (MIL-NCE positives)
     video_groups: tuple[str, ...] = ("resnet152",)  # several: each pooled and L2-normalised, concatenated (MCN 2D|3D)
 
@@ -88,8 +97,8 @@ def _complete_span(starts, ends, s: int, e: int, min_time: float, ends_max=None)
 
 
 def _audio_frames(t: float) -> int:
-    """librosa.time_to_frames(t, sr=16000, hop=160, n_fft=400), clamped at 0 (spec gotcha 7)."""
-    return max(0, (int(t * 16000) - 200) // 160)
+    """librosa.time_to_frames(t, sr=16000, hop=160, n_fft=400): -1 or -2 for t < 12.5 ms (spec gotcha 7)."""
+    return (int(t * 16000) - 200) // 160
 
 
 def _pool(rows, a: np.ndarray, b: np.ndarray, op) -> np.ndarray:
@@ -191,7 +200,7 @@ class ClipReader:
         keep = np.ones(b - a, bool)
         if self.beyond[v]:
             keep &= self.store.clip_rows("start", a, b) < self.duration[v]
-        if "t" in self.spec.modalities:
+        if "t" in self.spec.modalities and self.spec.clip_population == "strict":
             keep &= np.array([len(w) > 0 for w in self.store.word_ids(a, b)], bool)
         return a + np.flatnonzero(keep)
 
@@ -205,7 +214,7 @@ class ClipReader:
         clips = np.asarray(clips, dtype=np.int64)
         B, K, W = len(clips), spec.candidates, spec.max_words
         out = {"video": np.zeros((B, self.video_dim), np.float32),
-               "audio": (np.zeros((B, 40, spec.audio_frames), np.float16) if spec.end_to_end_audio
+               "audio": (np.full((B, 40, spec.audio_frames), spec.audio_pad, np.float16) if spec.end_to_end_audio
                          else np.zeros((B, self.audio_dim), np.float32)),
                "nframes": np.zeros(B, np.int64), "words": np.full((B, W), self.pad, np.int64),
                **{f"valid_{m}": np.zeros(B, bool) for m in "vat"}}
@@ -248,15 +257,19 @@ class ClipReader:
                 col += dim
             if audio is not None and not spec.end_to_end_audio:
                 rate = s.rate(self.audio_group)
-                out["audio"][at] = _pool(audio, np.floor(t0 * rate).astype(np.int64),
-                                         np.floor(t1 * rate).astype(np.int64) + 1, np.add)
+                x = _pool(audio, np.floor(t0 * rate).astype(np.int64), np.floor(t1 * rate).astype(np.int64) + 1, np.add)
+                out["audio"][at] = (x / np.maximum(np.linalg.norm(x, axis=1), 1e-12)[:, None]
+                                    if spec.normalize_audio else x)
             for n, (j, i, (_, _, order), s0, s1) in enumerate(zip(at.tolist(), local, merged, t0, t1)):
                 if audio is not None and spec.end_to_end_audio:
                     f0 = _audio_frames(s0)
-                    mel = audio(f0, min(_audio_frames(s1), f0 + spec.audio_frames))
+                    if f0 < 0 and spec.clip_population == "strict":
+                        f0 = 0
+                    mel = audio(f0, min(_audio_frames(s1), f0 + spec.audio_frames)) if f0 >= 0 else audio(0, 0)
                     out["audio"][j, :, :len(mel)], out["nframes"][j] = mel.T, len(mel)
                 if ids is not None:
-                    out["valid_t"][j] = len(ids[i]) > 0
+                    out["valid_t"][j] = len(ids[i]) > 0 if spec.clip_population == "strict" else \
+                        any(len(ids[o]) for o in order)
                     w = np.concatenate([ids[o] for o in order])[:W]
                     out["words"][j, :len(w)] = w
                     for c, (o, cand_order) in enumerate(cands[n] if K else []):

@@ -3,6 +3,7 @@ export every clip's embeddings to <run>/embeddings.zarr."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import ClipReader, ClipSpec, video_groups
-from .mcn import MCNConfig, build_model, modalities_of
+from .mcn import MCNConfig, build_model, clip_spec, modalities_of
 from .metrics import clustering_metrics, retrieval_metrics
 
 
@@ -24,7 +25,9 @@ def load_run(run: str | Path):
     raw = json.loads((run / "config.json").read_text())
     method = raw.get("method", "mcn")
     if method == "mcn":
-        cfg = MCNConfig(**{k: v for k, v in raw.items() if k in MCNConfig.__dataclass_fields__})
+        # runs from before these settings existed were trained MCN's way
+        old = {"recon_targets": "mcn", "audio_padding": "mcn", "normalize_audio": False, "clip_population": "strict"}
+        cfg = MCNConfig(**{**old, **{k: v for k, v in raw.items() if k in MCNConfig.__dataclass_fields__}})
         model = build_model(cfg, raw["video_dim"], raw["we_dim"])
     elif method == "mmv":
         cfg = mmv.MMVConfig(**{k: v for k, v in raw.items() if k in mmv.MMVConfig.__dataclass_fields__})
@@ -71,7 +74,7 @@ def embed(model, reader: ClipReader, clips: np.ndarray, path: Path, keep: bool,
     return {s: {m: np.concatenate(v) for m, v in d.items()} for s, d in out.items()}
 
 
-def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames: int = 5120,
+def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames: int | None = None,
              max_score_clips: int = 50_000) -> dict:
     """Text->video retrieval (score t.(v+a) in spaces that also hold audio, as MCN on YouCook2; summed over
     spaces holding t and v), audio->video over spaces holding a and v, and k-means clustering of the fused
@@ -82,8 +85,11 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
     run = Path(run)
     cfg, _, model = load_run(run)
     modalities = modalities_of(cfg.combo) if isinstance(cfg, MCNConfig) else "vat"
-    reader = ClipReader(store, ClipSpec(modalities, 0.0, cfg.max_words, getattr(cfg, "end_to_end_audio", False),
-                                        audio_frames, video_groups=video_groups(cfg.video_groups)))
+    # read as trained; every method scores the same clips: those with a known caption word (strict)
+    spec = (replace(clip_spec(cfg, min_time=0.0, audio_frames=audio_frames), clip_population="strict")
+            if isinstance(cfg, MCNConfig) else ClipSpec(modalities, 0.0, cfg.max_words,
+                                                        video_groups=video_groups(cfg.video_groups)))
+    reader = ClipReader(store, spec)
     clips = reader.all_clips()
     score = len(clips) <= max_score_clips
     emb = embed(model, reader, clips, run / "embeddings.zarr", keep=score)

@@ -32,12 +32,15 @@ def reconstruction_loss(pairs: list[tuple[torch.Tensor, torch.Tensor]], weight: 
 
 @torch.no_grad()
 def kmeans_cosine(x: torch.Tensor, k: int, centroids: torch.Tensor | None = None, max_iter: int = 100,
-                  tol: float = 1e-4, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  tol: float = 1e-4, generator: torch.Generator | None = None,
+                  reassign: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means as fast_pytorch_kmeans(mode='cosine') does it for MCN.
 
     Assign by the largest cosine similarity, move each centroid to the plain mean of its (raw) members,
     an empty cluster's centroid becomes zero, stop when the summed squared shift <= tol. Warm-starts
-    from ``centroids`` when given, else from k random rows.
+    from ``centroids`` when given, else from k random rows. The labels returned are, as fast_pytorch_kmeans'
+    ``fit_predict``, the last assignment, made before the last centroid update; ``reassign``: assign to the
+    returned centroids instead.
     """
     x = x.float()
     if centroids is None:
@@ -54,7 +57,8 @@ def kmeans_cosine(x: torch.Tensor, k: int, centroids: torch.Tensor | None = None
         centroids = new
         if shift <= tol:
             break
-    labels = (xn @ F.normalize(centroids, dim=1).t()).argmax(dim=1)
+    if reassign:
+        labels = (xn @ F.normalize(centroids, dim=1).t()).argmax(dim=1)
     return labels, centroids
 
 

@@ -5,13 +5,14 @@ from a checkpoint continues exactly as an uninterrupted run would (on CPU).
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .data import ClipReader, ClipSpec, default_workers, step_loader, video_groups
+from .data import LOGMEL_FLOOR, ClipReader, ClipSpec, default_workers, step_loader, video_groups
 from .loop import RunDir, check_finite, warmup_cosine
 from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
 from .model import MCN, parse_combo
@@ -40,7 +41,11 @@ class MCNConfig:
     no_cluster: bool = False
     no_recon: bool = False
     end_to_end_audio: bool = False  # DAVEnet trained on cached log-mel; else frozen cached DAVEnet features
-    audio_frames: int = 1000
+    audio_frames: int = 1000  # log-mel frames per end-to-end audio window (100 per second); eval uses the same
+    recon_targets: str = "detached"  # or mcn: a trainable tower's own output, not detached (MCN's code; collapses)
+    audio_padding: str = "silence"  # or mcn: windows padded with 0 dB (the loudest) and pooled padding included
+    normalize_audio: bool = False  # L2-normalise pooled frozen audio features (DAVEnet's are unnormalised)
+    clip_population: str = "mcn"  # or strict: leave out clips whose own caption has no known word (trainers/data.py)
     checkpoint_every: int = 100
     seed: int = 1
     device: str = "cpu"
@@ -54,13 +59,22 @@ def modalities_of(combo: str) -> str:
 
 
 def build_model(cfg: MCNConfig, video_dim: int, we_dim: int) -> MCN:
+    for flag, value, choices in (("recon-targets", cfg.recon_targets, ("detached", "mcn")),
+                                 ("audio-padding", cfg.audio_padding, ("silence", "mcn")),
+                                 ("clip-population", cfg.clip_population, ("mcn", "strict"))):
+        if value not in choices:
+            raise ValueError(f"--{flag} {value!r}: choose {' or '.join(choices)}")
     return MCN(cfg.combo, cfg.dim, video_dim=video_dim, audio_dim=1024, we_dim=we_dim,
-               end_to_end_audio=cfg.end_to_end_audio, recon=not cfg.no_recon)
+               end_to_end_audio=cfg.end_to_end_audio, recon=not cfg.no_recon,
+               detach_targets=cfg.recon_targets == "detached", pool_padding=cfg.audio_padding == "mcn")
 
 
-def clip_spec(cfg: MCNConfig) -> ClipSpec:
-    return ClipSpec(modalities_of(cfg.combo), cfg.min_time, cfg.max_words, cfg.end_to_end_audio, cfg.audio_frames,
-                    video_groups=video_groups(cfg.video_groups))
+def clip_spec(cfg: MCNConfig, min_time: float | None = None, audio_frames: int | None = None) -> ClipSpec:
+    """What ``cfg``'s model reads of a clip (evaluation passes its own ``min_time`` and may widen the window)."""
+    return ClipSpec(modalities_of(cfg.combo), cfg.min_time if min_time is None else min_time, cfg.max_words,
+                    cfg.end_to_end_audio, audio_frames or cfg.audio_frames,
+                    audio_pad=0.0 if cfg.audio_padding == "mcn" else LOGMEL_FLOOR, normalize_audio=cfg.normalize_audio,
+                    clip_population=cfg.clip_population, video_groups=video_groups(cfg.video_groups))
 
 
 class MCNSampler:
@@ -140,6 +154,17 @@ def losses_for(out: dict, clusterers: dict, cfg: MCNConfig, step: int, steps_per
     return terms
 
 
+def warn_audio_scale(audio: torch.Tensor, cfg: MCNConfig) -> None:
+    """Frozen audio features far from unit scale (random-init DAVEnet: values up to ~230, clip norms ~900) make
+    the reconstruction term (x --recon-weight) and the clustering distances swamp MMS: say so, with the fix."""
+    norm = float(audio.float().norm(dim=1).mean()) if len(audio) else 0.0
+    if norm > 10 and not cfg.normalize_audio:
+        print(f"warning: the frozen audio features of {cfg.store} are unnormalised (mean clip-feature norm "
+              f"{norm:.0f}, max |value| {float(audio.abs().max()):.0f}; video features have norm 1 per group): "
+              f"their reconstruction (x {cfg.recon_weight:g}) and clustering distances will swamp MMS. Pass "
+              "--normalize-audio to L2-normalise them, as the video groups are", file=sys.stderr)
+
+
 def train(cfg: MCNConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
@@ -177,7 +202,10 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
     loader = step_loader(cfg.store, clip_spec(cfg), sampler, step, cfg.steps, cfg.loader_workers,
                          cfg.device.startswith("cuda"))
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
+    first = step
     for step, b in zip(range(step, cfg.steps), loader):
+        if step == first and "a" in modalities_of(cfg.combo) and not cfg.end_to_end_audio:
+            warn_audio_scale(b["audio"][b["valid_a"]], cfg)
         dev = cfg.device
         video, audio = b["video"].to(dev, non_blocking=True), b["audio"].to(dev, non_blocking=True).float()
         nframes, words = b["nframes"].to(dev), vectors[b["words"]].to(dev, non_blocking=True)

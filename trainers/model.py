@@ -62,9 +62,10 @@ def decoder(d_in: int, d_out: int, hidden: int = 1024) -> nn.Sequential:
 class Space(nn.Module):
     """Projection heads (and decoders) of one embedding space."""
 
-    def __init__(self, modalities: str, dim: int, video_dim: int, audio_dim: int, we_dim: int, recon: bool):
+    def __init__(self, modalities: str, dim: int, video_dim: int, audio_dim: int, we_dim: int, recon: bool,
+                 detach_targets: bool = True):
         super().__init__()
-        self.modalities = modalities
+        self.modalities, self.detach_targets = modalities, detach_targets
         if "v" in modalities:
             self.video = GatedEmbeddingUnit(video_dim, dim)
         if "a" in modalities:
@@ -83,27 +84,33 @@ class Space(nn.Module):
         if "t" in self.modalities:
             pooled = self.text_pool(words)
             emb["t"], targets["t"] = self.text(pooled), pooled
-        recon = [(self.decoders[m](emb[m]), targets[m]) for m in emb] if self.decoders is not None else []
+        # a trainable tower's output as its own target (MCN's code: the text pooling, end-to-end DAVEnet) can be
+        # minimised by collapsing the tower: detached, the target is a fixed point to reconstruct, not a lever
+        recon = [(self.decoders[m](emb[m]), targets[m].detach() if self.detach_targets else targets[m])
+                 for m in emb] if self.decoders is not None else []
         return emb, recon
 
 
 class MCN(nn.Module):
     def __init__(self, combo: str, dim: int = 6144, video_dim: int = 2048, audio_dim: int = 1024,
-                 we_dim: int = 300, end_to_end_audio: bool = False, recon: bool = True):
+                 we_dim: int = 300, end_to_end_audio: bool = False, recon: bool = True,
+                 detach_targets: bool = True, pool_padding: bool = False):
         super().__init__()
         self.spaces_spec = parse_combo(combo)
         self.davenet = DAVEnet() if end_to_end_audio else None
-        self.spaces = nn.ModuleDict({name: Space(mods, dim, video_dim, audio_dim, we_dim, recon)
+        self.pool_padding = pool_padding
+        self.spaces = nn.ModuleDict({name: Space(mods, dim, video_dim, audio_dim, we_dim, recon, detach_targets)
                                      for name, mods in self.spaces_spec.items()})
 
     def audio_features(self, audio: torch.Tensor, nframes: torch.Tensor | None = None) -> torch.Tensor:
-        """Cached mode: already pooled 1024-d. End-to-end: DAVEnet over (B, 40, F) log-mel, mean over time
-        (training: all output frames incl. padding; eval: the first max(1, nframes // r), r = round(T_in / T_out),
-        as MCN: 16 for 1000+ input frames, less for short windows)."""
+        """Cached mode: already pooled 1024-d. End-to-end: DAVEnet over (B, 40, F) log-mel, the mean over the
+        first max(1, nframes // r) output frames, r = round(T_in / T_out) (MCN's eval rule: 16 for 1000+ input
+        frames, less for short windows). ``pool_padding`` (MCN's training): the mean over every output frame,
+        the padding's included."""
         if self.davenet is None:
             return audio
         out = self.davenet(audio)
-        if self.training or nframes is None:
+        if nframes is None or (self.training and self.pool_padding):
             return out.mean(dim=2)
         keep = torch.clamp(nframes // max(1, round(audio.shape[-1] / out.shape[2])), min=1)
         mask = (torch.arange(out.shape[2], device=out.device)[None] < keep[:, None]).to(out.dtype)
