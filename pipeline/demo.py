@@ -26,9 +26,11 @@ SR = 16000
 
 
 def write_video(path: str | os.PathLike, seconds: float, color=(128, 128, 128), tone: float | None = 440.0,
-                size=(160, 120), fps: int = 10, seed: int = 0, codec: str = "libx264", gop: int | None = None) -> None:
-    """An H.264 (or other codec) mp4 with an optional AAC mono tone; deterministic for a seed. ``gop``: frames
-    between keyframes (the encoder's default otherwise; libx264's is 250, with B-frames)."""
+                size=(160, 120), fps: int = 10, seed: int = 0, codec: str = "libx264", gop: int | None = None,
+                wave: np.ndarray | None = None) -> None:
+    """An H.264 (or other codec) mp4 with an optional AAC mono tone (or ``wave``, 16 kHz mono float32, e.g. real
+    speech); deterministic for a seed. ``gop``: frames between keyframes (the encoder's default otherwise;
+    libx264's is 250, with B-frames)."""
     rng = np.random.default_rng(seed)
     w, h = size
     with av.open(str(path), "w") as out:
@@ -37,7 +39,7 @@ def write_video(path: str | os.PathLike, seconds: float, color=(128, 128, 128), 
         if gop:
             vs.codec_context.gop_size = gop
         a_s = None
-        if tone is not None:
+        if tone is not None or wave is not None:
             a_s = out.add_stream("aac", rate=SR)
             a_s.layout = "mono"
         base = np.array(color, dtype=np.float32)
@@ -55,7 +57,8 @@ def write_video(path: str | os.PathLike, seconds: float, color=(128, 128, 128), 
         if a_s is not None:
             n = int(seconds * SR)
             tt = np.arange(n) / SR
-            wave = 0.3 * np.sin(2 * np.pi * tone * tt) + 0.05 * rng.normal(size=n)
+            if wave is None:
+                wave = 0.3 * np.sin(2 * np.pi * tone * tt) + 0.05 * rng.normal(size=n)
             for k in range(0, n, 1024):
                 chunk = wave[k:k + 1024].astype(np.float32)[None]
                 frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")

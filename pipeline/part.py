@@ -83,15 +83,16 @@ class Batcher:
         if n:
             self.feed(i, [group], frames[:n * t].reshape(n, t, *frames.shape[1:]))
 
-    def _forward(self, key, limit: int | None = None) -> None:
-        g, take, pieces = key[0], [], self.pending[key]
-        while pieces and (limit is None or sum(len(b) for *_, b in take) < limit):
+    def _forward(self, key, limit: int) -> None:
+        """One forward of up to ``limit`` pending frames of this (group, size), oldest first."""
+        g, take, pieces, n = key[0], [], self.pending[key], 0
+        while pieces and n < limit:
             i, first, b = pieces.pop(0)
-            room = len(b) if limit is None else limit - sum(len(x) for *_, x in take)
-            if len(b) > room:  # split: the rest waits for the next forward
-                pieces.insert(0, (i, first + room, b[room:]))
-                b = b[:room]
+            if len(b) > limit - n:  # split: the rest waits for the next forward
+                pieces.insert(0, (i, first + limit - n, b[limit - n:]))
+                b = b[:limit - n]
             take.append((i, first, b))
+            n += len(b)
         try:
             out = self.exts[g](np.concatenate([b for *_, b in take])).astype(np.float16)
         except Exception as e:  # an extractor bug or OOM: this group fails for these videos, the rest go on
@@ -127,7 +128,7 @@ class DecodePlan:
 
 
 @dataclass
-class Decoded1:
+class DecodeResult:
     """One video's decode, without its frames (they went to the batcher): the log-mel if asked for."""
     dec: object = None  # pipeline.decode.Decoded, frames and audio dropped once used
     failure: DecodeFailure | None = None
@@ -135,13 +136,13 @@ class Decoded1:
     mel_error: str | None = None
 
 
-def decode_video(plan: DecodePlan, path: str, sink) -> Decoded1:
+def decode_video(plan: DecodePlan, path: str, sink) -> DecodeResult:
     """Decode one video once: frames to ``sink(kind, group, array)`` as they come, the log-mel computed here."""
     opts = plan.opts
     read = decode if opts.decoder == "pyav" else partial(decode_ffmpeg, hwaccel=opts.hwaccel)
     streams = [FrameStream(fps, side, lambda b, g=g: sink(CLIP_FRAMES, g, np.stack(b)), t * CLIPS_PER_FORWARD)
                for g, fps, side, t in plan.clips]
-    out = Decoded1()
+    out = DecodeResult()
     if not (plan.frames or streams or plan.audio):
         return out
     try:
@@ -176,7 +177,7 @@ def _in_process(job: PartJob, plan: DecodePlan, batcher: Batcher, of: dict):
 
 class _Decodes(IterableDataset):
     """The part's videos decoded in DataLoader worker processes (an IterableDataset: worker k takes videos
-    k, k + n, ...): messages (kind, video, group, array) as frames decode, then ("done", video, None, Decoded1)."""
+    k, k + n, ...): messages (kind, video, group, array) as frames decode, then ("done", video, None, DecodeResult)."""
 
     def __init__(self, job: PartJob, plan: DecodePlan):
         self.videos, self.plan = [p for _, p in job.videos], plan
@@ -195,7 +196,7 @@ class _Decodes(IterableDataset):
                 try:
                     res = decode_video(self.plan, self.videos[i], lambda kind, g, arr: q.put((kind, i, g, arr)))
                 except Exception as e:  # never lose the part: this video fails, the rest go on
-                    res = Decoded1(failure=DecodeFailure("extract_error", f"{type(e).__name__}: {e}"))
+                    res = DecodeResult(failure=DecodeFailure("extract_error", f"{type(e).__name__}: {e}"))
                 if res.dec is not None and not self.plan.raw_audio:  # only the log-mel travels back
                     res.dec.audio = None
                 q.put(("done", i, None, res))
@@ -300,19 +301,19 @@ def run_part(job: PartJob) -> dict:
             "status": {g: dict(Counter(r.ordered(r.status))) for g, r in results.items()}, "wall": time.time() - t0}
 
 
-def _outcome(d: Decoded1) -> tuple[str, str, float]:
+def _outcome(d: DecodeResult) -> tuple[str, str, float]:
     """A truncated file keeps its decodable part: status 'truncated', the reason, the decoded duration."""
     if d.dec is not None and d.dec.truncated:
         return "truncated", d.dec.truncated, d.dec.duration
     return "ok", "", d.dec.duration if d.dec is not None else 0.0
 
 
-def _need(d: Decoded1, what_ok: bool, status: str, message: str) -> None:
+def _need(d: DecodeResult, what_ok: bool, status: str, message: str) -> None:
     if not what_ok:
         raise DecodeFailure(d.failure.status, d.failure.message) if d.failure else DecodeFailure(status, message)
 
 
-def _finish_frames(i: int, d: Decoded1, of: dict, batcher: Batcher, results: dict) -> None:
+def _finish_frames(i: int, d: DecodeResult, of: dict, batcher: Batcher, results: dict) -> None:
     ok, note, duration = _outcome(d)
     for group in of[FRAMES] + of[CLIP_FRAMES]:
         try:
@@ -324,7 +325,7 @@ def _finish_frames(i: int, d: Decoded1, of: dict, batcher: Batcher, results: dic
             results[group].put(i, None, "extract_error", f"{type(e).__name__}: {e}", duration)
 
 
-def _finish_audio(i: int, d: Decoded1, exts: dict, of: dict, stored_mel, results: dict) -> None:
+def _finish_audio(i: int, d: DecodeResult, exts: dict, of: dict, stored_mel, results: dict) -> None:
     ok, note, duration = _outcome(d)
     for group in sorted(of[AUDIO] + of[LOGMEL], key=lambda g: exts[g].consumes == LOGMEL):
         try:

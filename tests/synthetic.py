@@ -47,18 +47,25 @@ def planted_store(path, n_videos, seed, word_vectors, mixers, clips_per_video=4,
             ids.append(words.astype(np.int32))
         frames.append(np.concatenate(f_rows))
         audio.append(np.concatenate(a_rows))
+    return write_clip_store(path, rows, "task", {"resnet152": frames, "davenet": audio}, clips_per_video * CLIP_S,
+                            ids, vocab, word_vectors,
+                            {"resnet152": {"dim": wv.shape[1]}, "davenet": {"dim": 1024}, "word2vec": {"dim": 300}})
+
+
+def write_clip_store(path, rows, label: str, units: dict, seconds: float, ids, vocab: int, word_vectors,
+                     groups: dict) -> Path:
+    """A clip-per-row store from its clip rows ([video_id, start, end, text, <label>]) in one part: ``units``
+    {group: each video's rows}, every video ``seconds`` long, each clip's word ids (rows of ``word_vectors``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest = path.parent / f"{path.name}.csv"
     with open(manifest, "w", newline="") as f:
-        csv.writer(f).writerows([["video_id", "start", "end", "text", "task"], *rows])
-    quiet_plan(path, manifest, None, n_videos)
-    ok = ["ok"] * n_videos
-    for name, data in (("resnet152", frames), ("davenet", audio)):
-        write_part(path, 0, name, data, ok, [""] * n_videos, [clips_per_video * CLIP_S] * n_videos,
-                   data[0].shape[1])
-    store = FeatureStore(path)
-    write_text(store, [(["ok"] * len(ids), ids)], vocab, lambda used: word_vectors[used])
-    add_groups(path, {"resnet152": {"dim": wv.shape[1]}, "davenet": {"dim": 1024}, "word2vec": {"dim": 300}})
+        csv.writer(f).writerows([["video_id", "start", "end", "text", label], *rows])
+    n = len(next(iter(units.values())))
+    quiet_plan(path, manifest, None, n)
+    for name, data in units.items():
+        write_part(path, 0, name, data, ["ok"] * n, [""] * n, [seconds] * n, data[0].shape[1])
+    write_text(FeatureStore(path), [(["ok"] * len(ids), ids)], vocab, lambda used: word_vectors[used])
+    add_groups(path, groups)
     return path
 
 
@@ -150,46 +157,47 @@ def read_wav16k(path: Path) -> np.ndarray:
     return torchaudio.functional.resample(torch.from_numpy(x), rate, 16000).numpy()
 
 
-def speech_store(path: Path, recs: list[tuple[int, Path]], n_videos: int, clips_per_video: int = 3,
-                 name_prob: float = 0.5, seed: int = 0, word_vectors=None) -> Path:
-    """Narrated 'videos' of real speech, written straight into a store (no video files): each clip is 2 s whose
-    audio is one recording saying a digit (in quiet noise), whose caption names the digit with probability
-    ``name_prob`` (else filler words only), and whose frames carry nothing (random rows). label_digit is the
-    spoken digit. The log-mel is the pipeline's own (features/audio.py), over each whole video."""
-    from features.audio import logmel
-
+def speech_videos(recs: list[tuple[int, Path]], n_videos: int, clips_per_video: int = 3, name_prob: float = 0.5,
+                  seed: int = 0, lead: float = 0.0):
+    """Narrated 'videos' of real speech: per video (16 kHz waveform, clip rows [video_id, start, end, text,
+    digit], caption words). Each clip is 2 s whose audio is one recording saying a digit (in quiet noise) and
+    whose caption names the digit with probability ``name_prob`` (else filler words only); captions start
+    ``lead`` seconds into their 2 s (MCN gives a clip starting before 12.5 ms an empty audio window)."""
     rng = np.random.default_rng(seed)
-    vocab = DIGITS + SPEECH_FILLER
-    rows, ids, mels, frames = [], [], [], []
     order = rng.permutation(len(recs))
     for v in range(n_videos):
-        wave = []
+        wave, rows, words_of = [], [], []
         for c in range(clips_per_video):
             digit, wav = recs[order[(v * clips_per_video + c) % len(recs)]]
-            x = read_wav16k(wav)[:int(CLIP_S * 16000)]
+            x = read_wav16k(wav)[:int((CLIP_S - lead) * 16000)]
             clip = 0.003 * rng.normal(size=int(CLIP_S * 16000)).astype(np.float32)
-            at = int(rng.integers(0, len(clip) - len(x) + 1))
+            at = int(lead * 16000) + int(rng.integers(0, len(clip) - int(lead * 16000) - len(x) + 1))
             clip[at:at + len(x)] += x
             wave.append(clip)
             words = list(rng.choice(SPEECH_FILLER, 3, replace=False))
             if rng.random() < name_prob:
                 words.insert(int(rng.integers(0, 4)), DIGITS[digit])
-            rows.append([f"v{v}", c * CLIP_S, c * CLIP_S + CLIP_S - 0.01, " ".join(words), DIGITS[digit]])
-            ids.append(np.array([vocab.index(w) for w in words], np.int32))
-        mels.append(logmel(np.concatenate(wave)))
+            rows.append([f"v{v}", c * CLIP_S + lead, c * CLIP_S + CLIP_S - 0.01, " ".join(words), DIGITS[digit]])
+            words_of.append(words)
+        yield np.concatenate(wave), rows, words_of
+
+
+def speech_store(path: Path, recs: list[tuple[int, Path]], n_videos: int, clips_per_video: int = 3,
+                 name_prob: float = 0.5, seed: int = 0, lead: float = 0.0) -> Path:
+    """:func:`speech_videos` written straight into a store (no video files): the pipeline's own log-mel
+    (features/audio.py) over each whole video, frames that carry nothing (random rows), word ids of the
+    captions; label_digit is the spoken digit."""
+    from features.audio import logmel
+
+    rng = np.random.default_rng(seed + 1)
+    vocab = DIGITS + SPEECH_FILLER
+    rows, ids, mels, frames = [], [], [], []
+    for wave, clip_rows, words_of in speech_videos(recs, n_videos, clips_per_video, name_prob, seed, lead):
+        rows += clip_rows
+        ids += [np.array([vocab.index(w) for w in words], np.int32) for words in words_of]
+        mels.append(logmel(wave))
         frames.append(rng.normal(size=(int(clips_per_video * CLIP_S), 64)).astype(np.float32))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    manifest = path.parent / f"{path.name}.csv"
-    with open(manifest, "w", newline="") as f:
-        csv.writer(f).writerows([["video_id", "start", "end", "text", "digit"], *rows])
-    quiet_plan(path, manifest, None, n_videos)
-    ok = ["ok"] * n_videos
-    seconds = [clips_per_video * CLIP_S] * n_videos
-    write_part(path, 0, "logmel", mels, ok, [""] * n_videos, seconds, 40)
-    write_part(path, 0, "resnet152", frames, ok, [""] * n_videos, seconds, 64)
-    if word_vectors is None:
-        word_vectors = np.random.default_rng(1).normal(size=(len(vocab), 300)).astype(np.float32)
-    write_text(FeatureStore(path), [(["ok"] * len(ids), ids)], len(vocab), lambda used: word_vectors[used])
-    add_groups(path, {"resnet152": {"dim": 64, "rate": 1.0}, "logmel": {"dim": 40, "rate": 100.0},
-                      "word2vec": {"dim": 300}})
-    return path
+    word_vectors = np.random.default_rng(1).normal(size=(len(vocab), 300)).astype(np.float32)
+    return write_clip_store(path, rows, "digit", {"logmel": mels, "resnet152": frames}, clips_per_video * CLIP_S,
+                            ids, len(vocab), word_vectors, {"resnet152": {"dim": 64, "rate": 1.0},
+                                                            "logmel": {"dim": 40, "rate": 100.0}, "word2vec": {"dim": 300}})

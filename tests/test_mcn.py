@@ -412,3 +412,33 @@ def test_unnormalised_frozen_audio_is_named_and_normalize_audio_fixes_it(planted
     np.testing.assert_allclose(np.linalg.norm(b["audio"], axis=1), 1.0, rtol=1e-5)
     train(cfg, progress=False)
     assert "frozen audio features" not in capsys.readouterr().err
+
+
+def test_end_to_end_audio_on_real_speech_collapses_with_mcns_settings_and_not_with_the_defaults(tmp_path):
+    """Real recordings (FSDD). MCN's settings (reconstruction targets not detached, 0 dB padding pooled):
+    the reconstruction loss falls by collapsing the DAVEnet tower, every clip's audio embedding is the same
+    vector. The defaults (targets detached, silence padding, the clip's own frames pooled) keep them apart."""
+    from synthetic import recordings, speech_store
+    from trainers.mcn import build_model
+
+    store = speech_store(tmp_path / "s.zarr", recordings(FSDD, range(0, 6)), 40, clips_per_video=2, lead=0.1)
+    cos = {}
+    for name, flags in (("defaults", {}), ("mcn", dict(recon_targets="mcn", audio_padding="mcn"))):
+        cfg = MCNConfig(store=str(store), out=str(tmp_path / name), combo="va+all", dim=64, videos_per_batch=8,
+                        clips_per_video=2, steps=30, lr=5e-4, warmup=5, min_time=0.0, clusters=4, cluster_every=5,
+                        queue_steps=2, end_to_end_audio=True, audio_frames=128, loader_workers=0, log_every=1,
+                        checkpoint_every=10**6, **flags)
+        train(cfg, progress=False)
+        model = build_model(cfg, 64, 300)
+        model.load_state_dict(torch.load(tmp_path / name / "model.pt", weights_only=True))
+        reader = ClipReader(cfg.store, clip_spec(cfg))
+        b = reader.batch(np.arange(80))
+        with torch.no_grad():
+            emb = model.eval().embed(torch.from_numpy(b["video"]), torch.from_numpy(b["audio"]).float(),
+                                     reader.vectors[torch.from_numpy(b["words"])], torch.from_numpy(b["nframes"]))
+        a = torch.nn.functional.normalize(emb["all"]["a"], dim=1)
+        cos[name] = float((a @ a.T)[~torch.eye(len(a), dtype=torch.bool)].mean())
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        cos[name + " recon"] = rows[-1]["recon"] / rows[0]["recon"]
+    assert cos["mcn"] > 0.98 and cos["mcn recon"] < 0.2, cos  # collapsed: the recon term fell by collapsing
+    assert cos["defaults"] < 0.9 and cos["defaults recon"] > 0.3, cos
