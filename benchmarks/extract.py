@@ -125,17 +125,39 @@ def compare_decoders(label: str, paths, repeats: int = 3) -> dict:
     return out
 
 
+def pipeline_rates(tmp: Path, total: float, precision: str) -> tuple[dict, dict]:
+    """video-s/s of `pipeline extract` with 1 and 2 workers: wall time, and time inside the part tasks."""
+    rates, in_tasks = {}, {}
+    for workers in (1, 2):
+        cfg = ExtractConfig(manifest=str(tmp / "m.csv"), store=str(tmp / f"s{workers}.zarr"),
+                            groups=["resnet152", "logmel"], random_init=["resnet152"], workers=workers,
+                            threads_per_worker=1, precision=precision, part_size=1, progress=False)
+        t = time.perf_counter()
+        summary = extract(cfg)
+        rates[workers] = total / (time.perf_counter() - t)
+        in_tasks[workers] = total * workers / summary["task_seconds"]  # time inside the part tasks: no start-up
+    return rates, in_tasks
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=60.0, help="length of each video")
     ap.add_argument("--source", choices=["real", "synthetic"], default="real")
+    ap.add_argument("--scaling", action="store_true",
+                    help="only the pipeline with 1 and 2 workers (a long workload, so start-up is small)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     paths = workload(tmp / "videos", args.videos, args.seconds, args.source)
     (tmp / "m.csv").write_text("video_id\n" + "".join(f"v{i}\n" for i in range(args.videos)))
     torch.set_num_threads(1)
     print(f"{os.cpu_count()} cores; {args.source} videos")
+    if args.scaling:
+        total = sum(decode(str(p), frames=False).duration for p in paths)
+        rates, _ = pipeline_rates(tmp, total, resolve("auto", "cpu"))
+        print(f"pipeline extract, {args.videos} videos, {total:.0f} video-s: 1 worker {rates[1]:.2f}, 2 workers "
+              f"{rates[2]:.2f} video-s/s = {rates[2] / rates[1]:.2f}x one worker (total wall time, start-up included)")
+        return
     if args.source == "real":
         compare_decoders("the two real videos as they are (short)", sorted(REAL.glob("*.mp4")), repeats=5)
     compare_decoders(f"{args.source} videos of ~{args.seconds:.0f} s", paths)
@@ -157,15 +179,7 @@ def main():
         two_core = total / max(pool.starmap(_bare_forward, [(frames[0::2], best), (frames[1::2], best)])) / forward_rate
 
     peer_rate = total / _peer_extract(paths, best)
-    rates, in_tasks = {}, {}
-    for workers in (1, 2):
-        cfg = ExtractConfig(manifest=str(tmp / "m.csv"), store=str(tmp / f"s{workers}.zarr"),
-                            groups=["resnet152", "logmel"], random_init=["resnet152"], workers=workers,
-                            threads_per_worker=1, precision=best, part_size=1, progress=False)
-        t = time.perf_counter()
-        summary = extract(cfg)
-        rates[workers] = total / (time.perf_counter() - t)
-        in_tasks[workers] = total * workers / summary["task_seconds"]  # time inside the part tasks: no start-up
+    rates, in_tasks = pipeline_rates(tmp, total, best)
     print(f"extraction: {args.videos} videos, {total} s in all")
     print(f"decode only (1 thread, frames + audio): {decode_rate:8.1f} video-s/s")
     cpu = "native bf16 (avx512_bf16/AMX, probe confirms)" if native == "bf16" else "no native bf16: fp32 is fastest"
