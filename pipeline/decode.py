@@ -136,7 +136,8 @@ def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float
             vstream.thread_type = "AUTO"  # safe: we always decode to EOF
             vstream.codec_context.thread_count = threads
         broke = None
-        skipper = GopSkipper(vstream, [p.fps for p in picks]) if video and skip_unused and GopSkipper.usable(vstream) else None
+        skip = video and skip_unused and GopSkipper.usable(vstream)
+        skipper = GopSkipper(vstream, [p.fps for p in picks]) if skip else None
         packets = container.demux(*wanted)
 
         def run(packet) -> None:
