@@ -76,6 +76,13 @@ class Batcher:
             while sum(len(b) for *_, b in self.pending[key]) >= self.size[g]:
                 self._forward(key, self.size[g])
 
+    def take(self, kind: str, i: int, group: str | None, frames: np.ndarray, frame_groups: list[str]) -> None:
+        """What the decode sends: 1 fps frames for every frame group, or one clip group's dense frames."""
+        if kind == FRAMES:
+            self.feed(i, frame_groups, frames)
+        else:
+            self.clips(i, group, frames)
+
     def clips(self, i: int, group: str, frames: np.ndarray) -> None:
         """Dense frames -> non-overlapping windows of frames_per_clip (a shorter tail is dropped)."""
         t = self.exts[group].frames_per_clip
@@ -167,12 +174,7 @@ def decode_video(plan: DecodePlan, path: str, sink) -> DecodeResult:
 def _in_process(job: PartJob, plan: DecodePlan, batcher: Batcher, of: dict):
     """Each video decoded here, its frames fed to the models as they decode."""
     for i, (_, path) in enumerate(job.videos):
-        def sink(kind, group, arr, i=i):
-            if kind == FRAMES:
-                batcher.feed(i, of[FRAMES], arr)
-            else:
-                batcher.clips(i, group, arr)
-        yield i, decode_video(plan, path, sink)
+        yield i, decode_video(plan, path, lambda kind, group, arr, i=i: batcher.take(kind, i, group, arr, of[FRAMES]))
 
 
 class _Decodes(IterableDataset):
@@ -227,10 +229,8 @@ def _pooled(job: PartJob, plan: DecodePlan, batcher: Batcher, of: dict, workers:
         for kind, i, group, item in loader:
             if kind == "done":
                 yield i, item
-            elif kind == FRAMES:
-                batcher.feed(i, of[FRAMES], item)
             else:
-                batcher.clips(i, group, item)
+                batcher.take(kind, i, group, item, of[FRAMES])
     except AssertionError as e:
         if "daemonic" in str(e):
             raise RuntimeError("--decode-workers needs Dask workers that may start processes: start them with "

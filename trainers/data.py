@@ -101,6 +101,11 @@ def _audio_frames(t: float) -> int:
     return (int(t * 16000) - 200) // 160
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows L2-normalised (a zero row stays zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1), 1e-12)[:, None]
+
+
 def _pool(rows, a: np.ndarray, b: np.ndarray, op) -> np.ndarray:
     """Rows a[i]..b[i]-1 of one video (``rows(lo, hi)`` reads them, clamped to the video) pooled per clip,
     in one gather + reduceat: ``np.maximum`` -> max, ``np.add`` -> mean. Empty ranges give zeros."""
@@ -253,13 +258,12 @@ class ClipReader:
                 rate = s.rate(g)
                 x = _pool(rows, np.floor(t0 * rate).astype(np.int64), np.floor(t1 * rate).astype(np.int64) + 1,
                           np.maximum)
-                out["video"][at, col:col + dim] = x / np.maximum(np.linalg.norm(x, axis=1), 1e-12)[:, None]
+                out["video"][at, col:col + dim] = _unit(x)
                 col += dim
             if audio is not None and not spec.end_to_end_audio:
                 rate = s.rate(self.audio_group)
                 x = _pool(audio, np.floor(t0 * rate).astype(np.int64), np.floor(t1 * rate).astype(np.int64) + 1, np.add)
-                out["audio"][at] = (x / np.maximum(np.linalg.norm(x, axis=1), 1e-12)[:, None]
-                                    if spec.normalize_audio else x)
+                out["audio"][at] = _unit(x) if spec.normalize_audio else x
             for n, (j, i, (_, _, order), s0, s1) in enumerate(zip(at.tolist(), local, merged, t0, t1)):
                 if audio is not None and spec.end_to_end_audio:
                     f0 = _audio_frames(s0)
