@@ -119,7 +119,7 @@ def extract_clip_text(cfg: ExtractConfig, store: FeatureStore, group: str) -> di
 # ---------------------------------------------------------------------------------------------
 # driver
 
-def _open_or_plan(cfg: ExtractConfig, alone: bool) -> FeatureStore:
+def _open_or_plan(cfg: ExtractConfig) -> FeatureStore:
     path = Path(cfg.store)
     if path.exists() and not (path / "zarr.json").exists():
         if any(path.iterdir()):
@@ -132,8 +132,6 @@ def _open_or_plan(cfg: ExtractConfig, alone: bool) -> FeatureStore:
                                f"({store.meta['manifest']}); use a new --store for a new manifest")
         return store
     path.parent.mkdir(parents=True, exist_ok=True)
-    if alone:
-        clean_temporaries(path)
     plan = plan_store(path, cfg.manifest, cfg.captions, cfg.video_root, cfg.strict, cfg.part_size, cfg.workers,
                       cfg.allow_outside_root)
     log.info("planned %s: %d videos, %d clips, %d problems (%s)", path, plan["videos"], plan["clips"],
@@ -204,7 +202,7 @@ def extract(cfg: ExtractConfig) -> dict:
     groups = cfg.wanted_groups()
     lock = StoreLock(cfg.store)
     try:
-        return _extract(cfg, groups, lock, alone=lock.run())
+        return _extract(cfg, groups, lock, alone=lock.run(clean=lambda: clean_temporaries(cfg.store)))
     finally:
         lock.close()
 
@@ -220,9 +218,7 @@ def _gpus() -> int:
 def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool) -> dict:
     if not alone:
         log.warning("another extraction is running on %s: its temporary files are left alone", cfg.store)
-    store = _open_or_plan(cfg, alone)
-    if alone:
-        clean_temporaries(store.path)
+    store = _open_or_plan(cfg)
     metas = _record_groups(cfg, store, groups, lock)
     summary: dict = {"store": str(store.path), "videos": store.n_videos, "clips": store.n_clips,
                      "groups": groups, "parts_run": 0, "failed_parts": {}}

@@ -321,15 +321,24 @@ class StoreLock:
         store.parent.mkdir(parents=True, exist_ok=True)
         self._run = open(store.parent / f".{store.name}.lock", "a+")
 
-    def run(self) -> bool:
+    def run(self, clean=None) -> bool:
+        """Hold the run lock shared for the whole extraction; True when no other extraction held it. Only
+        then, and only while holding it exclusively (no other run can be writing), ``clean()`` removes the
+        debris of killed writers: a later cleaning would remove the live temporaries of runs started since."""
         import fcntl
 
-        try:
-            fcntl.flock(self._run, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            alone = True
-        except BlockingIOError:
-            alone = False
-        fcntl.flock(self._run, fcntl.LOCK_SH)  # downgrade (or wait for a cleaning run to finish)
+        # decided under a gate: flock's exclusive -> shared downgrade is not atomic (the lock is dropped, then
+        # retaken), and a run testing in that gap would think itself alone too
+        with open(f"{self._run.name}.gate", "a+") as gate:
+            fcntl.flock(gate, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:
+                alone = False
+            if alone and clean is not None:
+                clean()
+            fcntl.flock(self._run, fcntl.LOCK_SH)  # held for the whole run: later runs see it
         return alone
 
     def attrs(self):
@@ -369,7 +378,9 @@ def clean_temporaries(store: str | os.PathLike) -> int:
     """Remove debris of killed writers: uncommitted temp dirs beside the store's units (and the store's own
     planning temp beside it). Only the levels where units live are listed, never the chunk files."""
     store = Path(store)
-    places = [(store.parent, f"{TMP_PREFIX}{store.name}-"), (store, TMP_PREFIX)]
+    places = [(store.parent, f"{TMP_PREFIX}{store.name}-")]
+    if (store / "zarr.json").exists():  # never inside a folder that is not a store
+        places.append((store, TMP_PREFIX))
     for sub in ("parts", "status", "text"):
         if (store / sub).is_dir():
             places += [(store / sub, TMP_PREFIX)]

@@ -189,6 +189,7 @@ def test_cleanup_removes_only_this_stores_debris(tmp_path):
     for d in (tmp_path / ".tmp-s.zarr-123", tmp_path / ".tmp-other-1", store / "parts" / "p000000" / ".tmp-x-9",
               store / "parts" / "p000000" / "resnet152", store / ".tmp-word2vec-3"):
         d.mkdir(parents=True)
+    (store / "zarr.json").write_text("{}")  # a store: its own level is cleaned too
     assert clean_temporaries(store) == 3
     assert (tmp_path / ".tmp-other-1").is_dir() and (store / "parts" / "p000000" / "resnet152").is_dir()
 
@@ -269,15 +270,25 @@ def test_concurrent_extractions_keep_every_group_and_each_others_temporaries(odd
 
 
 def test_cleanup_waits_while_another_extraction_runs(tmp_path):
-    from pipeline.store import StoreLock
+    from pipeline.store import StoreLock, clean_temporaries
 
     store = tmp_path / "s.zarr"
+    debris = tmp_path / ".tmp-s.zarr-111"  # a killed run's planning temp
+    debris.mkdir()
     first, second = StoreLock(store), StoreLock(store)
-    assert first.run() is True  # alone: may clean debris
-    assert second.run() is False  # another run is live: its temporaries are not debris
+    assert first.run(clean=lambda: clean_temporaries(store)) is True  # alone: cleans debris, at its start
+    assert not debris.exists()
+    live = tmp_path / ".tmp-s.zarr-222"  # the second run, started later, plans into its own temp
+    live.mkdir()
+    assert second.run(clean=lambda: clean_temporaries(store)) is False  # not alone: cleans nothing
+    assert live.exists()  # and the first run never cleans again (it did so while alone, before anyone came)
     first.close()
     second.close()
     assert StoreLock(store).run() is True
+    other = tmp_path / "not-a-store"
+    (other / ".tmp-mine").mkdir(parents=True)
+    clean_temporaries(other)  # a folder that is not a store is never cleaned inside
+    assert (other / ".tmp-mine").exists()
 
 
 def test_truncated_video_keeps_its_decodable_part(real_videos, weights, tmp_path):
