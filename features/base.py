@@ -3,7 +3,7 @@ video, its output (dim, rows per second), its provenance, and a batched call. `p
 selected extractors over one decode; `features/registry.py` names them.
 
     consumes     the call gets                                         rows
-    frames       a batch of 1 fps RGB frames (short side --short-side)  one per frame
+    frames       a batch of 1 fps RGB frames (short side --short-side)  one per frame (features or a JPEG)
     clip_frames  a batch of clips (B, frames_per_clip, side, W, 3)      one per clip of frames_per_clip at fps
     audio        one video's 16 kHz mono waveform (float32)             rate per second
     logmel       one video's log-mel (T, 40), as the store keeps it     rate per second
@@ -29,6 +29,8 @@ class Options:
     precision: str = "fp32"  # resolved (features/precision.py): fp32, bf16 or fp16; recorded per group
     decoder: str = "pyav"  # pyav (in-process) or ffmpeg (the CLI through ffmpeg-python): recorded per frame group
     hwaccel: str | None = None  # ffmpeg -hwaccel (cuda, vaapi, ...), ffmpeg decoder only
+    jpeg_quality: int = 90  # the frames group: JPEG quality 1..100
+    jpeg_short_side: int = 0  # the frames group: short side of the stored frames (0: as decoded, --short-side)
 
     def weights_for(self, group: str) -> str | None:
         return dict(self.weights).get(group)
@@ -44,6 +46,7 @@ class Extractor:
     consumes: str
     dim: int
     rate: float | None  # rows per second (None: per clip)
+    dtype = np.float16  # rows as stored; object: each row is one encoded file (bytes), see features/jpeg.py
     description: str
     params: dict
     weights: str | None = None

@@ -7,6 +7,7 @@ from .base import Extractor, Options
 
 EXTRACTORS = {
     "resnet152": "features.frames:ResNetFrames",
+    "frames": "features.jpeg:JPEGFrames",
     "logmel": "features.audio:LogMel",
     "davenet": "features.davenet:DaveNetAudio",
     "r2plus1d_18": "features.clips:VideoClipModel",

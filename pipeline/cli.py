@@ -61,6 +61,11 @@ def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True)
                         "--decode-workers processes")
     p.add_argument("--batch-size", type=int, default=32, help="frames per CNN forward")
     p.add_argument("--short-side", type=int, default=224, help="frame short side in pixels")
+    p.add_argument("--jpeg-quality", type=int, default=90,
+                   help="frames group: JPEG quality of the stored frames, 1-100 (default 90)")
+    p.add_argument("--jpeg-short-side", type=int, default=0,
+                   help="frames group: short side of the stored frames in pixels, scaled down from the decode "
+                        "(default 0: as decoded, --short-side)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="frozen extractors' precision; auto: bf16 on CPUs with native bf16 where a probe confirms "
                         "it is faster, bf16/fp16 on CUDA, else fp32 (recorded per group; a store never mixes)")

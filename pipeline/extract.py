@@ -53,6 +53,8 @@ class ExtractConfig:
     device: str = "cpu"
     batch_size: int = 32
     short_side: int = 224
+    jpeg_quality: int = 90  # the frames group (JPEG files of the decoded frames)
+    jpeg_short_side: int = 0  # the frames group's short side (0: --short-side)
     precision: str = "auto"  # fp32, bf16, fp16 or auto (this machine's fastest; features/precision.py)
     decoder: str = "pyav"  # or ffmpeg: the CLI recipe through ffmpeg-python (bit-identical frames, see README)
     hwaccel: str | None = None  # passed to ffmpeg -hwaccel (decoder ffmpeg)
@@ -65,7 +67,8 @@ class ExtractConfig:
         weights = {**{g: w for g, w in named.items() if w}, **self.weights}
         return Options(weights=tuple(sorted(weights.items())), random_init=tuple(sorted(self.random_init)),
                        device=self.device, batch_size=self.batch_size, short_side=self.short_side,
-                       precision=resolve(self.precision, self.device), decoder=self.decoder, hwaccel=self.hwaccel)
+                       precision=resolve(self.precision, self.device), decoder=self.decoder, hwaccel=self.hwaccel,
+                       jpeg_quality=self.jpeg_quality, jpeg_short_side=self.jpeg_short_side)
 
     def wanted_groups(self) -> list[str]:
         opts = self.options()

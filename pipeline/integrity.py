@@ -140,6 +140,11 @@ def _shapes(store, kind: str, unit: Path) -> list[str]:
         out = offsets_ok("offsets", n("data"), b - a + 1)
         out += [f"{unit / x}: {n(x)} rows, part {p} has {b - a} videos"
                 for x in ("status", "error", "duration") if n(x) != b - a]
+        if (unit / "bytes").is_dir():  # encoded files: each row a [start, end) inside bytes, in order
+            r = RowReader(unit / "data").rows(0, n("data"))
+            if len(r) and (r[0, 0] != 0 or (r[:, 1] < r[:, 0]).any() or (r[1:, 0] != r[:-1, 1]).any()
+                           or r[-1, 1] != n("bytes")):
+                out.append(f"{unit / 'data'}: byte ranges do not tile {unit / 'bytes'} ({n('bytes')} bytes)")
         dim = store.groups.get(group, {}).get("dim")
         width = RowReader(unit / "data").shape[1:]
         if dim is not None and width != (int(dim),):

@@ -101,7 +101,7 @@ class Batcher:
             take.append((i, first, b))
             n += len(b)
         try:
-            out = self.exts[g](np.concatenate([b for *_, b in take])).astype(np.float16)
+            out = np.asarray(self.exts[g](np.concatenate([b for *_, b in take])), dtype=self.exts[g].dtype)
         except Exception as e:  # an extractor bug or OOM: this group fails for these videos, the rest go on
             for i, *_ in take:
                 self.errors.setdefault((g, i), f"{type(e).__name__}: {e}")
@@ -120,7 +120,7 @@ class Batcher:
         if (group, i) in self.errors:
             raise RuntimeError(self.errors[group, i])
         rows = [r for _, r in sorted(self.rows.pop((group, i), []), key=lambda x: x[0])]
-        return np.concatenate(rows) if rows else np.zeros((0, self.exts[group].dim), np.float16)
+        return np.concatenate(rows) if rows else np.zeros((0, self.exts[group].dim), self.exts[group].dtype)
 
 
 @dataclass(frozen=True)

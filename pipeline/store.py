@@ -115,7 +115,8 @@ def _write_array(group: zarr.Group, name: str, value: np.ndarray) -> None:
         if value.size:
             arr[...] = value.astype(str)
         return
-    rows = max(1, (1 << 20) // max(1, value[:1].nbytes)) if value.ndim == 2 else 1 << 16
+    rows = (max(1, (1 << 20) // max(1, value[:1].nbytes)) if value.ndim == 2
+            else 1 << 22 if value.dtype == np.uint8 else 1 << 16)  # bytes (encoded files): 4 MB chunk files
     chunks = (max(1, min(rows, len(value))),) + value.shape[1:]  # no 1 MB chunk file for 3 rows
     arr = group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks, compressors=None)
     if value.size:
@@ -208,11 +209,22 @@ class ColumnWriter:
 
 def write_part(store: str | os.PathLike, part: int, group: str, rows: list, status, error, duration,
                dim: int, attrs: dict | None = None, replace: bool = False) -> bool:
-    """Commit one (part, group) unit: each video's rows (None for a failed video) and its status."""
-    rows = [np.asarray(x, dtype=np.float16) if x is not None else np.zeros((0, dim), np.float16) for x in rows]
+    """Commit one (part, group) unit: each video's rows (None for a failed video) and its status. Rows of
+    encoded files (an object array of bytes per video, e.g. JPEG frames) are stored as ``bytes`` (every file
+    one after another) and ``data`` rows of each file's [start, end) in it."""
+    encoded = any(x is not None and np.asarray(x).dtype == object for x in rows)
+    if encoded:
+        files = [f for x in rows if x is not None for f in x]
+        rows = [np.zeros((0 if x is None else len(x), 2), np.int64) for x in rows]
+        ends = np.cumsum([len(f) for f in files], dtype=np.int64)
+        data = np.stack([ends - [len(f) for f in files], ends], axis=1) if files else np.zeros((0, 2), np.int64)
+        extra = {"bytes": np.frombuffer(b"".join(files), np.uint8)}
+    else:
+        rows = [np.asarray(x, dtype=np.float16) if x is not None else np.zeros((0, dim), np.float16) for x in rows]
+        data, extra = np.concatenate(rows), {}
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in rows])]).astype(np.int64)
     return write_unit(Path(store, "parts", PART.format(part), group), {
-        "data": np.concatenate(rows), "offsets": offsets, "status": np.asarray(status, dtype=object),
+        "data": data, **extra, "offsets": offsets, "status": np.asarray(status, dtype=object),
         "error": np.asarray(error, dtype=object), "duration": np.asarray(duration, dtype=np.float64)},
         {"part": part, "group": group, **(attrs or {})}, replace=replace)
 
@@ -504,6 +516,7 @@ class Unit:
     """One committed (part, group) unit, opened for reading."""
     data: RowReader
     offsets: np.ndarray
+    bytes: RowReader | None = None  # a group of encoded files (frames): data rows are [start, end) in it
 
 
 class FeatureStore:
@@ -728,7 +741,7 @@ class FeatureStore:
             a, b = self.part_range(p)
             if why := offsets_problem(offsets, len(data), b - a + 1):
                 raise damaged(path / "offsets", why)
-            self._units[p, group] = Unit(data, offsets)
+            self._units[p, group] = Unit(data, offsets, RowReader(path / "bytes") if (path / "bytes").is_dir() else None)
         return self._units[p, group]
 
     def video_rows(self, group: str, v: int):
@@ -742,6 +755,19 @@ class FeatureStore:
             a = lo + min(a, hi - lo)
             return u.data.rows(a, max(a, lo + min(hi - lo, hi - lo if b is None else b)))
         return rows
+
+    def video_files(self, group: str, v: int, a: int = 0, b: int | None = None) -> list[np.ndarray]:
+        """Rows a..b-1 of video v in a group of encoded files (``frames``: one JPEG per second), clamped as
+        ``video_rows``: each file's bytes (uint8), read in one run (a video's files lie one after another)."""
+        ranges = self.video_rows(group, v)(a, b)
+        u = self.unit(v // self.part_size, group)
+        if u.bytes is None:
+            raise KeyError(f"group {group!r} holds features, not encoded files")
+        if not len(ranges):
+            return []
+        first = int(ranges[0, 0])
+        block = u.bytes.rows(first, int(ranges[-1, 1]))
+        return [block[s - first:e - first] for s, e in ranges.tolist()]
 
     def read(self, group: str, keys) -> list[np.ndarray]:
         """Features of each clip's time range, for a batch of clip keys (or clip indices)."""

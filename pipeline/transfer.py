@@ -162,6 +162,9 @@ def export_features(store: str, group: str, fmt: str, out: str, dtype: str = "fl
     s = FeatureStore(store)
     if group not in s.groups or s.rate(group) is None:
         raise KeyError(f"{s.path} has no per-video group {group!r} (have {sorted(s.groups)})")
+    if codec := s.groups[group].get("params", {}).get("codec"):
+        raise KeyError(f"{group!r} holds {codec} files of the frames, not features: read them with "
+                       "FeatureStore.video_files, or train on them with `trainers mcn --end-to-end-video`")
     ok = s.video_ok(group)
     ids = s.videos["video_id"]
     out_path = Path(out)

@@ -71,6 +71,54 @@ def test_features_equal_direct_extractor_calls(odd_store, odd_dataset, weights):
     assert abs(len(mel.video(i)) - 401) <= 8  # 4 s at 100 frames/s, give or take AAC padding
 
 
+def test_frames_group_stores_each_decoded_frame_as_a_jpeg(odd_store, odd_dataset, weights, tmp_path):
+    """--groups frames: one JPEG per 1 fps frame, in the same single decode as the CNN groups; each decodes
+    to the frame the decoder gave (up to JPEG's loss), rows line up with resnet152's, statuses are shared,
+    quality and size are recorded, pipeline verify checks the byte ranges."""
+    import io
+    import json
+
+    from PIL import Image
+
+    from pipeline.integrity import seal
+
+    store = tmp_path / "frames.zarr"
+    shutil.copytree(odd_store[0], store)
+    extract(config(odd_dataset, store, weights, groups=["resnet152", "frames"], jpeg_quality=95))
+    s = FeatureStore(store)
+    meta = s.groups["frames"]
+    assert meta["params"]["quality"] == 95 and meta["params"]["short_side"] == 64 and meta["rate"] == 1.0
+    assert list(s.video_status("frames")[0]) == list(s.video_status("resnet152")[0])
+    i = s.video_index["good1"]
+    files = s.video_files("frames", i)
+    frames = decode(os.path.join(odd_dataset["video_root"], "good1.mp4"), audio=False, short_side=64).frames
+    assert len(files) == len(frames) == len(s.load_group("resnet152").video(i)) == 4
+    for f, want in zip(files, frames):
+        got = np.asarray(Image.open(io.BytesIO(f.tobytes())))
+        assert got.shape == want.shape
+        mse = np.mean((got.astype(float) - want) ** 2)
+        assert 10 * np.log10(255 ** 2 / mse) > 30  # PSNR in dB: the same picture
+    assert [len(x) for x in s.video_files("frames", i, 1, 3)] == [len(x) for x in files[1:3]]
+    with pytest.raises(KeyError, match="not encoded files"):
+        s.video_files("resnet152", i)
+    assert run_cli("verify", "--store", str(store), "--no-progress").returncode == 0
+    data = store / "parts" / "p000000" / "frames" / "data" / "c" / "0" / "0"  # ranges no longer tile the bytes
+    ranges = np.frombuffer(data.read_bytes(), np.int64).copy()
+    ranges[1] += 1
+    data.write_bytes(ranges.tobytes())
+    meta = json.loads((data.parents[2] / "zarr.json").read_text())  # sealed again: only the ranges are wrong
+    del meta["attributes"]["mmcache_crc32"]
+    (data.parents[2] / "zarr.json").write_text(json.dumps(meta))
+    seal(data.parents[2])
+    r = run_cli("verify", "--store", str(store), "--no-progress")
+    assert r.returncode == 1 and "byte ranges do not tile" in r.stdout, r.stdout
+    small = tmp_path / "small.zarr"
+    shutil.copytree(odd_store[0], small)
+    extract(config(odd_dataset, small, weights, groups=["frames"], jpeg_short_side=32, jpeg_quality=50))
+    f = FeatureStore(small).video_files("frames", i)[0]
+    assert min(Image.open(io.BytesIO(f.tobytes())).size) == 32 and len(f) < len(files[0])
+
+
 def test_text_group_ids_and_statuses(odd_store, weights):
     from gensim.models import KeyedVectors
 
