@@ -1,16 +1,18 @@
 """Does a model learn from real audio? Narrated videos of real speech, through the whole product.
 
 Videos are built from ../shared/data/fsdd (real recordings of spoken digits): each 2 s clip's audio says a
-digit, its caption names the digit half of the time (else filler words), its frames carry nothing. Training
-videos use recordings 0-39 of each speaker and digit, held-out videos recordings 40-49. They are encoded with
-PyAV, extracted with `pipeline extract` (log-mel, a word2vec .bin of random GoogleNews-norm vectors for the
-caption words, random-init ResNet-152),
-then MCN trains end-to-end audio (DAVEnet on the cached log-mel) with its full loss, with MCN's own settings
-(--recon-targets mcn --audio-padding mcn) and with MMS alone, and `trainers eval` embeds the held-out clips.
-Reported per run: k-means NMI of the held-out audio embeddings against the spoken digit, and class-level
-audio->text R@1 (a hit when the top-ranked caption belongs to a clip of the same digit), beside k-means on raw
-log-mel (mean and std per clip) and chance.
-Usage: python benchmarks/learn_speech.py [--train-videos 300 --test-videos 100 --steps 200]
+digit, its caption names the digit half of the time (else filler words), its two 1 fps frames show the digit
+drawn. Training videos use recordings 0-39 of each speaker and digit, held-out videos recordings 40-49. They
+are encoded with PyAV and extracted with `pipeline extract` (log-mel, a word2vec .bin of random GoogleNews-norm
+vectors for the caption words, random-init ResNet-152: its features of the drawn digits still tell them apart
+a little). Every method then trains end-to-end audio (DAVEnet on the cached log-mel): MCN with its full loss,
+with MCN's own settings (--recon-targets mcn --audio-padding mcn) and with MMS alone; MMV, XDC and SeLaVi;
+`trainers eval` embeds the held-out clips.
+Reported per run: k-means NMI of the held-out audio embeddings against the spoken digit, and, where the model
+has an audio-text space, class-level audio->text R@1 (a hit when the top-ranked caption belongs to a clip of
+the same digit), beside k-means on raw log-mel (mean and std per clip) and chance; and the NMI of the video
+embeddings (frozen random-init ResNet-152 features, or a resnet18 trained end to end on the cached JPEG frames).
+Usage: python benchmarks/learn_speech.py [--train-videos 300 --test-videos 100 --steps 200 --only mcn,xdc]
 """
 import argparse
 import csv
@@ -24,18 +26,43 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from synthetic import DIGITS, recordings, speech_videos  # noqa: E402
+from synthetic import DIGITS, digit_frames, recordings, speech_videos  # noqa: E402
 
 from pipeline.demo import write_video  # noqa: E402
 from pipeline.extract import ExtractConfig, extract  # noqa: E402
 from pipeline.store import FeatureStore  # noqa: E402
 from trainers.evaluate import evaluate  # noqa: E402
-from trainers.mcn import MCNConfig, train  # noqa: E402
+from trainers.mcn import MCNConfig, train as train_mcn  # noqa: E402
+from trainers.mmv import MMVConfig, train as train_mmv  # noqa: E402
+from trainers.selavi import SeLaViConfig, train as train_selavi  # noqa: E402
+from trainers.xdc import XDCConfig, train as train_xdc  # noqa: E402
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
-RUNS = {"MCN full loss (defaults)": {},
-        "MCN full loss, MCN's settings": dict(recon_targets="mcn", audio_padding="mcn"),
-        "MCN, MMS only": dict(no_cluster=True, no_recon=True)}
+E2E = dict(end_to_end_audio=True, audio_frames=200, checkpoint_every=10**6)  # clips are 2 s: 200 log-mel frames
+MCN = dict(combo="va+all", dim=256, videos_per_batch=16, clips_per_video=3, lr=5e-4, warmup=20, min_time=0.0,
+           clusters=10, cluster_every=10, queue_steps=4)
+# name: (trainer, its flags; 'steps' is filled from --steps, a per-clip batch of 48 like MCN's 16 x 3)
+RUNS = {"MCN full loss (defaults)": ("mcn", MCN),
+        "MCN full loss, MCN's settings": ("mcn", {**MCN, "recon_targets": "mcn", "audio_padding": "mcn"}),
+        "MCN, MMS only": ("mcn", {**MCN, "no_cluster": True, "no_recon": True}),
+        "MCN full loss, + end-to-end video": ("mcn", {**MCN, "end_to_end_video": "resnet18", "video_frames": 2,
+                                                      "frame_size": 32, "crop_size": 28}),
+        "MMV (FAC), NCE + MIL-NCE": ("mmv", dict(batch_size=48, lr=2e-3, warmup=20, candidates=1, dim_va=128,
+                                                  dim_vat=64, text_dim=256)),
+        "XDC": ("xdc", dict(k=10, batch_size=48, lr=0.05, feat_dim=128, pca=32, epochs=1)),
+        "SeLaVi": ("selavi", dict(k=10, heads=3, batch_size=48, lr=0.05, feat_dim=128, label_updates=10))}
+TRAINERS = {"mcn": (MCNConfig, train_mcn), "mmv": (MMVConfig, train_mmv), "xdc": (XDCConfig, train_xdc),
+            "selavi": (SeLaViConfig, train_selavi)}
+
+
+def length(method: str, steps: int, clips: int) -> dict:
+    """``steps`` updates of 48 clips, in each trainer's own unit (XDC: iterations of one epoch; SeLaVi: epochs)."""
+    per_epoch = max(1, clips // 48)
+    if method == "xdc":
+        return {"iterations": max(1, round(steps / per_epoch))}
+    if method == "selavi":
+        return {"epochs": max(1, round(steps / per_epoch))}
+    return {"steps": steps}
 
 
 def build(folder: Path, recs, n: int, seed: int, held_out: bool) -> dict:
@@ -44,8 +71,9 @@ def build(folder: Path, recs, n: int, seed: int, held_out: bool) -> dict:
     rows, captions, sentences = [], {}, []
     for k, (wave, clip_rows, words) in enumerate(speech_videos(recs, n, seed=seed, lead=0.1)):
         vid = f"{'test' if held_out else 'train'}_{k:04d}"
-        write_video(folder / "videos" / f"{vid}.mp4", len(wave) / 16000, tuple(np.random.default_rng(k).integers(0, 255, 3)),
-                    size=(64, 48), fps=1, seed=k, wave=wave)
+        per_second = np.repeat([DIGITS.index(r[4]) for r in clip_rows], 2)  # 2 s clips, 1 fps
+        write_video(folder / "videos" / f"{vid}.mp4", len(wave) / 16000, size=(64, 48), fps=1, wave=wave,
+                    images=digit_frames(per_second, (64, 48), seed=k))
         rows += [[vid, *r[1:]] for r in clip_rows]
         captions[vid] = {"start": [r[1] for r in clip_rows], "end": [r[2] for r in clip_rows],
                          "text": [r[3] for r in clip_rows]}
@@ -81,9 +109,12 @@ def scores(run: Path, store: str) -> dict:
     spaces = [n[:-2] for n in g.array_keys() if n.endswith("_a") and f"{n[:-2]}_t" in g]
     unit = lambda e: e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)  # noqa: E731
     audio = np.concatenate([unit(g[f"{n[:-2]}_a"][:]) for n in g.array_keys() if n.endswith("_a")], axis=1)
-    sim = sum(g[f"{sp}_a"][:] @ g[f"{sp}_t"][:].T for sp in spaces)
-    top = sim.argmax(1)
-    return {"NMI": nmi_of(audio, digit), "R@1": float((digit[top] == digit).mean())}
+    video = np.concatenate([unit(g[n][:]) for n in g.array_keys() if n.endswith("_v")], axis=1)
+    out = {"NMI": nmi_of(audio, digit), "video NMI": nmi_of(video, digit)}
+    if spaces:  # MMV's audio meets text only through video, XDC and SeLaVi align no spaces: no a->t to score
+        top = sum(g[f"{sp}_a"][:] @ g[f"{sp}_t"][:].T for sp in spaces).argmax(1)
+        out["R@1"] = float((digit[top] == digit).mean())
+    return out
 
 
 def main():
@@ -91,6 +122,7 @@ def main():
     ap.add_argument("--train-videos", type=int, default=300)
     ap.add_argument("--test-videos", type=int, default=100)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--only", help="comma-separated parts of run names to train (default: every run)")
     args = ap.parse_args()
     t0 = time.time()
     d = Path(tempfile.mkdtemp(prefix="bench-speech-"))
@@ -106,7 +138,7 @@ def main():
     kv.save_word2vec_format(str(d / "w2v.bin"), binary=True)
     for name, s in (("train", train_set), ("test", test_set)):
         extract(ExtractConfig(manifest=s["manifest"], captions=s["captions"], store=str(d / f"{name}.zarr"),
-                              video_root=str(d / name / "videos"), groups=["resnet152", "logmel", "word2vec"],
+                              video_root=str(d / name / "videos"), groups=["resnet152", "frames", "logmel", "word2vec"],
                               random_init=["resnet152"], word2vec=str(d / "w2v.bin"), short_side=32, progress=False))
     built = time.time() - t0
     test = FeatureStore(d / "test.zarr")
@@ -121,24 +153,27 @@ def main():
     table = {"k-means on raw log-mel (mean, std)": {"NMI": nmi_of((raw - raw.mean(0)) / raw.std(0), digit)},
              "chance": {"NMI": 0.0, "R@1": 0.1}}
     timings = {}
-    for name, flags in RUNS.items():
+    n_train = FeatureStore(d / "train.zarr").n_clips
+    for name, (method, flags) in RUNS.items():
+        if args.only and not any(k.lower() in name.lower() for k in args.only.split(",")):
+            continue
         t = time.time()
         out = d / "runs" / name.replace(" ", "_").replace(",", "").replace("'", "")
-        train(MCNConfig(store=str(d / "train.zarr"), out=str(out), combo="va+all", dim=256, videos_per_batch=16,
-                        clips_per_video=3, steps=args.steps, lr=5e-4, warmup=20, min_time=0.0, clusters=10,
-                        cluster_every=10, queue_steps=4, end_to_end_audio=True, audio_frames=256,
-                        checkpoint_every=10**6, **flags), progress=False)
+        cls, fit = TRAINERS[method]
+        fit(cls(store=str(d / "train.zarr"), out=str(out), **{**E2E, **flags, **length(method, args.steps, n_train)}),
+            progress=False)
         table[name] = scores(out, str(d / "test.zarr"))
         timings[name] = time.time() - t
     print(f"real speech (FSDD): {args.train_videos} training videos, {args.test_videos} held-out "
-          f"({test.n_clips} clips), MCN va+all dim 256, 16x3 clips, {args.steps} steps, end-to-end audio, "
+          f"({test.n_clips} clips), end-to-end audio, {args.steps} updates of 48 clips (MCN va+all dim 256, 16x3), "
           f"{torch.get_num_threads()} threads")
-    print(f"{'':38s} {'audio NMI':>10s} {'a->t R@1':>9s} {'minutes':>8s}")
+    print(f"{'':38s} {'audio NMI':>10s} {'a->t R@1':>9s} {'video NMI':>10s} {'minutes':>8s}")
     for name, r in table.items():
         r1 = f"{100 * r['R@1']:8.1f}%" if "R@1" in r else f"{'':9s}"
-        print(f"{name:38s} {r['NMI']:10.3f} {r1} {timings.get(name, 0) / 60:8.1f}")
+        v = f"{r['video NMI']:10.3f}" if "video NMI" in r else f"{'':10s}"
+        print(f"{name:38s} {r['NMI']:10.3f} {r1} {v} {timings.get(name, 0) / 60:8.1f}")
     base = table["k-means on raw log-mel (mean, std)"]["NMI"]
-    full = table["MCN full loss (defaults)"]["NMI"]
+    full = table.get("MCN full loss (defaults)", {"NMI": float("nan")})["NMI"]
     print(f"MCN full loss / raw log-mel NMI: {full / base:.2f}x; built and extracted in {built / 60:.1f} min; "
           f"total {(time.time() - t0) / 60:.1f} min")
 

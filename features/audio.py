@@ -27,6 +27,9 @@ def _mel() -> torchaudio.transforms.MelSpectrogram:
         pad_mode="reflect", norm="slaney", mel_scale="slaney")
 
 
+FLOOR_DB = -PARAMS["top_db"]  # the log-mel's lowest value (dB re the video's max): silence
+
+
 def power_to_db(power: torch.Tensor, amin: float = 1e-10, top_db: float = 80.0) -> torch.Tensor:
     """librosa.power_to_db(S, ref=np.max, top_db=80)."""
     db = 10.0 * torch.log10(power.clamp(min=amin))

@@ -27,10 +27,11 @@ SR = 16000
 
 def write_video(path: str | os.PathLike, seconds: float, color=(128, 128, 128), tone: float | None = 440.0,
                 size=(160, 120), fps: int = 10, seed: int = 0, codec: str = "libx264", gop: int | None = None,
-                wave: np.ndarray | None = None) -> None:
+                wave: np.ndarray | None = None, images: np.ndarray | None = None) -> None:
     """An H.264 (or other codec) mp4 with an optional AAC mono tone (or ``wave``, 16 kHz mono float32, e.g. real
     speech); deterministic for a seed. ``gop``: frames between keyframes (the encoder's default otherwise;
-    libx264's is 250, with B-frames)."""
+    libx264's is 250, with B-frames). ``images``: the frames themselves, (seconds * fps, h, w, 3) uint8,
+    instead of a moving square in noise."""
     rng = np.random.default_rng(seed)
     w, h = size
     with av.open(str(path), "w") as out:
@@ -44,10 +45,13 @@ def write_video(path: str | os.PathLike, seconds: float, color=(128, 128, 128), 
             a_s.layout = "mono"
         base = np.array(color, dtype=np.float32)
         for i in range(int(seconds * fps)):
-            img = base + rng.normal(0, 12, (h, w, 3))
-            t = i / fps
-            x = int((w - 24) * (0.5 + 0.5 * np.sin(t * (1 + color[0] / 100)))), int((h - 24) * ((t / seconds) % 1))
-            img[x[1]:x[1] + 24, x[0]:x[0] + 24] = 255
+            if images is not None:
+                img = images[i]
+            else:
+                img = base + rng.normal(0, 12, (h, w, 3))
+                t = i / fps
+                x = int((w - 24) * (0.5 + 0.5 * np.sin(t * (1 + color[0] / 100)))), int((h - 24) * ((t / seconds) % 1))
+                img[x[1]:x[1] + 24, x[0]:x[0] + 24] = 255
             frame = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
             frame.pts = i
             for packet in vs.encode(frame):

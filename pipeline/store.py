@@ -820,7 +820,16 @@ class FeatureStore:
 
     @cached_property
     def _text_readers(self) -> dict[str, RowReader]:
-        return {k: RowReader(self.path / "word2vec" / k) for k in ("ids", "offsets")}
+        return self._id_readers("word2vec")
+
+    def _id_readers(self, unit: str) -> dict[str, RowReader]:
+        """Memory-mapped ``ids`` and ``offsets`` of a token-id unit (word2vec, text/<group>), opened once."""
+        cache = self.__dict__.setdefault("_id_units", {})
+        if unit not in cache:
+            if not (self.path / unit / "offsets").exists():
+                raise KeyError(f"no token ids at {self.path / unit} (extract the {unit.split('/')[-1]} group first)")
+            cache[unit] = {k: RowReader(self.path / unit / k) for k in ("ids", "offsets")}
+        return cache[unit]
 
     def word_ids(self, a: int, b: int) -> list[np.ndarray]:
         """Token ids (rows of ``word_vectors()``) of clips a..b-1."""
@@ -828,12 +837,16 @@ class FeatureStore:
         ids = self._text_readers["ids"].rows(int(off[0]), int(off[-1])) if b > a else np.zeros(0, np.int32)
         return [ids[off[i] - off[0]:off[i + 1] - off[0]] for i in range(b - a)]
 
-    def word_ids_at(self, idx) -> list[np.ndarray]:
-        """Token ids of the clips at indices ``idx`` (any order): two offset lookups and one row run per clip."""
+    def word_ids_at(self, idx, group: str = "word2vec") -> list[np.ndarray]:
+        """Token ids of the clips at indices ``idx`` (any order): two offset lookups and one row run per clip.
+        word2vec: rows of ``word_vectors()``; a per-clip text group (``hf_text``): its tokenizer's ids, none
+        for a clip whose status is not ok (an empty caption still tokenizes to its special tokens)."""
         idx = np.asarray(idx, dtype=np.int64)
-        off = self._text_readers["offsets"]
-        lo, hi = off.take(idx), off.take(idx + 1)
-        return [self._text_readers["ids"].rows(int(x), int(y)) for x, y in zip(lo, hi)]
+        readers = self._text_readers if group == "word2vec" else self._id_readers(f"text/{group}")
+        lo, hi = readers["offsets"].take(idx), readers["offsets"].take(idx + 1)
+        if group != "word2vec":
+            hi = np.where(self.text_status(idx, group) == "ok", hi, lo)
+        return [readers["ids"].rows(int(x), int(y)) for x, y in zip(lo, hi)]
 
     def clip_text(self, group: str, idx) -> np.ndarray:
         """Embedding rows of a per-clip text group (``text/<group>``, e.g. hf_text) at clip indices ``idx``."""
@@ -842,9 +855,18 @@ class FeatureStore:
             raise KeyError(f"no text group {group!r} in {self.path} (extract it with --groups {group})")
         return RowReader(path / "embedding").take(np.asarray(idx, dtype=np.int64))
 
-    def text_ok_per_video(self) -> np.ndarray:
-        """Clips with at least one known word, per video."""
-        return self._text["ok_per_video"][...]
+    def text_ok_per_video(self, group: str = "word2vec") -> np.ndarray:
+        """Clips with at least one known word (word2vec; recorded when written), or whose caption a per-clip
+        text group (hf_text) tokenized (status ok; counted a chunk at a time), per video."""
+        if group == "word2vec":
+            return self._text["ok_per_video"][...]
+        status, n = self._status_array(group), self.n_clips
+        ok = np.zeros(self.n_videos, np.int64)
+        for a in range(0, n, CLIP_CHUNK):
+            b = min(n, a + CLIP_CHUNK)
+            good = status[a:b].astype(object) == "ok"
+            ok += np.bincount(self.clip_video(np.arange(a, b)), weights=good, minlength=self.n_videos).astype(np.int64)
+        return ok
 
     def word_vectors(self) -> np.ndarray:
         return self._text["vectors"][...]
@@ -867,6 +889,13 @@ class FeatureStore:
             counts.update(arr[a:a + CLIP_CHUNK].astype(object).tolist())
         return dict(counts)
 
-    def text_status(self, idx) -> np.ndarray:
+    def text_status(self, idx, group: str = "word2vec") -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64)
-        return self._text["status"].get_orthogonal_selection(idx).astype(object) if len(idx) else np.zeros(0, object)
+        arr = self._text["status"] if group == "word2vec" else self._status_array(group)
+        return arr.get_orthogonal_selection(idx).astype(object) if len(idx) else np.zeros(0, object)
+
+    def _status_array(self, group: str) -> zarr.Array:
+        cache = self.__dict__.setdefault("_status_arrays", {})
+        if group not in cache:
+            cache[group] = zarr.open_array(str(self.path / "text" / group / "status"), mode="r")
+        return cache[group]

@@ -182,22 +182,110 @@ def speech_videos(recs: list[tuple[int, Path]], n_videos: int, clips_per_video: 
         yield np.concatenate(wave), rows, words_of
 
 
+def digit_frames(digits: list[int], size=(64, 48), seed: int = 0) -> np.ndarray:
+    """One frame per entry: the digit drawn in white on a dark grey ground, jittered a few pixels ((n, h, w, 3)
+    uint8). Through even a random-init ResNet-152 a linear probe tells these digits apart (~70%)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    font = ImageFont.load_default(size=int(h * 0.8))
+    out = []
+    for d in digits:
+        im = Image.new("RGB", (w, h), (40, 40, 40))
+        ImageDraw.Draw(im).text((w // 2 - h // 5 + int(rng.integers(-4, 5)), int(rng.integers(0, 5))), str(d),
+                                fill=(255, 255, 255), font=font)
+        out.append(np.asarray(im))
+    return np.stack(out)
+
+
 def speech_store(path: Path, recs: list[tuple[int, Path]], n_videos: int, clips_per_video: int = 3,
-                 name_prob: float = 0.5, seed: int = 0, lead: float = 0.0) -> Path:
+                 name_prob: float = 0.5, seed: int = 0, lead: float = 0.0, video_signal: float = 0.0) -> Path:
     """:func:`speech_videos` written straight into a store (no video files): the pipeline's own log-mel
-    (features/audio.py) over each whole video, frames that carry nothing (random rows), word ids of the
-    captions; label_digit is the spoken digit."""
+    (features/audio.py) over each whole video, frame rows of noise plus ``video_signal`` times a fixed code
+    of the clip's digit (0: frames carry nothing), word ids of the captions; label_digit is the spoken digit."""
     from features.audio import logmel
 
     rng = np.random.default_rng(seed + 1)
     vocab = DIGITS + SPEECH_FILLER
+    codes = np.random.default_rng(7).normal(size=(10, 64))
     rows, ids, mels, frames = [], [], [], []
     for wave, clip_rows, words_of in speech_videos(recs, n_videos, clips_per_video, name_prob, seed, lead):
         rows += clip_rows
         ids += [np.array([vocab.index(w) for w in words], np.int32) for words in words_of]
         mels.append(logmel(wave))
-        frames.append(rng.normal(size=(int(clips_per_video * CLIP_S), 64)).astype(np.float32))
+        digits = np.repeat([DIGITS.index(r[4]) for r in clip_rows], int(CLIP_S))
+        frames.append((rng.normal(size=(len(digits), 64)) + video_signal * codes[digits]).astype(np.float32))
     word_vectors = np.random.default_rng(1).normal(size=(len(vocab), 300)).astype(np.float32)
     return write_clip_store(path, rows, "digit", {"logmel": mels, "resnet152": frames}, clips_per_video * CLIP_S,
                             ids, len(vocab), word_vectors, {"resnet152": {"dim": 64, "rate": 1.0},
                                                             "logmel": {"dim": 40, "rate": 100.0}, "word2vec": {"dim": 300}})
+
+
+# ---- Hugging Face text ---------------------------------------------------------------------------
+
+TINY_WORDS = ["cut", "the", "onion", "knead", "dough", "wheel", "bike", "paint", "wall", "bad", "time", "zzz", "qqq"]
+
+
+def tiny_text_model(folder: Path, words=TINY_WORDS):
+    """A BERT-shaped text model and its tokenizer over ``words``, saved as a local Hugging Face folder (never
+    downloaded)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # transformers 5 takes the vocabulary itself (a vocab_file= keyword is silently ignored: every word [UNK])
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    assert tok.tokenize(" ".join(words[:2])) == list(words[:2])
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32))
+    model.save_pretrained(folder)
+    return model
+
+
+def add_hf_text(store: Path, folder: Path) -> dict:
+    """The hf_text group of ``store``'s captions, as `pipeline extract` writes it (features/hf.py's extractor)."""
+    from features.base import Options
+    from features.hf import HFText
+    from pipeline.store import write_clip_text
+
+    s = FeatureStore(store)
+    ext = HFText("hf_text", Options(weights=(("hf_text", str(folder)),)))
+    texts = s.clip_values("text", np.arange(s.n_clips))
+    emb, ids = ext(texts)
+    status = np.array(["ok" if str(t).strip() else "empty_caption" for t in texts], dtype=object)
+    counts = write_clip_text(s, "hf_text", [(status, emb, ids)], ext.dim)
+    add_groups(store, {"hf_text": ext.provenance()})
+    return counts
+
+
+# ---- cached frames -------------------------------------------------------------------------------
+
+def class_frame(label: int, rng, size: int = 32) -> np.ndarray:
+    """A size x size frame of class ``label``: its colour and a bar at a class-specific place, plus noise."""
+    colours = np.array([[220, 40, 40], [40, 200, 60], [50, 70, 230], [230, 210, 40], [200, 60, 210]], np.float32)
+    img = np.full((size, size, 3), 90.0) + rng.normal(0, 20, (size, size, 3))
+    third = size // 3
+    img[(label % 3) * third:(label % 3 + 1) * third] = colours[label % len(colours)]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def add_frames(store: Path, labels_of_video, seed: int = 0, size: int = 32, quality: int = 90) -> dict:
+    """The store's frames group, as `pipeline extract --groups frames` writes it (features/jpeg.py's encoder),
+    from ``labels_of_video[v]``: each second's class (one frame per second)."""
+    from features.base import Options
+    from features.jpeg import JPEGFrames
+
+    s = FeatureStore(store)
+    ext = JPEGFrames("frames", Options(short_side=size, jpeg_quality=quality))
+    rng = np.random.default_rng(seed)
+    rows = [ext(np.stack([class_frame(int(c), rng, size) for c in labels])) for labels in labels_of_video]
+    n = len(rows)
+    write_part(store, 0, "frames", rows, ["ok"] * n, [""] * n, [len(r) for r in rows], ext.dim)
+    add_groups(store, {"frames": ext.provenance()})
+    s.write_status_index("frames")
+    return ext.provenance()

@@ -14,6 +14,7 @@ from features.registry import extractor
 from pipeline.decode import decode
 from pipeline.extract import ExtractConfig, ExtractError, extract
 from pipeline.store import FeatureStore, read_unit
+from synthetic import tiny_text_model
 
 
 def config(data, store, paths, **kw):
@@ -543,23 +544,6 @@ def test_ffmpeg_decoder_extracts_the_same_store(odd_store, odd_dataset, weights,
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     with pytest.raises(ExtractError, match="different settings"):  # one decoder per store: it is recorded
         extract(config(odd_dataset, store, weights, groups=["resnet152"]))
-
-
-def tiny_text_model(folder):
-    """A BERT-shaped text model and its tokenizer, saved as a local Hugging Face folder (never downloaded)."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cut", "the", "onion", "knead", "dough", "wheel", "bike",
-             "paint", "wall", "bad", "time", "zzz", "qqq"]
-    folder.mkdir()
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                 intermediate_size=32))
-    model.save_pretrained(folder)
-    return model
 
 
 def test_hf_text_group_embeds_every_caption_as_transformers_does(odd_dataset, weights, tmp_path):

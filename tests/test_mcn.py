@@ -137,6 +137,159 @@ def test_mcn_learns_planted_structure(planted, tmp_path):
     assert list(again["key"][:2]) == ["v0#0", "v0#1"]
 
 
+def class_level_v_to_t(run: Path, store: Path) -> float:
+    """Top-1 video->text retrieval counted at class level (a hit when the caption is of the clip's class)."""
+    emb = zarr.open_group(str(run / "embeddings.zarr"), mode="r")
+    label = FeatureStore(store).labels(FeatureStore(store).clip_index(emb["key"][...]))["task"]
+    top = (emb["vt_v"][...] @ emb["vt_t"][...].T).argmax(1)
+    return float((label[top] == label).mean())
+
+
+@pytest.fixture(scope="module")
+def framed(tmp_path_factory):
+    """Planted 4-class stores (train 32 videos, eval 12) with a frames group: each second's JPEG shows the
+    video's class (a colour and a bar; features/jpeg.py's encoder), its captions name the class's words."""
+    from synthetic import add_frames, planted_store
+
+    rng = np.random.default_rng(0)
+    words = rng.normal(size=(48, 300))
+    mixers = rng.normal(size=(300, 64)) / 10, rng.normal(size=(300, 1024)) / 10
+    d = tmp_path_factory.mktemp("framed")
+    out = []
+    for name, n, seed in (("train", 32, 5), ("eval", 12, 6)):
+        store = planted_store(d / f"{name}.zarr", n, seed, words, mixers, classes=4)
+        add_frames(store, [[v % 4] * 8 for v in range(n)], seed=seed)  # 4 clips of 2 s: 8 frames per video
+        out.append(store)
+    return out
+
+
+def test_end_to_end_video_trains_a_cnn_on_the_cached_jpeg_frames(framed, tmp_path):
+    """--end-to-end-video ARCH: a torchvision CNN reads each clip's cached JPEG frames (decoded, scaled,
+    cropped in the loader) and learns the planted class structure with the MCN losses; frames are the
+    extractor's own JPEGs, evenly spaced over the clip, augmented only in training."""
+    import io
+
+    from PIL import Image
+
+    from trainers.mcn import build_model
+
+    train_store, eval_store = framed
+    cfg = small(train_store, tmp_path / "run", combo="vt", end_to_end_video="resnet18", video_frames=2,
+                frame_size=32, crop_size=28, steps=60, videos_per_batch=8, clips_per_video=2, dim=32)
+    s = FeatureStore(train_store)
+    jpegs = s.video_files("frames", 0)
+    assert len(jpegs) == 8 and all(bytes(j[:2]) == b"\xff\xd8" for j in jpegs)  # JPEG files, one per second
+    reader = ClipReader(str(train_store), clip_spec(cfg))
+    b = reader.batch([1])  # clip 1 = seconds 2..3.99: frames 2 and 3
+    assert b["video"].shape == (1, 2, 3, 28, 28) and b["video_count"].tolist() == [2]
+    want = np.asarray(Image.open(io.BytesIO(jpegs[3].tobytes())))[2:30, 2:30].transpose(2, 0, 1)  # centre 28 of 32
+    np.testing.assert_array_equal(b["video"][0, 1], want)
+    aug = reader.batch([1] * 16, np.random.default_rng(0))["video"]
+    assert len({x.tobytes() for x in aug}) > 4  # random crops and flips differ per clip
+    train(replace(cfg, out=str(tmp_path / "untrained"), steps=1), progress=False)  # lr 0 at step 0: untrained
+    evaluate(tmp_path / "untrained", str(eval_store))
+    train(cfg, progress=False)
+    evaluate(tmp_path / "run", str(eval_store))
+    before, after = class_level_v_to_t(tmp_path / "untrained", eval_store), class_level_v_to_t(tmp_path / "run", eval_store)
+    assert after > 0.75 and after > before + 0.2, (before, after)  # 4 classes: chance 0.25
+    model = build_model(cfg, 2, 300)
+    model.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
+    assert model.video_tower.dim == 512
+    with pytest.raises(ValueError, match="torchvision"):
+        build_model(replace(cfg, end_to_end_video="nonet"), 2, 300)
+
+
+def test_end_to_end_towers_combine_with_combos_and_a_killed_run_resumes_bit_identically(framed, tmp_path):
+    """--combo va+all with end-to-end audio, video and text at once: every tower trains, and a run stopped
+    right after a checkpoint resumes (augmentations, k-means, loader workers included) to the same weights."""
+    import shutil
+
+    from synthetic import add_hf_text, tiny_text_model
+
+    from pipeline.store import write_part
+    from trainers import loop
+
+    store = tmp_path / "all.zarr"
+    shutil.copytree(framed[0], store)
+    s = FeatureStore(store)
+    mel = np.random.default_rng(0).uniform(-80, 0, (s.n_videos, 800, 40))  # 8 s at 100 frames per second
+    write_part(store, 0, "logmel", list(mel), ["ok"] * s.n_videos, [""] * s.n_videos, [8.0] * s.n_videos, 40)
+    from pipeline.store import add_groups
+
+    add_groups(store, {"logmel": {"dim": 40, "rate": 100.0}})
+    FeatureStore(store).write_status_index("logmel")
+    folder = tmp_path / "bert"
+    tiny_text_model(folder, [f"w{i}" for i in range(48)])
+    add_hf_text(store, folder)
+    cfg = small(store, tmp_path / "ref", combo="va+all", end_to_end_audio=True, audio_frames=200,
+                end_to_end_video="resnet18", video_frames=2, frame_size=32, crop_size=28, end_to_end_text=str(folder),
+                steps=8, warmup=2, checkpoint_every=3, videos_per_batch=4, clips_per_video=2, cluster_every=3,
+                loader_workers=1)
+    train(cfg, progress=False)
+    save, saves = loop.RunDir.save, []
+
+    def stop_after_first(self, state):  # the process dies right after its first checkpoint
+        save(self, state)
+        saves.append(int(state["step"]))
+        raise KeyboardInterrupt
+
+    loop.RunDir.save = stop_after_first
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(replace(cfg, out=str(tmp_path / "cut")), progress=False)
+    finally:
+        loop.RunDir.save = save
+    assert saves == [3]
+    train(replace(cfg, out=str(tmp_path / "cut"), resume=True), progress=False)
+    a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    from trainers.mcn import build_model
+
+    torch.manual_seed(cfg.seed)
+    init = build_model(cfg, 2, 300).state_dict()
+    for tower in ("davenet.", "video_tower.", "text_tower."):
+        names = [k for k in a if k.startswith(tower) and a[k].is_floating_point()]
+        assert names and any(not torch.equal(a[k], init[k]) for k in names), tower  # every tower trained
+    r = evaluate(tmp_path / "ref", str(store))
+    assert r["text_to_video"]["N"] == s.n_clips
+
+
+def test_end_to_end_text_trains_a_hugging_face_encoder_on_the_cached_token_ids(planted, tmp_path):
+    """--end-to-end-text FOLDER: the encoder (a tiny BERT here) reads the hf_text group's tokenizer ids of each
+    clip's merged captions, is trained with the MCN losses, and learns the planted text-video structure."""
+    import shutil
+
+    from synthetic import add_hf_text, tiny_text_model
+    from transformers import AutoTokenizer
+
+    from trainers.mcn import build_model
+
+    folder = tmp_path / "bert"
+    start = tiny_text_model(folder, [f"w{i}" for i in range(48)])
+    train_store, eval_store = tmp_path / "train.zarr", tmp_path / "eval.zarr"
+    for src, dst in zip(planted, (train_store, eval_store)):
+        shutil.copytree(src, dst)
+        assert add_hf_text(dst, folder) == {"ok": FeatureStore(dst).n_clips}
+    cfg = small(train_store, tmp_path / "run", combo="vt", end_to_end_text=str(folder))
+    reader = ClipReader(str(train_store), clip_spec(replace(cfg, min_time=3.0)))
+    b = reader.batch([0, 1])  # 2 s captions, min_time 3: each clip merges a neighbour (MCN's rule)
+    tok = AutoTokenizer.from_pretrained(folder)
+    texts = FeatureStore(train_store).clip_values("text", np.arange(3))
+    want = tok(texts[0])["input_ids"] + tok(texts[1])["input_ids"]  # clip 0 = captions 0 then 1
+    assert b["words"][0, :len(want)].tolist() == want and b["word_mask"][0].sum() == len(want) == 10
+    assert 1 not in want  # every planted word is in the vocabulary: no [UNK]
+    train(cfg, progress=False)
+    r = evaluate(tmp_path / "run", str(eval_store))
+    assert r["text_to_video"]["R@1"] > 5 / r["text_to_video"]["N"], r["text_to_video"]  # 11x chance here
+    model = build_model(cfg, 64, 300)
+    model.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
+    trained = model.text_tower.encoder.embeddings.word_embeddings.weight
+    assert not torch.allclose(trained, start.embeddings.word_embeddings.weight)  # the encoder itself trained
+    with pytest.raises(FileNotFoundError, match="no Hugging Face model folder"):
+        build_model(replace(cfg, end_to_end_text=str(tmp_path / "nowhere")), 64, 300)
+
+
 def test_ablation_switches_remove_their_losses(planted, tmp_path):
     train(small(planted[0], tmp_path / "r", steps=3, no_cluster=True, no_recon=True, combo="vt"), progress=False)
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
@@ -173,6 +326,27 @@ def test_cli_errors_are_clear(planted, tmp_path):
 
     assert main(["mcn", "--store", str(planted[0]), "--out", str(tmp_path / "x"), "--combo", "va+xy"]) == 2
     assert main(["eval", "--run", str(tmp_path / "none"), "--store", str(planted[1])]) == 2
+
+
+def test_every_trainer_flag_says_what_it_does_and_its_default(capsys):
+    """`trainers <method> --help` teaches: each flag's help is its config field's comment (unit, paper value)
+    and its default."""
+    from dataclasses import fields
+
+    from trainers.cli import METHODS, field_comments, main
+
+    for name, (cls, _) in METHODS.items():
+        comments = field_comments(cls)
+        assert all(comments.get(f.name) for f in fields(cls)), (name, [f.name for f in fields(cls)
+                                                                       if not comments.get(f.name)])
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert text.count("(default") == sum(f.type not in (bool, "bool") and f.name not in ("store", "out")
+                                              for f in fields(cls)), name
+        if name == "mcn":
+            assert ("--margin MARGIN MMS and clustering margin delta, on raw dot products (MCN: 0.001) "
+                    "(default 0.001)") in text
 
 
 def test_a_store_without_usable_clips_says_what_is_missing(planted, tmp_path):
@@ -322,16 +496,17 @@ def test_mcn_fidelity_warmup_refit_period_and_eval_audio_pooling():
     np.testing.assert_allclose(got, out[:, :, :5].mean(2), rtol=1e-5)  # 70 // 14 = 5 frames (70 // 16 = 4)
 
 
-def test_end_to_end_audio_defaults_detach_recon_targets_pad_with_silence_and_pool_the_clip_only():
+def test_end_to_end_audio_detached_recon_targets_silence_padding_and_pooling_of_the_clip_only():
     """Issue 11's collapse: MCN reconstructs the trainable DAVEnet output and text pooling from themselves
     (not detached), pads short windows with 0 dB (the loudest sound) and pools the padding in training.
-    Defaults: targets detached, padding at the log-mel floor, pooling over the clip's own frames; MCN's
-    behaviour stays behind --recon-targets mcn --audio-padding mcn."""
+    --recon-targets detached keeps those targets out of the gradient; the default padding is the log-mel
+    floor, pooled over the clip's own frames; MCN's behaviour stays behind --recon-targets mcn
+    --audio-padding mcn."""
     from trainers.data import LOGMEL_FLOOR
     from trainers.mcn import build_model
 
     torch.manual_seed(0)
-    cfg = MCNConfig(store="x", out="y", combo="va+all", dim=8, end_to_end_audio=True)
+    cfg = MCNConfig(store="x", out="y", combo="va+all", dim=8, end_to_end_audio=True, recon_targets="detached")
     mcn_cfg = MCNConfig(store="x", out="y", combo="va+all", dim=8, end_to_end_audio=True, recon_targets="mcn",
                         audio_padding="mcn")
     video, mel, words = torch.randn(3, 4), torch.randn(3, 40, 96), torch.randn(3, 5, 6)
@@ -350,6 +525,34 @@ def test_end_to_end_audio_defaults_detach_recon_targets_pad_with_silence_and_poo
     assert clip_spec(cfg).audio_pad == LOGMEL_FLOOR == -80.0 and clip_spec(mcn_cfg).audio_pad == 0.0
     with pytest.raises(ValueError, match="--recon-targets 'none'"):
         build_model(MCNConfig(store="x", out="y", recon_targets="none"), 4, 6)
+
+
+def test_input_recon_targets_are_fixed_summaries_of_each_towers_input():
+    """--recon-targets input: a trainable tower reconstructs its input, not its output. Audio: the clip's
+    log-mel mean and std per band over its own frames, on [0, 1]; text: the mean of the caption's word vectors
+    (padding rows left out); video: its features, as before. Each target L2-normalised, none a lever."""
+    from trainers.mcn import build_model
+
+    torch.manual_seed(0)
+    cfg = MCNConfig(store="x", out="y", combo="va+at", dim=8, end_to_end_audio=True, recon_targets="input")
+    model = build_model(cfg, 4, 6).train()
+    video, words = torch.randn(2, 4), torch.randn(2, 5, 6)
+    words[0, 3:] = 0  # padding: the zero row
+    mel = torch.full((2, 40, 10), -80.0)
+    mel[0, :, :4] = torch.tensor([-80.0, -40.0, 0.0, -40.0])  # per band: 0, .5, 1, .5 on [0, 1]
+    mel[1, :, :10] = -20.0
+    out = model(video, mel, words, torch.tensor([4, 10]))
+    pairs = {s: dict(zip(emb, rec)) for s, (emb, rec) in out.items()}
+    unit = torch.nn.functional.normalize
+    band = torch.cat([torch.full((40,), 0.5), torch.full((40,), 0.5 ** 0.5 / 2)])  # mean .5, population std .354
+    want_a = unit(torch.stack([band, torch.cat([torch.full((40,), 0.75), torch.zeros(40)])]), dim=1)
+    want_t = unit(torch.stack([words[0, :3].mean(0), words[1].mean(0)]), dim=1)
+    for space in ("va", "at"):
+        pred, target = pairs[space]["a"]
+        assert pred.shape == (2, 80) and not target.requires_grad
+        torch.testing.assert_close(target, want_a)
+    torch.testing.assert_close(pairs["at"]["t"][1], want_t)
+    torch.testing.assert_close(pairs["va"]["v"][1], video)
 
 
 def test_silence_padding_and_the_eval_window_follow_the_run(planted, tmp_path):

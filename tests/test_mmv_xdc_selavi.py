@@ -160,3 +160,41 @@ def test_xdc_resumes_at_iteration_boundaries(stores, tmp_path):
     resumed = train_xdc(XDCConfig(out=str(tmp_path / "cut"), iterations=3, resume=True, **base), progress=False)
     assert full["metrics"] == resumed["metrics"]
     assert (tmp_path / "full" / "labels.csv").read_text() == (tmp_path / "cut" / "labels.csv").read_text()
+
+
+@pytest.mark.parametrize("method", ["mmv", "xdc", "selavi"])
+def test_every_method_trains_the_end_to_end_audio_tower_on_real_speech(method, tmp_path, monkeypatch):
+    """--end-to-end-audio for MMV, XDC and SeLaVi: DAVEnet on the cached log-mel of real recordings (FSDD) is
+    trained under each method's own head and loss, and `trainers eval` embeds and scores the run (clustering of
+    each modality for the pseudo-label methods, which align no spaces). That they learn: benchmarks/learn_speech.py."""
+    from pathlib import Path
+
+    from synthetic import recordings, speech_store
+
+    import trainers.towers
+    from features.davenet import DAVEnet
+    from trainers.evaluate import load_run
+
+    made = []
+
+    class Recorded(DAVEnet):  # keeps the tower's initial weights
+        def __init__(self):
+            super().__init__()
+            made.append({k: v.clone() for k, v in self.state_dict().items()})
+
+    monkeypatch.setattr(trainers.towers, "DAVEnet", Recorded)
+    fsdd = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+    store = str(speech_store(tmp_path / "s.zarr", recordings(fsdd, range(0, 2)), 16, clips_per_video=2, lead=0.1))
+    out = str(tmp_path / method)
+    common = dict(store=store, out=out, end_to_end_audio=True, audio_frames=128, batch_size=16, loader_workers=0)
+    cfg = {"mmv": lambda: MMVConfig(**common, steps=4, warmup=1, candidates=1, dim_va=16, dim_vat=8, text_dim=16),
+           "xdc": lambda: XDCConfig(**common, k=4, iterations=2, pca=0, feat_dim=16),
+           "selavi": lambda: SeLaViConfig(**common, k=4, heads=2, epochs=2, label_updates=2, feat_dim=16)}[method]()
+    {"mmv": train_mmv, "xdc": train_xdc, "selavi": train_selavi}[method](cfg, progress=False)
+    _, _, model = load_run(out)
+    tower = [m for m in model.modules() if isinstance(m, DAVEnet)]
+    assert len(tower) == 1 and len(made) == 2  # the run's, and the one load_run built
+    trained = tower[0].state_dict()
+    assert any(not torch.equal(trained[k], made[0][k]) for k in trained if trained[k].is_floating_point())
+    r = evaluate(out, store, label="digit")
+    assert r["clips"] == 32 and any(k.startswith("digit/") for k in r["clustering"])

@@ -14,17 +14,37 @@ from .selavi import SeLaViConfig
 from .xdc import XDCConfig
 
 
+def field_comments(cls) -> dict[str, str]:
+    """Each field's comment in the dataclass source: the ``#`` lines right above it and the one after it."""
+    import inspect
+    import re
+
+    out, above = {}, []
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+        elif m := re.match(r"(\w+): [^=#]+(?:=[^#]*)?(?:#\s*(.*))?$", text):
+            out[m.group(1)] = " ".join([*above, m.group(2) or ""]).strip()
+            above = []
+        else:
+            above = []
+    return out
+
+
 def add_dataclass_args(p: argparse.ArgumentParser, cls) -> None:
-    """One --flag per dataclass field (bools become switches)."""
+    """One --flag per dataclass field (bools become switches), its help the field's comment and default."""
+    notes = field_comments(cls)
     for f in fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flag, note = "--" + f.name.replace("_", "-"), notes.get(f.name, "")
         if f.type in (bool, "bool"):
-            p.add_argument(flag, action="store_true")
+            p.add_argument(flag, action="store_true", help=note or None)
         elif f.default is MISSING:
-            p.add_argument(flag, required=True)
+            p.add_argument(flag, required=True, help=note or None)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), type(f.default) if f.default is not None else str)
-            p.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
+            p.add_argument(flag, type=kind, default=f.default,
+                           help=f"{note} (default {f.default if f.default != '' else 'none'})".lstrip())
 
 
 def trainer(name: str):

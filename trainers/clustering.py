@@ -13,30 +13,35 @@ from torch import nn
 
 from .data import ClipReader, ClipSpec, step_loader, video_groups
 from .metrics import clustering_metrics
+from .towers import audio_head, encode_audio
 
 
 class ClipSet:
     """The clips a pseudo-label trainer works on (every clip with video and audio, at its caption's span),
     addressed by position 0..N-1. Only the clip indices are in RAM; features are read per chunk."""
 
-    def __init__(self, store: str, groups: str = "resnet152"):
+    def __init__(self, store: str, groups: str = "resnet152", end_to_end_audio: bool = False,
+                 audio_frames: int = 1000):
         self.store_path = str(store)
-        self.spec = ClipSpec("va", min_time=0.0, video_groups=video_groups(groups))
+        self.spec = ClipSpec("va", min_time=0.0, end_to_end_audio=end_to_end_audio, audio_frames=audio_frames,
+                             video_groups=video_groups(groups))
         self.reader = ClipReader(store, self.spec)
         self.reader.require_usable("clip with both video and audio")
         self.clips = self.reader.all_clips()
         self.video_dim, self.audio_dim = self.reader.video_dim, self.reader.audio_dim
 
+    def encoders(self, feat_dim: int) -> nn.ModuleDict:
+        return encoders(self.video_dim, self.audio_dim, feat_dim, self.spec.end_to_end_audio)
+
     def __len__(self) -> int:
         return len(self.clips)
 
     def chunks(self, positions: np.ndarray | None = None, size: int = 4096):
-        """(positions, video, audio) over ``positions`` (default: all), ``size`` at a time."""
+        """(positions, batch as tensors) over ``positions`` (default: all), ``size`` at a time."""
         positions = np.arange(len(self)) if positions is None else positions
         for i in range(0, len(positions), size):
             pos = positions[i:i + size]
-            b = self.reader.batch(self.clips[pos])
-            yield pos, torch.from_numpy(b["video"]), torch.from_numpy(b["audio"])
+            yield pos, {k: torch.from_numpy(v) for k, v in self.reader.batch(self.clips[pos]).items()}
 
     def loader(self, order: np.ndarray, batch_size: int, workers: int):
         """(video, audio) batches of ``order`` (positions), formed in loader worker processes."""
@@ -54,6 +59,31 @@ class Positions:
         return self.clips[self.order[step * self.size:(step + 1) * self.size]]
 
 
+def encoders(video_dim: int, audio_dim: int, feat_dim: int, end_to_end_audio: bool) -> nn.ModuleDict:
+    """A trainable encoder per modality; end-to-end audio puts DAVEnet (1024-d out) under the audio one."""
+    return nn.ModuleDict({"v": encoder(video_dim, feat_dim),
+                          "a": audio_head(encoder(1024 if end_to_end_audio else audio_dim, feat_dim), end_to_end_audio)})
+
+
+class Embedder(nn.Module):
+    """The encoders as `trainers eval` embeds with them: each modality in its own space (pseudo-label methods
+    align no spaces, so there is no cross-modal retrieval to score, only clustering per modality)."""
+
+    def __init__(self, encoders: nn.ModuleDict):
+        super().__init__()
+        self.encoders = encoders
+
+    def embed(self, video, audio, words=None, nframes=None) -> dict[str, dict[str, torch.Tensor]]:
+        z = forward(self.encoders, {"video": video, "audio": audio, "nframes": nframes}, video.device)
+        return {m: {m: torch.nn.functional.normalize(x, dim=1)} for m, x in z.items()}
+
+
+def forward(encoders: nn.ModuleDict, b: dict, device) -> dict[str, torch.Tensor]:
+    """{'v', 'a'} encoder outputs of a batch (a ClipReader batch as tensors)."""
+    return {"v": encoders["v"](b["video"].to(device)),
+            "a": encode_audio(encoders["a"], b["audio"].to(device).float(), b["nframes"].to(device))}
+
+
 def encoder(d_in: int, d_out: int = 512, hidden: int = 512) -> nn.Sequential:
     """Small trainable encoder on a cached clip feature (stands in for R(2+1)D / ResNet on raw input)."""
     return nn.Sequential(nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
@@ -65,8 +95,8 @@ def encode_chunks(encoders: nn.ModuleDict, clips: ClipSet, positions: np.ndarray
     """(positions, {'v', 'a'} encoder outputs) a chunk at a time, eval mode (no augmentation)."""
     was = encoders.training
     encoders.eval()
-    for pos, video, audio in clips.chunks(positions):
-        yield pos, {"v": encoders["v"](video.to(device)).cpu(), "a": encoders["a"](audio.to(device)).cpu()}
+    for pos, b in clips.chunks(positions, 4096 if not clips.spec.end_to_end_audio else 256):
+        yield pos, {m: z.cpu() for m, z in forward(encoders, b, device).items()}
     encoders.train(was)
 
 

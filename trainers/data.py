@@ -16,10 +16,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from features.audio import FLOOR_DB as LOGMEL_FLOOR
 from pipeline.store import FeatureStore
-
-
-LOGMEL_FLOOR = -80.0  # the log-mel's lowest value (dB re the video's max, top_db 80): silence
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,21 @@ class ClipSpec:
     # loader slices it); strict: such clips are left out, and audio windows start at frame 0
     clip_population: str = "strict"
     candidates: int = 0  # > 0: also the words of each clip's K nearest narrations (MIL-NCE positives)
+    # a per-clip text group's tokenizer ids (hf_text) instead of word2vec word ids: "words" holds up to
+    # max_tokens ids of the merged captions (each caption's ids as its tokenizer gave them, special tokens
+    # included, one after another), "word_mask" which are real
+    text_tokens: str = ""
+    max_tokens: int = 64
     video_groups: tuple[str, ...] = ("resnet152",)  # several: each pooled and L2-normalised, concatenated (MCN 2D|3D)
+    # end-to-end video: the frames themselves from an encoded frames group (JPEG files, features/jpeg.py)
+    # instead of pooled features: "video" holds video_frames frames evenly spaced over each clip (B, F, 3,
+    # crop, crop) uint8, "video_count" how many are real; short side scaled to frame_size, then a crop_size
+    # square: the centre, or with ``augment`` a random one per clip (crop) and a horizontal flip (flip)
+    frames_group: str = ""
+    video_frames: int = 4
+    frame_size: int = 128
+    crop_size: int = 112
+    augment: str = ""
 
 
 def video_groups(flag: str) -> tuple[str, ...]:
@@ -101,6 +113,36 @@ def _audio_frames(t: float) -> int:
     return (int(t * 16000) - 200) // 160
 
 
+def frame_crops(files: list[np.ndarray], spec: ClipSpec, rng: np.random.Generator | None) -> np.ndarray:
+    """(n, 3, crop, crop) uint8: up to ``spec.video_frames`` JPEG files evenly spaced over ``files``, decoded,
+    short side scaled to ``frame_size`` (Pillow, antialiased bilinear), cropped square: the centre, or (``rng``
+    and crop in ``augment``) one random position for all the clip's frames; flipped together (flip, p = .5)."""
+    import io
+
+    from PIL import Image
+
+    from features.jpeg import scaled
+
+    n, c = min(spec.video_frames, len(files)), spec.crop_size
+    augment = spec.augment.split(",") if rng is not None else []
+    where = rng.random(2) if "crop" in augment else (0.5, 0.5)
+    flip = "flip" in augment and rng.random() < 0.5
+    out = np.zeros((n, 3, c, c), np.uint8)
+    for k, i in enumerate(np.linspace(0, len(files) - 1, n).round().astype(int).tolist()):
+        im = Image.open(io.BytesIO(files[i].tobytes()))
+        im.draft("RGB", (spec.frame_size, spec.frame_size))  # DCT-domain downscale on decode where it can
+        im = im.convert("RGB")
+        if min(im.size) != spec.frame_size:
+            im = im.resize(scaled(im.size, spec.frame_size), Image.BILINEAR)
+        x = np.asarray(im)
+        if min(x.shape[:2]) < c:
+            raise ValueError(f"--crop-size {c} exceeds the frames' size {x.shape[:2]}; lower it")
+        top, left = (int(w * (m - c + 1) - 1e-9) for w, m in zip(where, x.shape[:2]))
+        x = x[top:top + c, left:left + c]
+        out[k] = (x[:, ::-1] if flip else x).transpose(2, 0, 1)
+    return out
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     """Rows L2-normalised (a zero row stays zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=1), 1e-12)[:, None]
@@ -135,7 +177,8 @@ class ClipReader:
         self.spec = spec
         s, n = self.store, self.store.n_videos
         self.counts = np.diff(s.clip_offsets)
-        self.video_groups = tuple(spec.video_groups) if "v" in spec.modalities else ()
+        self.video_groups = ((spec.frames_group,) if spec.frames_group else tuple(spec.video_groups)) \
+            if "v" in spec.modalities else ()
         self.video_group = self.video_groups[0] if self.video_groups else None
         self.audio_group = ("logmel" if spec.end_to_end_audio else "davenet") if "a" in spec.modalities else None
         self.ok = {}  # per modality, per video
@@ -144,8 +187,11 @@ class ClipReader:
                 if group not in s.groups:
                     raise KeyError(f"{s.path} has no {group!r} group (have {sorted(s.groups)}); extract it first")
                 self.ok[m] = self.ok[m] & s.video_ok(group) if m in self.ok else s.video_ok(group)
-        self.text_ok = s.text_ok_per_video() if "t" in spec.modalities or spec.candidates else None
-        self.pad = s.n_words() if self.text_ok is not None else 0  # padding id -> the appended zero row
+        self.text_group = spec.text_tokens or "word2vec"
+        self.text_ok = (s.text_ok_per_video(self.text_group) if "t" in spec.modalities or spec.candidates
+                        else None)
+        # padding id: word2vec -> the appended zero row of ``vectors``; tokens -> 0, masked
+        self.pad = s.n_words() if self.text_ok is not None and not spec.text_tokens else 0
         self.video_dims = [int(s.groups[g]["dim"]) for g in self.video_groups]
         self.video_dim = sum(self.video_dims) or 1
         self.audio_dim = int(s.groups[self.audio_group]["dim"]) if self.audio_group else 1
@@ -162,7 +208,8 @@ class ClipReader:
     def vectors(self) -> torch.Tensor:
         """(words + 1, 300) float32: the store's word vectors and a zero row for padding. Loaded on first use,
         so loader workers (which only hand out ids) never hold them."""
-        v = self.store.word_vectors() if self.text_ok is not None else np.zeros((0, 300), np.float32)
+        v = (self.store.word_vectors() if self.text_ok is not None and not self.spec.text_tokens
+             else np.zeros((0, 300), np.float32))
         return torch.from_numpy(np.concatenate([v, np.zeros((1, v.shape[1]), np.float32)]))
 
     # ---- which clips can be used ------------------------------------------------------------
@@ -206,22 +253,26 @@ class ClipReader:
         if self.beyond[v]:
             keep &= self.store.clip_rows("start", a, b) < self.duration[v]
         if "t" in self.spec.modalities and self.spec.clip_population == "strict":
-            keep &= np.array([len(w) > 0 for w in self.store.word_ids(a, b)], bool)
+            keep &= np.array([len(w) > 0 for w in self.store.word_ids_at(np.arange(a, b), self.text_group)], bool)
         return a + np.flatnonzero(keep)
 
     # ---- forming clips -------------------------------------------------------------------
-    def batch(self, clips) -> dict[str, np.ndarray]:
+    def batch(self, clips, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """Arrays for the clips at indices ``clips`` (any order, repeats allowed):
-        video (B, Dv) float32, audio (B, Da) float32 or (B, 40, F) float16, nframes (B,), words (B, W) ids
-        into ``vectors`` (padding = the zero row), valid_<m> (B,) bool; with candidates also cand_words
-        (B, K, W) and cand_ok (B, K)."""
+        video (B, Dv) float32 (end to end: frames, see ClipSpec), audio (B, Da) float32 or (B, 40, F) float16,
+        nframes (B,), words (B, W) ids into ``vectors`` (padding = the zero row), valid_<m> (B,) bool; with
+        candidates also cand_words (B, K, W) and cand_ok (B, K). ``rng`` draws the frame augmentations."""
         spec, s = self.spec, self.store
         clips = np.asarray(clips, dtype=np.int64)
-        B, K, W = len(clips), spec.candidates, spec.max_words
-        out = {"video": np.zeros((B, self.video_dim), np.float32),
+        B, K, W = len(clips), spec.candidates, spec.max_tokens if spec.text_tokens else spec.max_words
+        c = spec.crop_size
+        out = {"video": (np.zeros((B, spec.video_frames, 3, c, c), np.uint8) if spec.frames_group
+                         else np.zeros((B, self.video_dim), np.float32)),
+               "video_count": np.zeros(B, np.int64),
                "audio": (np.full((B, 40, spec.audio_frames), spec.audio_pad, np.float16) if spec.end_to_end_audio
                          else np.zeros((B, self.audio_dim), np.float32)),
                "nframes": np.zeros(B, np.int64), "words": np.full((B, W), self.pad, np.int64),
+               "word_mask": np.zeros((B, W), bool),
                **{f"valid_{m}": np.zeros(B, bool) for m in "vat"}}
         if K:
             out["cand_words"] = np.full((B, K, W), self.pad, np.int64)
@@ -244,7 +295,7 @@ class ClipReader:
             ids = None
             if self.text_ok is not None:  # word ids of the captions these clips use, not of the whole video
                 used = np.unique([o for m in merged for o in m[2]] + [x for c in cands for _, order in c for x in order])
-                ids = dict(zip(used.tolist(), s.word_ids_at(a + used)))
+                ids = dict(zip(used.tolist(), s.word_ids_at(a + used, self.text_group)))
             dur = self.duration[v]  # a clip ends where the video does; one starting after it has nothing to read:
             inside = starts[clips[at] - a] < dur  # masked (MCN never samples it), never zeros passed off as features
             out["valid_v"][at] &= inside
@@ -252,6 +303,12 @@ class ClipReader:
             t0 = np.minimum(starts[[m[0] for m in merged]], dur)
             t1 = np.minimum(ends[[m[1] for m in merged]], dur)
             col = 0
+            if spec.frames_group and frames is not None:
+                for j, s0, s1 in zip(at.tolist(), t0, t1):  # the clip's frames: rows floor(s)..floor(e), 1 per second
+                    files = s.video_files(spec.frames_group, v, int(np.floor(s0)), int(np.floor(s1)) + 1)
+                    x = frame_crops(files, spec, rng)
+                    out["video"][j, :len(x)], out["video_count"][j] = x, len(x)
+                frames = None
             for g, rows, dim in zip(self.video_groups, frames or [], self.video_dims):
                 # MCN: rows floor(s*rate) .. floor(e*rate) (int(s)..int(e) at 1 per second), max-pooled,
                 # L2-normalised per group, groups concatenated
@@ -275,7 +332,7 @@ class ClipReader:
                     out["valid_t"][j] = len(ids[i]) > 0 if spec.clip_population == "strict" else \
                         any(len(ids[o]) for o in order)
                     w = np.concatenate([ids[o] for o in order])[:W]
-                    out["words"][j, :len(w)] = w
+                    out["words"][j, :len(w)], out["word_mask"][j, :len(w)] = w, True
                     for c, (o, cand_order) in enumerate(cands[n] if K else []):
                         w = np.concatenate([ids[x] for x in cand_order])[:W]
                         out["cand_words"][j, c, :len(w)] = w
@@ -298,8 +355,8 @@ class StepBatches(torch.utils.data.Dataset):
     """Item ``step`` = the batch of that step: ``sample(reader, step)`` picks clip indices (a pure function
     of the step), the reader forms them. Each worker process opens the store itself."""
 
-    def __init__(self, store: str, spec: ClipSpec, sample):
-        self.path, self.spec, self.sample = str(store), spec, sample
+    def __init__(self, store: str, spec: ClipSpec, sample, seed: int = 0):
+        self.path, self.spec, self.sample, self.seed = str(store), spec, sample, seed
         self._reader, self._pid = None, None
 
     def reader(self) -> ClipReader:
@@ -313,14 +370,16 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> dict[str, np.ndarray]:
         reader = self.reader()
         clips = self.sample(reader, step)
-        return {"clips": clips, **reader.batch(clips)}
+        rng = np.random.default_rng([self.seed, step, 2]) if self.spec.augment else None  # a function of the step
+        return {"clips": clips, **reader.batch(clips, rng)}
 
 
-def step_loader(store: str, spec: ClipSpec, sample, first: int, last: int, workers: int, pin: bool = False):
+def step_loader(store: str, spec: ClipSpec, sample, first: int, last: int, workers: int, pin: bool = False,
+                seed: int = 0):
     """Batches for steps first..last-1, in order, formed by ``workers`` processes (0: in this process);
-    ``pin``: page-locked batches, for non-blocking copies to a GPU."""
+    ``pin``: page-locked batches, for non-blocking copies to a GPU; ``seed``: of the augmentations."""
     # its own generator: creating the loader must not draw from the global torch RNG (dropout, init)
-    return torch.utils.data.DataLoader(StepBatches(store, spec, sample), batch_size=None,
+    return torch.utils.data.DataLoader(StepBatches(store, spec, sample, seed), batch_size=None,
                                        sampler=range(first, last), num_workers=workers,
                                        prefetch_factor=4 if workers else None, persistent_workers=False,
                                        pin_memory=pin,

@@ -10,15 +10,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import mmv
+from .clustering import Embedder, encoders
 from .data import ClipReader, ClipSpec, video_groups
-from .mcn import MCNConfig, build_model, clip_spec, modalities_of
+from .mcn import MCNConfig, build_model, clip_spec, text_input, video_input
 from .metrics import clustering_metrics, retrieval_metrics
 
 
 def load_run(run: str | Path):
     """(config, raw config dict, model in eval mode) of a trained MCN or MMV run."""
-    from . import mmv
-
     run = Path(run)
     if not (run / "model.pt").is_file():
         raise FileNotFoundError(f"{run} has no model.pt (train it first, e.g. `trainers mcn --out {run}`)")
@@ -32,9 +32,21 @@ def load_run(run: str | Path):
     elif method == "mmv":
         cfg = mmv.MMVConfig(**{k: v for k, v in raw.items() if k in mmv.MMVConfig.__dataclass_fields__})
         model = mmv.build(cfg, raw["video_dim"], raw["audio_dim"], raw["we_dim"])
+    elif method in ("xdc", "selavi") and "video_dim" in raw:
+        from .selavi import SeLaViConfig
+        from .xdc import XDCConfig
+
+        cls = XDCConfig if method == "xdc" else SeLaViConfig
+        cfg = cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+        enc = encoders(raw["video_dim"], raw["audio_dim"], cfg.feat_dim, cfg.end_to_end_audio)
+        state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+        if method == "selavi":  # the whole model: encoders and the clustering heads
+            state = {k.removeprefix("encoders."): v for k, v in state.items() if k.startswith("encoders.")}
+        enc.load_state_dict(state)
+        return cfg, raw, Embedder(enc).eval()
     else:
-        raise ValueError(f"{run}: `trainers eval` scores embedding models (mcn, mmv); {method} runs write "
-                         "their clustering metrics themselves (results.json)")
+        raise ValueError(f"{run}: a {method} run from before `trainers eval` read them (no video_dim in its "
+                         "config.json); retrain it, or read its own clustering metrics (results.json)")
     model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
     return cfg, raw, model.eval()
 
@@ -55,8 +67,8 @@ def embed(model, reader: ClipReader, clips: np.ndarray, path: Path, keep: bool,
     group, writer = zarr.open_group(str(tmp), mode="w"), None
     out: dict[str, dict[str, list]] = {}
     for idx, b in reader.iter_batches(clips, batch):
-        inputs = (torch.from_numpy(b["video"]), torch.from_numpy(b["audio"]).float(),
-                  reader.vectors[torch.from_numpy(b["words"])], torch.from_numpy(b["nframes"]))
+        inputs = (video_input(b, "cpu", reader.spec), torch.from_numpy(b["audio"]).float(),
+                  text_input(b, reader.vectors, "cpu", reader.spec), torch.from_numpy(b["nframes"]))
         emb = {f"{space}_{m}": e.numpy().astype(np.float32) for space, d in model.embed(*inputs).items()
                for m, e in d.items()}
         if writer is None:
@@ -84,11 +96,15 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
 
     run = Path(run)
     cfg, _, model = load_run(run)
-    modalities = modalities_of(cfg.combo) if isinstance(cfg, MCNConfig) else "vat"
     # read as trained; every method scores the same clips: those with a known caption word (strict)
-    spec = (replace(clip_spec(cfg, min_time=0.0, audio_frames=audio_frames), clip_population="strict")
-            if isinstance(cfg, MCNConfig) else ClipSpec(modalities, 0.0, cfg.max_words,
-                                                        video_groups=video_groups(cfg.video_groups)))
+    if isinstance(cfg, MCNConfig):
+        spec = replace(clip_spec(cfg, min_time=0.0, audio_frames=audio_frames), clip_population="strict")
+    elif isinstance(cfg, mmv.MMVConfig):
+        spec = mmv.clip_spec(cfg, "vat", 0.0, 0)
+    else:  # pseudo-label methods: video and audio clips, as they train
+        spec = ClipSpec("va", 0.0, end_to_end_audio=cfg.end_to_end_audio, audio_frames=cfg.audio_frames,
+                        video_groups=video_groups(cfg.video_groups))
+    spec = replace(spec, audio_frames=audio_frames or spec.audio_frames)
     reader = ClipReader(store, spec)
     clips = reader.all_clips()
     score = len(clips) <= max_score_clips

@@ -20,53 +20,78 @@ from .model import MCN, parse_combo
 
 @dataclass
 class MCNConfig:
-    store: str
-    out: str
-    video_groups: str = "resnet152"  # comma-separated: each pooled, L2-normalised, concatenated (resnet152,r2plus1d_18)
-    combo: str = "all"
-    dim: int = 6144
-    videos_per_batch: int = 128
-    clips_per_video: int = 32  # n_pair
-    steps: int = 1000
-    lr: float = 1e-4
-    warmup: int = 5000
-    margin: float = 0.001
-    min_time: float = 10.0
-    max_words: int = 20
-    clusters: int = 256
-    cluster_every: int = 20  # full k-means every N batches of an epoch (counted from its start), assignment between
-    queue_steps: int = 20  # queue length in steps (each step pushes half the clips of every video)
-    cluster_weight: float = 1.0
-    recon_weight: float = 50.0
-    no_cluster: bool = False
-    no_recon: bool = False
-    end_to_end_audio: bool = False  # DAVEnet trained on cached log-mel; else frozen cached DAVEnet features
-    audio_frames: int = 1000  # log-mel frames per end-to-end audio window (100 per second); eval uses the same
-    recon_targets: str = "detached"  # or mcn: a trainable tower's own output, not detached (MCN's code; collapses)
-    audio_padding: str = "silence"  # or mcn: windows padded with 0 dB (the loudest) and pooled padding included
-    normalize_audio: bool = False  # L2-normalise pooled frozen audio features (DAVEnet's are unnormalised)
-    clip_population: str = "mcn"  # or strict: leave out clips whose own caption has no known word (trainers/data.py)
-    checkpoint_every: int = 100
-    seed: int = 1
-    device: str = "cpu"
-    resume: bool = False
-    log_every: int = 10
+    store: str  # the feature store to train on (`pipeline extract --store`)
+    out: str  # run folder: config.json, checkpoint.pt, metrics.jsonl, model.pt
+    # video groups, comma-separated: each max-pooled over the clip, L2-normalised, concatenated (MCN: 2D|3D,
+    # e.g. resnet152,r2plus1d_18)
+    video_groups: str = "resnet152"
+    combo: str = "all"  # embedding spaces joined by '+': pairs va, vt, at or all (MCN's one space: all)
+    dim: int = 6144  # joint embedding size D (MCN's README run: 6144; its argument default 2048)
+    videos_per_batch: int = 128  # videos per step (MCN: 128)
+    clips_per_video: int = 32  # captions drawn per video per step, n_pair (MCN: 32 -> 4096 clips per step)
+    steps: int = 1000  # optimiser steps (MCN: 30 epochs of ~9,100 steps on HowTo100M)
+    lr: float = 1e-4  # Adam learning rate (MCN: 1e-4)
+    warmup: int = 5000  # linear warm-up steps before the cosine decay to 0 at --steps (MCN: 5000)
+    margin: float = 0.001  # MMS and clustering margin delta, on raw dot products (MCN: 0.001)
+    min_time: float = 10.0  # seconds: neighbouring captions merged until a clip lasts this long (MCN: 10.0)
+    max_words: int = 20  # word2vec words per clip (MCN: 20)
+    clusters: int = 256  # k-means centroids K of the fused embedding (MCN: 256)
+    # full k-means refit every N batches of an epoch (counted from its start), nearest-centroid assignment
+    # between (MCN: 20)
+    cluster_every: int = 20
+    queue_steps: int = 20  # k-means queue length in steps (each step pushes half the clips of every video; MCN: 20)
+    cluster_weight: float = 1.0  # weight of the clustering loss (MCN: 1)
+    recon_weight: float = 50.0  # weight of the reconstruction loss (MCN: 50)
+    no_cluster: bool = False  # ablation: no clustering loss
+    no_recon: bool = False  # ablation: no reconstruction loss (no decoders)
+    end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
+    audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second (MCN: 1000 = 10 s)
+    # a torchvision image CNN (resnet18, resnet50, mobilenet_v3_small, ...) trained end to end on the store's
+    # cached JPEG frames (the frames group) instead of the frozen --video-groups features
+    end_to_end_video: str = ""
+    video_weights: str = ""  # a torchvision state_dict .pth to fine-tune --end-to-end-video from (else from scratch)
+    video_frames: int = 4  # frames per clip through the video tower, evenly spaced over the clip (stored at 1 fps)
+    frame_size: int = 128  # end-to-end video: frames scaled to this short side (pixels), then cropped square
+    crop_size: int = 112  # end-to-end video: the square the tower sees, in pixels (the centre in evaluation)
+    augment: str = "crop,flip"  # end-to-end video in training: crop (a random square per clip), flip (horizontal, p=.5)
+    end_to_end_text: str = ""  # a local Hugging Face folder: that encoder trained on the store's hf_text token ids
+    max_tokens: int = 64  # token ids per clip for --end-to-end-text (the merged captions' ids, cut at this many)
+    # reconstruction targets of a trainable tower: input = a summary of its input, fixed data (end-to-end
+    # audio: the clip's log-mel mean and std per band; text: the mean word vector); detached = its own output,
+    # detached; mcn = its own output, not detached (MCN's code: the end-to-end tower collapses). Frozen
+    # features are their own input in every mode.
+    recon_targets: str = "input"
+    # end-to-end audio windows shorter than --audio-frames: silence = padded with the log-mel floor (-80 dB),
+    # only the clip's own frames pooled; mcn = padded with 0 dB (the loudest value) and the padding pooled
+    audio_padding: str = "silence"
+    normalize_audio: bool = False  # L2-normalise pooled frozen audio features (random-init DAVEnet's have norm ~900)
+    # mcn = every caption is a clip (one with no known word takes its merged neighbours' words; MCN); strict =
+    # such clips, and those starting before 12.5 ms, are left out. Evaluation always scores the strict set.
+    clip_population: str = "mcn"
+    checkpoint_every: int = 100  # steps between atomic checkpoints (--resume continues from the last)
+    seed: int = 1  # batches and initialisation are a function of the seed (MCN: 1)
+    device: str = "cpu"  # cpu or cuda[:N] (bf16 autocast on CUDA)
+    resume: bool = False  # continue the run in --out from its last checkpoint, to the same weights
+    log_every: int = 10  # steps between lines of metrics.jsonl
     loader_workers: int = default_workers()  # processes forming batches beside training (0: in-process)
-
 
 def modalities_of(combo: str) -> str:
     return "".join(sorted(set("".join(parse_combo(combo).values())), key="vat".index))
 
 
 def build_model(cfg: MCNConfig, video_dim: int, we_dim: int) -> MCN:
-    for flag, value, choices in (("recon-targets", cfg.recon_targets, ("detached", "mcn")),
+    if bad := set(filter(None, cfg.augment.split(","))) - {"crop", "flip"}:
+        raise ValueError(f"--augment {cfg.augment!r}: unknown {sorted(bad)}; choose from crop,flip (or '')")
+    for flag, value, choices in (("recon-targets", cfg.recon_targets, ("detached", "input", "mcn")),
                                  ("audio-padding", cfg.audio_padding, ("silence", "mcn")),
                                  ("clip-population", cfg.clip_population, ("mcn", "strict"))):
         if value not in choices:
             raise ValueError(f"--{flag} {value!r}: choose {' or '.join(choices)}")
     return MCN(cfg.combo, cfg.dim, video_dim=video_dim, audio_dim=1024, we_dim=we_dim,
                end_to_end_audio=cfg.end_to_end_audio, recon=not cfg.no_recon,
-               detach_targets=cfg.recon_targets == "detached", pool_padding=cfg.audio_padding == "mcn")
+               detach_targets=cfg.recon_targets != "mcn", pool_padding=cfg.audio_padding == "mcn",
+               input_targets=cfg.recon_targets == "input", end_to_end_text=cfg.end_to_end_text,
+               end_to_end_video=cfg.end_to_end_video, video_weights=cfg.video_weights)
 
 
 def clip_spec(cfg: MCNConfig, min_time: float | None = None, audio_frames: int | None = None) -> ClipSpec:
@@ -74,7 +99,28 @@ def clip_spec(cfg: MCNConfig, min_time: float | None = None, audio_frames: int |
     return ClipSpec(modalities_of(cfg.combo), cfg.min_time if min_time is None else min_time, cfg.max_words,
                     cfg.end_to_end_audio, audio_frames or cfg.audio_frames,
                     audio_pad=0.0 if cfg.audio_padding == "mcn" else LOGMEL_FLOOR, normalize_audio=cfg.normalize_audio,
-                    clip_population=cfg.clip_population, video_groups=video_groups(cfg.video_groups))
+                    clip_population=cfg.clip_population, video_groups=video_groups(cfg.video_groups),
+                    text_tokens=TEXT_GROUP if cfg.end_to_end_text else "", max_tokens=cfg.max_tokens,
+                    frames_group=FRAMES_GROUP if cfg.end_to_end_video else "", video_frames=cfg.video_frames,
+                    frame_size=cfg.frame_size, crop_size=cfg.crop_size, augment=cfg.augment)
+
+
+TEXT_GROUP = "hf_text"  # the per-clip text group whose tokenizer ids end-to-end text reads
+FRAMES_GROUP = "frames"  # the encoded frames group end-to-end video reads
+
+
+def video_input(b: dict, device, spec: ClipSpec):
+    """A batch's video as the model takes it: pooled features, or (frames, count) for a video tower."""
+    video = torch.as_tensor(b["video"]).to(device, non_blocking=True)
+    return (video, torch.as_tensor(b["video_count"]).to(device)) if spec.frames_group else video
+
+
+def text_input(b: dict, vectors: torch.Tensor, device, spec: ClipSpec):
+    """A batch's text as the model takes it: word vectors, or (token ids, mask) for a text tower."""
+    if spec.text_tokens:
+        return (torch.as_tensor(b["words"]).to(device, non_blocking=True),
+                torch.as_tensor(b["word_mask"]).to(device, non_blocking=True))
+    return vectors[torch.as_tensor(b["words"])].to(device, non_blocking=True)
 
 
 class MCNSampler:
@@ -193,22 +239,25 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
         for k, c in clusterers.items():
             c.load(state["clusterers"][k])
         step = int(state["step"])
+        if "rng" in state:  # dropout (a Hugging Face text tower's) draws from it: the same draws after the resume
+            torch.set_rng_state(state["rng"])
     run.open_log(step)
     run.write_config(cfg, method="mcn", video_dim=reader.video_dim, we_dim=int(vectors.shape[1]))
     print(f"mcn {cfg.combo}: {len(videos)} usable videos (dropped clips: {reader.dropped() or 'none'}), "
           f"{steps_per_epoch} steps/epoch, ready in {time.time() - t0:.1f}s, starting at step {step}")
     use_amp = cfg.device.startswith("cuda")
     model.train()
-    loader = step_loader(cfg.store, clip_spec(cfg), sampler, step, cfg.steps, cfg.loader_workers,
-                         cfg.device.startswith("cuda"))
+    spec = clip_spec(cfg)
+    loader = step_loader(cfg.store, spec, sampler, step, cfg.steps, cfg.loader_workers,
+                         cfg.device.startswith("cuda"), cfg.seed)
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
     first = step
     for step, b in zip(range(step, cfg.steps), loader):
         if step == first and "a" in modalities_of(cfg.combo) and not cfg.end_to_end_audio:
             warn_audio_scale(b["audio"][b["valid_a"]], cfg)
         dev = cfg.device
-        video, audio = b["video"].to(dev, non_blocking=True), b["audio"].to(dev, non_blocking=True).float()
-        nframes, words = b["nframes"].to(dev), vectors[b["words"]].to(dev, non_blocking=True)
+        video, audio = video_input(b, dev, spec), b["audio"].to(dev, non_blocking=True).float()
+        nframes, words = b["nframes"].to(dev), text_input(b, vectors, dev, spec)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             out = model(video, audio, words, nframes)
         out = {k: ({m: e.float() for m, e in emb.items()}, [(p.float(), t.float()) for p, t in rec])
@@ -225,7 +274,8 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
                      "lr": sched.get_last_lr()[0], "time": round(time.time() - t0, 3)})
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             run.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                      "step": torch.tensor(step + 1), "clusterers": {k: c.state() for k, c in clusterers.items()}})
+                      "step": torch.tensor(step + 1), "clusterers": {k: c.state() for k, c in clusterers.items()},
+                      "rng": torch.get_rng_state()})
         bar.update()
     bar.close()
     run.close()

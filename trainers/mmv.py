@@ -18,35 +18,40 @@ from .data import ClipReader, ClipSpec, default_workers, step_loader, video_grou
 from .loop import RunDir, check_finite, warmup_cosine
 from .losses import milnce
 from .model import SentenceMaxpool
+from .towers import audio_head, encode_audio
 
 GRAPHS = ("fac", "shared", "disjoint")
 
 
 @dataclass
 class MMVConfig:
-    store: str
-    out: str
-    video_groups: str = "resnet152"  # comma-separated: each pooled, L2-normalised, concatenated (resnet152,r2plus1d_18)
-    graph: str = "fac"
-    dim_va: int = 512  # fine video-audio space
-    dim_vat: int = 256  # coarse space shared with text (FAC)
-    text_dim: int = 2048  # word2vec -> Conv1D(1x1) -> ReLU -> max over words
-    candidates: int = 5  # MIL-NCE positives: the anchor narration and its nearest neighbours in time
-    max_words: int = 16
-    min_time: float = 0.0
-    temperature: float = 0.07
-    weight_va: float = 1.0
-    weight_vt: float = 1.0
-    loss: str = "code"  # code: released loss (positives counted twice); paper: the paper's formula
-    batch_size: int = 256
-    steps: int = 1000
-    lr: float = 2e-3
-    warmup: int = 5000
-    checkpoint_every: int = 100
-    log_every: int = 10
-    seed: int = 1
-    device: str = "cpu"
-    resume: bool = False
+    store: str  # the feature store to train on (`pipeline extract --store`)
+    out: str  # run folder: config.json, checkpoint.pt, metrics.jsonl, model.pt
+    # video groups, comma-separated: each max-pooled over the clip, L2-normalised, concatenated
+    # (e.g. resnet152,r2plus1d_18)
+    video_groups: str = "resnet152"
+    graph: str = "fac"  # how the spaces connect: fac (MMV's best: text meets video through the va space), shared, disjoint
+    dim_va: int = 512  # fine video-audio space size (MMV: 512)
+    dim_vat: int = 256  # coarse space shared with text, FAC (MMV: 256)
+    text_dim: int = 2048  # text backbone width: word2vec -> Conv1D(1x1) -> ReLU -> max over words (MMV: 2048)
+    candidates: int = 5  # MIL-NCE positives: the anchor narration and its nearest neighbours in time (MMV: 5)
+    max_words: int = 16  # word2vec words per narration (MMV: 16)
+    min_time: float = 0.0  # seconds: captions merged until a clip lasts this long (MMV uses each narration as is)
+    temperature: float = 0.07  # NCE / MIL-NCE temperature on L2-normalised embeddings (MMV: 0.07)
+    weight_va: float = 1.0  # weight of the video-audio NCE (normalised by the sum of weights)
+    weight_vt: float = 1.0  # weight of the video-text MIL-NCE
+    loss: str = "code"  # code = the released loss (positives counted twice); paper = the paper's formula
+    end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
+    audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second
+    batch_size: int = 256  # clips per step; negatives are the rest of the batch (MMV: thousands on TPUs)
+    steps: int = 1000  # optimiser steps (MMV: ~500k)
+    lr: float = 2e-3  # Adam learning rate (MMV: 0.002)
+    warmup: int = 5000  # linear warm-up steps before the cosine decay (MMV: 5000)
+    checkpoint_every: int = 100  # steps between atomic checkpoints (--resume continues from the last)
+    log_every: int = 10  # steps between lines of metrics.jsonl
+    seed: int = 1  # batches and initialisation are a function of the seed
+    device: str = "cpu"  # cpu or cuda[:N]
+    resume: bool = False  # continue the run in --out from its last checkpoint, to the same result
     loader_workers: int = default_workers()  # processes forming batches beside training (0: in-process)
 
 
@@ -58,13 +63,13 @@ def mlp_bn(d_in: int, d_out: int) -> nn.Sequential:
 
 class MMV(nn.Module):
     def __init__(self, graph: str, video_dim: int, audio_dim: int, we_dim: int, dim_va: int = 512,
-                 dim_vat: int = 256, text_dim: int = 2048):
+                 dim_vat: int = 256, text_dim: int = 2048, end_to_end_audio: bool = False):
         super().__init__()
         if graph not in GRAPHS:
             raise ValueError(f"unknown MMV graph {graph!r}; choose from {GRAPHS}")
         self.graph = graph
         self.text_backbone = SentenceMaxpool(we_dim, text_dim)
-        self.v_va, self.a_va = mlp_bn(video_dim, dim_va), nn.Linear(audio_dim, dim_va)
+        self.v_va, self.a_va = mlp_bn(video_dim, dim_va), audio_head(nn.Linear(audio_dim, dim_va), end_to_end_audio)
         if graph == "fac":  # text meets video in a coarser space reached *through* the video-audio space
             self.va_vat = nn.Sequential(nn.Linear(dim_va, dim_vat), nn.BatchNorm1d(dim_vat))
             self.t_vt = nn.Linear(text_dim, dim_vat)
@@ -86,17 +91,22 @@ class MMV(nn.Module):
     def embed(self, video, audio, words, nframes=None) -> dict[str, dict[str, torch.Tensor]]:
         """L2-normalised embeddings per space (MMV scores are cosine similarities)."""
         z_v_va = self.v_va(video)
-        spaces = {"va": {"v": z_v_va, "a": self.a_va(audio)},
+        spaces = {"va": {"v": z_v_va, "a": encode_audio(self.a_va, audio, nframes)},
                   "vt": {"v": self.video_text(video, z_v_va), "t": self.text(words)}}
         return {s: {m: F.normalize(z, dim=-1) for m, z in d.items()} for s, d in spaces.items()}
 
 
 def build(cfg: MMVConfig, video_dim: int, audio_dim: int, we_dim: int) -> MMV:
-    return MMV(cfg.graph, video_dim, audio_dim, we_dim, cfg.dim_va, cfg.dim_vat, cfg.text_dim)
+    """``audio_dim``: the store's audio group (end to end, DAVEnet's 1024-d output feeds the head)."""
+    return MMV(cfg.graph, video_dim, 1024 if cfg.end_to_end_audio else audio_dim, we_dim, cfg.dim_va, cfg.dim_vat,
+               cfg.text_dim, cfg.end_to_end_audio)
 
 
-def clip_spec(cfg: MMVConfig) -> ClipSpec:
-    return ClipSpec("vat", cfg.min_time, cfg.max_words, candidates=cfg.candidates,
+def clip_spec(cfg: MMVConfig, modalities: str = "vat", min_time: float | None = None,
+              candidates: int | None = None) -> ClipSpec:
+    return ClipSpec(modalities, cfg.min_time if min_time is None else min_time, cfg.max_words,
+                    cfg.end_to_end_audio, cfg.audio_frames,
+                    candidates=cfg.candidates if candidates is None else candidates,
                     video_groups=video_groups(cfg.video_groups))
 
 
@@ -113,12 +123,13 @@ class MMVSampler:
 def mmv_loss(model: MMV, b: dict, vectors: torch.Tensor, cfg: MMVConfig) -> dict[str, torch.Tensor]:
     """``b``: a ClipReader batch with candidates; clips missing a modality are masked."""
     dev = cfg.device
-    video, audio = b["video"].to(dev), b["audio"].to(dev)
+    video, audio = b["video"].to(dev), b["audio"].to(dev).float()
     cand_ok = b["cand_ok"]  # (B, K): a narration with known words in that slot
     words = vectors[b["cand_words"]].to(dev)  # (B, K, W, 300)
     v, a = b["valid_v"], b["valid_a"]
     z_v_va = model.v_va(video)
-    nce = milnce(z_v_va, model.a_va(audio), (v & a).to(dev), None, cfg.temperature, cfg.loss)
+    z_a = encode_audio(model.a_va, audio, b["nframes"].to(dev))
+    nce = milnce(z_v_va, z_a, (v & a).to(dev), None, cfg.temperature, cfg.loss)
     mil = milnce(model.video_text(video, z_v_va), model.text(words), (v & cand_ok.any(1)).to(dev),
                  cand_ok.to(dev), cfg.temperature, cfg.loss)
     total = (cfg.weight_va * nce + cfg.weight_vt * mil) / (cfg.weight_va + cfg.weight_vt)
@@ -133,7 +144,8 @@ def train(cfg: MMVConfig, progress: bool = True) -> dict:
     t0 = time.time()
     reader = ClipReader(cfg.store, clip_spec(cfg))
     for pair in ("va", "vt"):  # MMV masks a missing modality, but each pair needs clips that have both
-        ClipReader(reader.store, ClipSpec(pair, cfg.min_time, video_groups=video_groups(cfg.video_groups))).require_usable(f"clip with both {pair[0]} and {pair[1]}")
+        ClipReader(reader.store, clip_spec(cfg, pair, candidates=0)).require_usable(
+            f"clip with both {pair[0]} and {pair[1]}")
     n = reader.store.n_clips
     if n < cfg.batch_size:
         raise ValueError(f"{n} clips but --batch-size {cfg.batch_size}; lower it")

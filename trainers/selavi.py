@@ -17,7 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
-from .clustering import ClipSet, encode, encoder, export_labels
+from .clustering import ClipSet, encode, export_labels, forward
 from .data import default_workers, step_loader
 from .loop import RunDir, check_finite
 from .losses import sinkhorn_labels
@@ -25,28 +25,32 @@ from .losses import sinkhorn_labels
 
 @dataclass
 class SeLaViConfig:
-    store: str
-    out: str
-    video_groups: str = "resnet152"  # comma-separated: each pooled, L2-normalised, concatenated (resnet152,r2plus1d_18)
-    heads: int = 10
-    k: int = 32
-    lam: float = 20.0
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-2
-    label_updates: int = 100
-    schedule_power: float = 1.5
-    distribution: str = "uniform"  # uniform | gauss
-    gauss_sd: float = 0.1
+    store: str  # the feature store to train on (`pipeline extract --store`)
+    out: str  # run folder: config.json, checkpoint.pt, metrics.jsonl, model.pt
+    # video groups, comma-separated: each max-pooled over the clip, L2-normalised, concatenated
+    # (e.g. resnet152,r2plus1d_18)
+    video_groups: str = "resnet152"
+    heads: int = 10  # clustering heads, each with its own labels (SeLaVi: 10)
+    k: int = 32  # clusters per head (SeLaVi: the dataset's class count, e.g. 309 for VGG-Sound)
+    lam: float = 20.0  # Sinkhorn-Knopp lambda: sharpness of the optimal-transport labels (SeLaVi: 20)
+    epochs: int = 20  # passes over the clips (SeLaVi: 200)
+    batch_size: int = 256  # clips per step (SeLaVi: 1024 over 64 GPUs)
+    lr: float = 1e-2  # SGD learning rate, momentum 0.9, weight decay 1e-5 (SeLaVi: 0.01 per 16-clip GPU batch)
+    label_updates: int = 100  # Sinkhorn-Knopp relabellings over the run, dense early (SeLaVi: 100)
+    schedule_power: float = 1.5  # relabel at step total * t^power for t in [0, 1] (SeLaVi: 1.5)
+    distribution: str = "uniform"  # cluster-size prior: uniform or gauss (SeLaVi's best: gauss)
+    gauss_sd: float = 0.1  # relative spread of the gauss cluster sizes (SeLaVi: 0.1)
+    end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
+    audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second
     compat_marginals: bool = False  # reproduce the released code's r ~ 1/d (see spec 4.5)
-    align: str = "hungarian"  # hungarian | none
-    feat_dim: int = 512
-    dropout: float = 0.3
-    checkpoint_every: int = 100
-    seed: int = 1
-    device: str = "cpu"
-    resume: bool = False
-    loader_workers: int = default_workers()
+    align: str = "hungarian"  # audio head aligned to the video head at the first update: hungarian (exact) or none
+    feat_dim: int = 512  # encoder output size (SeLaVi: 512)
+    dropout: float = 0.3  # dropout in the heads (SeLaVi: 0.3)
+    checkpoint_every: int = 100  # steps between atomic checkpoints (--resume continues from the last)
+    seed: int = 1  # batches and initialisation are a function of the seed
+    device: str = "cpu"  # cpu or cuda[:N]
+    resume: bool = False  # continue the run in --out from its last checkpoint, to the same result
+    loader_workers: int = default_workers()  # processes forming batches beside training (0: in-process)
 
 
 def mlp_head(dim: int, k: int, dropout: float) -> nn.Sequential:
@@ -85,9 +89,9 @@ def marginals(sizes: np.ndarray | None, mass: torch.Tensor, compat: bool) -> tor
 
 
 class SeLaVi(nn.Module):
-    def __init__(self, video_dim: int, audio_dim: int, cfg: SeLaViConfig):
+    def __init__(self, clips: ClipSet, cfg: SeLaViConfig):
         super().__init__()
-        self.encoders = nn.ModuleDict({"v": encoder(video_dim, cfg.feat_dim), "a": encoder(audio_dim, cfg.feat_dim)})
+        self.encoders = clips.encoders(cfg.feat_dim)
         self.heads = nn.ModuleDict({m: nn.ModuleList([mlp_head(cfg.feat_dim, cfg.k, cfg.dropout)
                                                       for _ in range(cfg.heads)]) for m in "va"})
 
@@ -134,12 +138,12 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
 
     run = RunDir(cfg)
     t0 = time.time()
-    clips = ClipSet(cfg.store, cfg.video_groups)
+    clips = ClipSet(cfg.store, cfg.video_groups, cfg.end_to_end_audio, cfg.audio_frames)
     n = len(clips)
     if n < max(cfg.batch_size, cfg.k):
         raise ValueError(f"{n} clips: lower --batch-size / --k")
     torch.manual_seed(cfg.seed)
-    model = SeLaVi(clips.video_dim, clips.audio_dim, cfg).to(cfg.device)
+    model = SeLaVi(clips, cfg).to(cfg.device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5)
     sampler = SeLaViSampler(clips.clips, cfg.batch_size, cfg.seed)
     steps_per_epoch = sampler.steps_per_epoch
@@ -157,7 +161,7 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
         opt.load_state_dict(state["opt"])
         labels, step, aligned = state["labels"], int(state["step"]), bool(state["aligned"])
     run.open_log(step)
-    run.write_config(cfg, method="selavi")
+    run.write_config(cfg, method="selavi", video_dim=clips.video_dim, audio_dim=clips.audio_dim)
     print(f"selavi: {n} clips, {cfg.heads} heads, k={cfg.k}, {total} steps, {len(updates)} label updates, "
           f"{cfg.distribution} marginals, starting at step {step}")
     model.train()
@@ -192,7 +196,7 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
                       "sk_iterations": float(np.mean(iters)),
                       "clusters_used": float(np.mean([len(torch.unique(labels[h])) for h in range(cfg.heads)]))}
         idx = torch.from_numpy(sampler.positions(step))
-        z = {"v": model.encoders["v"](b["video"].to(cfg.device)), "a": model.encoders["a"](b["audio"].to(cfg.device))}
+        z = forward(model.encoders, b, cfg.device)
         y = labels[:, idx].to(cfg.device)
         ce = {m: torch.stack([F.cross_entropy(head(torch.relu(z[m])), y[h])
                               for h, head in enumerate(model.heads[m])]).mean() for m in "va"}

@@ -18,7 +18,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
-from .clustering import ClipSet, encode, encode_chunks, encoder, export_labels
+from .clustering import ClipSet, encode, encode_chunks, export_labels, forward
 from .data import default_workers
 from .loop import RunDir, check_finite
 
@@ -29,22 +29,26 @@ TARGETS = {"sdc": {"v": ["v"], "a": ["a"]}, "xdc": {"v": ["a"], "a": ["v"]},
 
 @dataclass
 class XDCConfig:
-    store: str
-    out: str
-    video_groups: str = "resnet152"  # comma-separated: each pooled, L2-normalised, concatenated (resnet152,r2plus1d_18)
-    variant: str = "xdc"
-    k: int = 64
-    iterations: int = 10  # re-clusterings
-    epochs: int = 1  # passes over the (cluster-balanced) data per iteration
-    batch_size: int = 256
-    lr: float = 0.05
-    feat_dim: int = 512
+    store: str  # the feature store to train on (`pipeline extract --store`)
+    out: str  # run folder: config.json, checkpoint.pt, metrics.jsonl, model.pt
+    # video groups, comma-separated: each max-pooled over the clip, L2-normalised, concatenated
+    # (e.g. resnet152,r2plus1d_18)
+    video_groups: str = "resnet152"
+    variant: str = "xdc"  # xdc (each modality learns the other's clusters), sdc (its own), mdc (both), cdc (joint)
+    k: int = 64  # k-means clusters per clustering (XDC: 64 to 1024, by dataset)
+    iterations: int = 10  # re-clusterings, each followed by --epochs of training
+    epochs: int = 1  # passes over the cluster-balanced data per iteration
+    batch_size: int = 256  # clips per step (XDC: 256)
+    lr: float = 0.05  # SGD learning rate, momentum 0.9, weight decay 1e-5 (DeepCluster: 0.05)
+    feat_dim: int = 512  # encoder output size (the trainable encoder on each cached clip feature)
     pca: int = 256  # PCA-whitening dims before k-means, as DeepCluster (0 = L2 only; small sets want few)
     fit_points: int = 200_000  # PCA and k-means are fitted on at most this many clips, then every clip is assigned
-    seed: int = 1
-    device: str = "cpu"
-    resume: bool = False
-    loader_workers: int = default_workers()
+    end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
+    audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second
+    seed: int = 1  # batches and initialisation are a function of the seed
+    device: str = "cpu"  # cpu or cuda[:N]
+    resume: bool = False  # continue the run in --out from its last checkpoint, to the same result
+    loader_workers: int = default_workers()  # processes forming batches beside training (0: in-process)
 
 
 def fit_cluster(x: torch.Tensor, k: int, pca: int, seed: int):
@@ -113,13 +117,12 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown variant {cfg.variant!r}; choose from {sorted(TARGETS)}")
     run = RunDir(cfg)
     t0 = time.time()
-    clips = ClipSet(cfg.store, cfg.video_groups)
+    clips = ClipSet(cfg.store, cfg.video_groups, cfg.end_to_end_audio, cfg.audio_frames)
     n = len(clips)
     if n < cfg.k:
         raise ValueError(f"{n} clips cannot make {cfg.k} clusters; lower --k")
     torch.manual_seed(cfg.seed)
-    encoders = nn.ModuleDict({"v": encoder(clips.video_dim, cfg.feat_dim),
-                              "a": encoder(clips.audio_dim, cfg.feat_dim)}).to(cfg.device)
+    encoders = clips.encoders(cfg.feat_dim).to(cfg.device)
     opt = torch.optim.SGD(encoders.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5)
     targets = TARGETS[cfg.variant]
     sources = sorted({s for ss in targets.values() for s in ss})
@@ -131,7 +134,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
         labels = {s: state[f"labels_{s}"].numpy() for s in sources}
         start = int(state["iteration"])
     run.open_log(start)
-    run.write_config(cfg, method="xdc")
+    run.write_config(cfg, method="xdc", video_dim=clips.video_dim, audio_dim=clips.audio_dim)
     print(f"xdc {cfg.variant}: {n} clips, k={cfg.k}, targets {targets}, starting at iteration {start}")
     for it in tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not progress,
                    desc="iterations"):
@@ -150,7 +153,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
             order = balanced_sample(labels[first], n, rng)
             for i, b in enumerate(clips.loader(order, cfg.batch_size, cfg.loader_workers)):
                 idx = torch.from_numpy(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-                z = {"v": encoders["v"](b["video"].to(cfg.device)), "a": encoders["a"](b["audio"].to(cfg.device))}
+                z = forward(encoders, b, cfg.device)
                 loss = sum(F.cross_entropy(heads[f"{m}_from_{s}"](torch.relu(z[m])), y[s][idx].to(cfg.device))
                            for m, ss in targets.items() for s in ss)
                 check_finite(loss, it, cfg.store)
