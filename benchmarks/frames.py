@@ -94,8 +94,10 @@ def main():
     loader = frames / (time.perf_counter() - t)
     print(f"reading back ({total / 1e6:.1f} MB of JPEG, 1 thread):")
     print(f"  the same bytes copied in RAM (limit):  {copy / 1e9:8.2f} GB/s = {copy / (total / frames):10.0f} frames/s")
-    print(f"  read + JPEG decode, full size:         {full:8.1f} frames/s = {full / decode_rate:.1f}x decoding the video again")
-    print(f"  as the loader forms them (128, crop 112): {loader:5.1f} frames/s = {loader / decode_rate:.1f}x decoding the video again")
+    print(f"  read + JPEG decode, full size:         {full:8.1f} frames/s = {full / decode_rate:.1f}x decoding the "
+          "video again")
+    print(f"  as the loader forms them (128, crop 112): {loader:5.1f} frames/s = {loader / decode_rate:.1f}x decoding "
+          "the video again")
 
 
 if __name__ == "__main__":

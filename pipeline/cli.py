@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -27,16 +26,20 @@ def _pair(value: str) -> tuple[str, str]:
 
 
 def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True) -> None:
-    p.add_argument("--manifest", required=manifest_required, help="HowTo100M-style or clip-per-row CSV")
-    p.add_argument("--store", required=manifest_required, help="output Zarr store (directory)")
+    p.add_argument("--manifest", required=manifest_required,
+                   help="HowTo100M-style CSV (video_id, ...; clips from --captions) or one clip per row (video_id or "
+                        "path, start, end, text, extra columns kept as labels); .csv, .jsonl or .parquet")
+    p.add_argument("--store", required=manifest_required, help="the Zarr feature store to write (a directory)")
     p.add_argument("--captions", help="captions JSON {video_id: {start, end, text}} (HowTo100M manifests)")
     p.add_argument("--video-root", help="folder searched for <video_id>.<ext> (default: the manifest's folder)")
-    p.add_argument("--strict", action="store_true", help="abort on any bad manifest row")
+    p.add_argument("--strict", action="store_true",
+                   help="abort on any bad manifest row (default: report it, keep it in the store, go on)")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="let the manifest's path column name files outside --video-root (default: reported, skipped)")
     p.add_argument("--groups", type=_csv, help=f"feature groups to extract, from {','.join(ALL_GROUPS)} "
                    "(default: resnet152,logmel, plus every group given weights or --random-init)")
-    p.add_argument("--resnet152-weights", help="torchvision ResNet-152 state_dict (.pth)")
+    p.add_argument("--resnet152-weights", help="torchvision ResNet-152 state_dict (.pth; HowTo100M: the "
+                                               "ImageNet weights)")
     p.add_argument("--davenet", help="DAVEnet checkpoint (state_dict .pth) for frozen audio features")
     p.add_argument("--word2vec", help="GoogleNews-style word2vec .bin (gensim binary format)")
     p.add_argument("--weights", type=_pair, action="append", default=[], metavar="GROUP=PATH",
@@ -58,9 +61,11 @@ def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True)
     p.add_argument("--device", default="cpu",
                    help="torch device for the extractors (cpu, cuda). cuda: one local worker per GPU, each holding "
                         "a Dask resource GPU=1 (start --scheduler workers with --resources GPU=1), decoding in "
-                        "--decode-workers processes")
-    p.add_argument("--batch-size", type=int, default=32, help="frames per CNN forward")
-    p.add_argument("--short-side", type=int, default=224, help="frame short side in pixels")
+                        "--decode-workers processes (default cpu)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="frames per CNN forward; 3D groups take 4 clips (default 32; a GPU wants e.g. 128)")
+    p.add_argument("--short-side", type=int, default=224,
+                   help="decoded frame short side in pixels, long side truncated (default 224, the HowTo100M recipe)")
     p.add_argument("--jpeg-quality", type=int, default=90,
                    help="frames group: JPEG quality of the stored frames, 1-100 (default 90)")
     p.add_argument("--jpeg-short-side", type=int, default=0,
@@ -68,15 +73,18 @@ def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True)
                         "(default 0: as decoded, --short-side)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="frozen extractors' precision; auto: bf16 on CPUs with native bf16 where a probe confirms "
-                        "it is faster, bf16/fp16 on CUDA, else fp32 (recorded per group; a store never mixes)")
+                        "it is faster, bf16/fp16 on CUDA, else fp32 (recorded per group; a store never mixes; "
+                        "default auto; HowTo100M: fp32)")
     p.add_argument("--decoder", choices=["pyav", "ffmpeg"], default="pyav",
                    help="pyav: in-process (default); ffmpeg: the HowTo100M extractor's ffmpeg CLI recipe through "
-                        "ffmpeg-python (imageio-ffmpeg's binary or ffmpeg on PATH); the same frames, bit for bit")
+                        "ffmpeg-python (imageio-ffmpeg's binary or ffmpeg on PATH); the same frames, bit for bit "
+                        "(default pyav)")
     p.add_argument("--hwaccel", help="ffmpeg -hwaccel method for --decoder ffmpeg (cuda, vaapi, ...)")
-    p.add_argument("--retry-failed", action="store_true", help="recompute parts holding failed videos")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="recompute parts holding failed or truncated videos (default: committed parts are kept)")
     p.add_argument("--dashboard", action="store_true",
                    help="start Dask's diagnostic dashboard on the local cluster (or use the scheduler's) and print it")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def config_from(args: argparse.Namespace) -> ExtractConfig:
@@ -219,73 +227,76 @@ def cmd_verify(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import make_demo
-    from .extract import extract
+    from .demo import build_demo
 
-    out = Path(args.out)
-    paths = make_demo(out, n_train=args.videos, n_eval=args.eval_videos)
-    print(f"demo data written to {out}/ (videos, howto100m.csv, captions.json, eval.csv, word2vec.bin)")
     print("NOTE: no pretrained weights here, so ResNet-152 and DAVEnet run RANDOM-INIT (recorded in the store)")
-    common = dict(word2vec=paths["word2vec"], video_root=paths["video_root"], workers=args.workers,
-                  short_side=args.short_side,
-                  random_init=["resnet152", "davenet"], progress=not args.no_progress)
-    for manifest, captions, store in ((paths["manifest"], paths["captions"], out / "features.zarr"),
-                                      (paths["eval_manifest"], None, out / "eval.zarr")):
-        cfg = ExtractConfig(manifest=manifest, captions=captions, store=str(store), **common)
-        print_summary(extract(cfg))
+    paths, summaries = build_demo(args.out, args.videos, args.eval_videos, args.short_side, args.workers,
+                                  not args.no_progress)
+    print(f"demo data written to {args.out}/ (videos, howto100m.csv, captions.json, eval.csv, word2vec.bin)")
+    for summary in summaries:
+        print_summary(summary)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("extract", help="extract features into a store (resumes; idempotent)")
     add_extract_args(p)
     p.set_defaults(fn=cmd_extract)
     p = sub.add_parser("status", help="counts and failures per feature group")
-    p.add_argument("--store", required=True)
-    p.add_argument("--show", type=int, default=20, help="failures to list per group")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--store", required=True, help="the feature store")
+    p.add_argument("--show", type=int, default=20, help="failures to list per group (default 20)")
+    p.add_argument("--json", action="store_true", help="also print the counts as one JSON object")
     p.add_argument("--problems", type=int, default=10, help="manifest/caption problems to list (default 10)")
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("import", help="released pre-extracted features (<video_id>.npy files or an .h5) into a "
                                       "store group; no video needed")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--captions")
-    p.add_argument("--store", required=True)
+    p.add_argument("--manifest", required=True, help="the videos' manifest, as for `pipeline extract`")
+    p.add_argument("--captions", help="captions JSON or table (HowTo100M manifests), as for `pipeline extract`")
+    p.add_argument("--store", required=True, help="the store to plan (or add the group to)")
     p.add_argument("--features", required=True, help="folder of <video_id>.npy (T, D) arrays, or an .h5 file "
                                                         "with one dataset per video id")
     p.add_argument("--group", required=True, help="group name (resnet152, r3d_18, ... or your own)")
-    p.add_argument("--rate", type=float, default=1.0, help="rows per second (HowTo100M 2D: 1.0, 3D: 1.5)")
-    p.add_argument("--part-size", type=int)
-    p.add_argument("--strict", action="store_true")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--rate", type=float, default=1.0,
+                   help="feature rows per second of video (default 1.0; HowTo100M 2D: 1.0, 3D: 1.5)")
+    p.add_argument("--part-size", type=int, help="videos per part (default: as `pipeline extract` chooses)")
+    p.add_argument("--strict", action="store_true", help="abort on any bad manifest row")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(fn=cmd_import)
     p = sub.add_parser("export", help="write a group out: <video_id>.npy files or one .h5 (dataset per video)")
-    p.add_argument("--store", required=True)
-    p.add_argument("--group", required=True)
-    p.add_argument("--format", choices=["npy", "h5"], required=True)
+    p.add_argument("--store", required=True, help="the feature store")
+    p.add_argument("--group", required=True, help="the per-video feature group to write out (e.g. resnet152)")
+    p.add_argument("--format", choices=["npy", "h5"], required=True,
+                   help="npy: a <video_id>.npy (T, D) per video; h5: one file, a dataset per video id")
     p.add_argument("--out", required=True, help="folder (npy) or file (h5)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="array type written (default float32; the store keeps float16)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_export)
     p = sub.add_parser("verify", help="re-read every chunk file against its checksum, check every unit's "
                                       "shapes; --repair removes damaged units for `extract` to recompute")
-    p.add_argument("--store", required=True)
+    p.add_argument("--store", required=True, help="the feature store")
     p.add_argument("--repair", action="store_true",
                    help="remove the damaged units (parts, word2vec, status) so the next extract recomputes them")
-    p.add_argument("--show", type=int, default=5, help="problems to list per damaged unit")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--show", type=int, default=5, help="problems to list per damaged unit (default 5)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_verify)
-    p = sub.add_parser("demo", help="generate the built-in demo dataset and extract it")
-    p.add_argument("--out", default="demo")
-    p.add_argument("--videos", type=int, default=12, help="training videos (HowTo100M-style manifest)")
-    p.add_argument("--eval-videos", type=int, default=8, help="held-out videos (clip-per-row manifest)")
-    p.add_argument("--short-side", type=int, default=112, help="frame short side (112 keeps the demo quick)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("demo", help="generate the built-in demo dataset and extract it (`trainers demo` also "
+                                    "trains, evaluates and compares)")
+    p.add_argument("--out", default="demo", help="folder of the demo's videos, manifests and stores (default demo)")
+    p.add_argument("--videos", type=int, default=32, help="training videos, HowTo100M-style manifest (default 32)")
+    p.add_argument("--eval-videos", type=int, default=16, help="held-out videos, one clip per row (default 16)")
+    p.add_argument("--short-side", type=int, default=112,
+                   help="decoded frame short side in pixels (default 112 keeps the demo quick; HowTo100M: 224)")
+    p.add_argument("--workers", type=int, help="local Dask workers (default: one per core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_demo)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.fn(args)

@@ -123,14 +123,43 @@ def make_demo(out: str | os.PathLike, n_train: int = 16, n_eval: int = 8, second
                 eval_rows.append([vid, float(s), float(min(seconds, s + 2 * caption_every)), text, name])
     paths = {"manifest": str(out / "howto100m.csv"), "captions": str(out / "captions.json"),
              "eval_manifest": str(out / "eval.csv"), "word2vec": str(out / "word2vec.bin"),
-             "video_root": str(out / "videos")}
+             "video_root": str(out / "videos"), "class_names": str(out / "class_names.csv")}
+    with open(paths["class_names"], "w", newline="") as f:  # each task named by its words (`trainers probe --zero-shot`)
+        csv.writer(f).writerows([["label", "text"], *[[name, " ".join(words)] for name, _, _, words in TASKS]])
     with open(paths["manifest"], "w", newline="") as f:
         csv.writer(f).writerows([["video_id", "category_1", "category_2", "rank", "task_id"], *train_rows])
     Path(paths["captions"]).write_text(json.dumps(captions))
     with open(paths["eval_manifest"], "w", newline="") as f:
         csv.writer(f).writerows([["video_id", "start", "end", "text", "task"], *eval_rows])
-    from gensim.models import Word2Vec
+    from gensim.models import KeyedVectors
 
-    model = Word2Vec(sentences, vector_size=300, window=5, min_count=1, workers=1, epochs=20, seed=1)
-    model.wv.save_word2vec_format(paths["word2vec"], binary=True)
+    # GoogleNews vectors cannot be downloaded here, and a word2vec trained on these few captions is nearly
+    # untrained (norm ~0.03): a .bin in GoogleNews' format of random vectors of GoogleNews' norm (~2.5), words
+    # told apart, no meaning
+    words = sorted({w for s in sentences for w in s})
+    kv = KeyedVectors(300)
+    kv.add_vectors(words, np.random.default_rng(seed + 1).normal(size=(len(words), 300)).astype(np.float32)
+                   * 2.5 / 300 ** 0.5)
+    kv.save_word2vec_format(paths["word2vec"], binary=True)
     return paths
+
+
+DEMO_GROUPS = ["resnet152", "frames", "logmel", "davenet", "word2vec"]
+
+
+def build_demo(out: str | os.PathLike, n_train: int = 32, n_eval: int = 16, short_side: int = 112,
+               workers: int | None = None, progress: bool = True) -> tuple[dict, list[dict]]:
+    """make_demo, then `pipeline extract` of both sets (the training manifest and the held-out clips) into
+    ``out``/features.zarr and ``out``/eval.zarr: random-init ResNet-152 and DAVEnet (no pretrained weights
+    here; the store records it), the log-mel, the frames as JPEG (short side 48) and the word2vec ids."""
+    from .extract import ExtractConfig, extract
+
+    out = Path(out)
+    paths = make_demo(out, n_train=n_train, n_eval=n_eval)
+    common = dict(word2vec=paths["word2vec"], video_root=paths["video_root"], workers=workers,
+                  short_side=short_side, groups=DEMO_GROUPS, random_init=["resnet152", "davenet"],
+                  jpeg_short_side=48, progress=progress)
+    summaries = [extract(ExtractConfig(manifest=manifest, captions=captions, store=str(store), **common))
+                 for manifest, captions, store in ((paths["manifest"], paths["captions"], out / "features.zarr"),
+                                                   (paths["eval_manifest"], None, out / "eval.zarr"))]
+    return paths, summaries

@@ -515,7 +515,7 @@ def test_export_import_round_trip_then_train_and_eval(odd_store, odd_dataset, we
     train(MCNConfig(store=str(store), out=str(tmp_path / "run"), combo="vt", dim=32, videos_per_batch=2,
                     clips_per_video=2, steps=6, warmup=2, min_time=0.0, clusters=2, cluster_every=2, queue_steps=1,
                     loader_workers=0), progress=False)
-    assert evaluate(tmp_path / "run", str(store))["text_to_video"]["N"] > 0
+    assert evaluate(tmp_path / "run", str(store))["retrieval"]["t->v"]["N"] > 0
 
 
 def test_import_never_unpickles_and_reports_bad_arrays(tmp_path):

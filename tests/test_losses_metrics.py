@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainers.losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
-from trainers.metrics import clustering_metrics, retrieval_metrics, retrieval_ranks
+from trainers.metrics import class_retrieval_metrics, clustering_metrics, retrieval_metrics, retrieval_ranks
 from trainers.model import MCN, parse_combo
 
 
@@ -63,6 +63,17 @@ def test_retrieval_ties_count_against_the_query():
     assert retrieval_ranks(sim).tolist() == [2, 1, 3]
     m = retrieval_metrics(sim, ks=(1, 2))
     assert m["R@1"] == pytest.approx(1 / 3) and m["R@2"] == pytest.approx(2 / 3) and m["MedR"] == 2
+    assert m["tied queries"] == 1 and m["chance R@1"] == pytest.approx(1 / 3)
+
+
+def test_class_level_retrieval_by_hand():
+    sim = np.array([[0.1, 0.9, 0.0, 0.2],   # best: clip 1 (label a, as the query): hit at 1
+                    [0.8, 0.1, 0.9, 0.0],   # best: clip 2 (b), then clip 0 (a): hit at 2
+                    [0.0, 0.3, 0.1, 0.2],   # best: clip 1 (a), then 3 (b): hit at 2
+                    [0.0, 0.0, 0.0, 0.0]])  # all tied: candidates' order, clip 0 (a), 1 (a): miss at 2
+    m = class_retrieval_metrics(sim, ["a", "a", "b", "b"], ks=(1, 2))
+    assert m["R@1"] == 0.25 and m["R@2"] == 0.75 and m["chance R@1"] == 0.5 and m["N"] == 4
+    assert class_retrieval_metrics(sim, ["a", "b", "b", "b"], ks=(1,))["chance R@1"] == (1 / 4 + 3 * 3 / 4) / 4
 
 
 def test_clustering_metrics_by_hand():

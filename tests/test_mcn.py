@@ -122,16 +122,29 @@ def test_streamed_batches_equal_in_ram_batches_in_worker_processes(planted):
 def test_mcn_learns_planted_structure(planted, tmp_path):
     train(small(planted[0], tmp_path / "run"), progress=False)
     r = evaluate(tmp_path / "run", str(planted[1]), label="task")
-    chance = 1 / r["text_to_video"]["N"]
-    assert r["text_to_video"]["R@1"] > 10 * chance, r["text_to_video"]
-    assert r["audio_to_video"]["R@1"] > 10 * chance, r["audio_to_video"]
-    assert set(r["clustering"]) == {"task/va", "task/all"}
+    chance = 1 / r["retrieval"]["t->v"]["N"]
+    assert r["retrieval"]["t->v"]["R@1"] > 10 * chance, r["retrieval"]["t->v"]
+    assert r["retrieval"]["a->v"]["R@1"] > 10 * chance, r["retrieval"]["a->v"]
+    assert set(r["retrieval"]) == {"t->v", "v->t", "a->v", "v->a", "a->t", "t->a"}
+    assert r["retrieval"]["t->v"]["score"] == "t.(v+a)" and r["retrieval"]["a->t"]["spaces"] == ["all"]
+    assert r["retrieval"]["a->v"]["spaces"] == ["va", "all"] and r["retrieval"]["t->v"]["chance R@1"] == 1 / 48
+    assert set(r["clustering"]) == {f"task/{s}" for s in ("va/v", "va/a", "va/fused", "all/v", "all/a", "all/t",
+                                                          "all/fused")}
+    assert all(c["chance"]["NMI"] < 0.2 for c in r["clustering"].values())
     emb = zarr.open_group(str(tmp_path / "run" / "embeddings.zarr"), mode="r")
     assert emb["all_t"].shape == (48, 64) and emb["va_a"].shape == (48, 64)
+    from trainers.metrics import class_retrieval_metrics, retrieval_metrics
+
+    sim = emb["all_t"][...] @ (emb["all_v"][...] + emb["all_a"][...]).T  # by hand from the exported embeddings
+    assert retrieval_metrics(sim)["R@1"] == r["retrieval"]["t->v"]["R@1"]
+    assert retrieval_metrics(sim.T)["MedR"] == r["retrieval"]["v->t"]["MedR"]
+    task = FeatureStore(planted[1]).labels(np.arange(48))["task"]
+    assert class_retrieval_metrics(sim, task) == r["retrieval"]["t->v"]["class"]["task"]
+    assert r["retrieval"]["t->v"]["class"]["task"]["R@1"] >= r["retrieval"]["t->v"]["R@1"]
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["mms"] < rows[0]["mms"]
     big = evaluate(tmp_path / "run", str(planted[1]), max_score_clips=10)  # export only, streamed
-    assert "not_scored" in big and "text_to_video" not in big
+    assert "not_scored" in big and "retrieval" not in big
     again = zarr.open_group(str(tmp_path / "run" / "embeddings.zarr"), mode="r")
     np.testing.assert_array_equal(again["all_t"][...], emb["all_t"][...])
     assert list(again["key"][:2]) == ["v0#0", "v0#1"]
@@ -252,7 +265,7 @@ def test_end_to_end_towers_combine_with_combos_and_a_killed_run_resumes_bit_iden
         names = [k for k in a if k.startswith(tower) and a[k].is_floating_point()]
         assert names and any(not torch.equal(a[k], init[k]) for k in names), tower  # every tower trained
     r = evaluate(tmp_path / "ref", str(store))
-    assert r["text_to_video"]["N"] == s.n_clips
+    assert r["retrieval"]["t->v"]["N"] == s.n_clips
 
 
 def test_end_to_end_text_trains_a_hugging_face_encoder_on_the_cached_token_ids(planted, tmp_path):
@@ -281,7 +294,7 @@ def test_end_to_end_text_trains_a_hugging_face_encoder_on_the_cached_token_ids(p
     assert 1 not in want  # every planted word is in the vocabulary: no [UNK]
     train(cfg, progress=False)
     r = evaluate(tmp_path / "run", str(eval_store))
-    assert r["text_to_video"]["R@1"] > 5 / r["text_to_video"]["N"], r["text_to_video"]  # 11x chance here
+    assert r["retrieval"]["t->v"]["R@1"] > 5 / r["retrieval"]["t->v"]["N"], r["retrieval"]["t->v"]  # 11x chance here
     model = build_model(cfg, 64, 300)
     model.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
     trained = model.text_tower.encoder.embeddings.word_embeddings.weight
@@ -456,7 +469,7 @@ def test_several_video_groups_are_pooled_per_group_and_concatenated(planted, tmp
     train(cfg, progress=False)
     eval_store = with_3d_group(planted[1], tmp_path / "eval.zarr")
     r = evaluate(tmp_path / "run", str(eval_store), label="task")
-    assert r["text_to_video"]["R@1"] > 5 / r["text_to_video"]["N"], r["text_to_video"]
+    assert r["retrieval"]["t->v"]["R@1"] > 5 / r["retrieval"]["t->v"]["N"], r["retrieval"]["t->v"]
 
 
 def test_mcn_fidelity_warmup_refit_period_and_eval_audio_pooling():

@@ -115,9 +115,9 @@ def test_mmv_fac_learns_retrieval(stores, tmp_path):
                     lr=2e-3, candidates=3, dim_va=64, dim_vat=32, text_dim=128)
     train_mmv(cfg, progress=False)
     r = evaluate(tmp_path / "mmv", str(stores["eval"]))
-    chance = 1 / r["text_to_video"]["N"]
-    assert r["text_to_video"]["R@1"] > 10 * chance, r["text_to_video"]
-    assert r["audio_to_video"]["R@1"] > 10 * chance, r["audio_to_video"]
+    chance = 1 / r["retrieval"]["t->v"]["N"]
+    assert r["retrieval"]["t->v"]["R@1"] > 10 * chance, r["retrieval"]["t->v"]
+    assert r["retrieval"]["a->v"]["R@1"] > 10 * chance, r["retrieval"]["a->v"]
 
 
 @pytest.mark.parametrize("graph", ["shared", "disjoint"])

@@ -78,6 +78,59 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import compare, text
+
+    out = args.out or str(Path(args.runs[0]).parent / "compare")
+    result = compare(args.runs, out)
+    print(text(result))
+    print(f"table: {result['csv']}; charts: {result['png']}")
+    return 0
+
+
+def cmd_crosstask(args) -> int:
+    from .crosstask import crosstask
+
+    r = crosstask(args.run, args.store, args.steps, args.annotations, args.word2vec)
+    print(f"CrossTask step localisation of {args.run} on {args.store}: average recall {100 * r['average recall']:.1f}% "
+          f"(per-video mean, MCN's average: {100 * r['average recall, per-video mean (MCN)']:.1f}%; random scores: "
+          f"{100 * r['chance']:.1f}%)")
+    for task, t in r["tasks"].items():
+        print(f"  {task:24s} recall {100 * t['recall']:5.1f}%  ({t['videos']} videos)")
+    if r["missing videos"]:
+        print(f"  {len(r['missing videos'])} annotated videos not usable in the store: {r['missing videos'][:5]}")
+    print(f"results: {Path(args.run) / 'crosstask.json'}")
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from .probe import probe
+
+    r = probe(args.run, args.store, args.label, args.features, args.folds, args.split, args.zero_shot,
+              args.class_names, args.word2vec)
+    how = f"on {r['linear probe']['test clips']} test clips" if "test clips" in r["linear probe"] else \
+        f"{r['linear probe']['folds']}-fold"
+    print(f"{r['label']}: {r['clips']} clips, {r['classes']} classes, features {','.join(r['features'])}; "
+          f"chance (largest class) {100 * r['chance (largest class)']:.1f}%")
+    for name in ("linear probe", "linear probe, frozen features"):
+        if name in r:
+            p = r[name]
+            std = f" +- {100 * p['std']:.1f}" if "std" in p else ""
+            print(f"  {name:30s} accuracy {100 * p['accuracy']:5.1f}%{std} ({how})")
+    if "zero-shot" in r:
+        print(f"  {'zero-shot':30s} accuracy {100 * r['zero-shot']['accuracy']:5.1f}% (chance "
+              f"{100 * r['zero-shot']['chance']:.1f}%)")
+    print(f"results: {Path(args.run) / f'probe-{args.label}.json'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import demo
+
+    demo(args.out, args.steps, args.workers, not args.no_progress)
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import plot
 
@@ -85,17 +138,24 @@ def cmd_report(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def cmd_map(args) -> int:
+    from .report import embedding_map
+
+    print(f"wrote {embedding_map(args.run, args.store, args.label, args.embedding, args.method)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainers", description="Train and evaluate models on a feature store.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, help_text in HELP.items():
         p = sub.add_parser(name, help=help_text)
         add_dataclass_args(p, METHODS[name][0])
-        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(fn=trainer(name))
     p = sub.add_parser("eval", help="retrieval and clustering on a held-out store; exports embeddings")
-    p.add_argument("--run", required=True)
-    p.add_argument("--store", required=True)
+    p.add_argument("--run", required=True, help="a run folder (`trainers <method> --out`)")
+    p.add_argument("--store", required=True, help="the held-out feature store to embed and score")
     p.add_argument("--label", help="label column for clustering (default: every usable label column)")
     p.add_argument("--audio-frames", type=int,
                    help="log-mel frames per clip for end-to-end audio, 100 per second (default: the run's own "
@@ -104,10 +164,61 @@ def main(argv=None) -> int:
                    help="score retrieval and clustering up to this many clips (N x N scores); embeddings of "
                         "every clip are exported regardless (default 50000)")
     p.set_defaults(fn=cmd_eval)
-    p = sub.add_parser("report", help="PNG loss curves of a run")
-    p.add_argument("--run", required=True)
+    p = sub.add_parser("compare", help="runs side by side: eval metrics, training time, the flags that differ "
+                                       "(table, CSV, PNG)")
+    p.add_argument("runs", nargs="+", help="run folders with eval results (`trainers eval`), e.g. runs/*")
+    p.add_argument("--out", help="path of the CSV and PNG, without suffix (default: compare beside the first run)")
+    p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("crosstask", help="zero-shot step localisation (CrossTask protocol): each second scored "
+                                         "against the task's step texts, steps placed by CrossTask's DP, recall")
+    p.add_argument("--run", required=True, help="a trained MCN or MMV run (a space holding text)")
+    p.add_argument("--store", required=True, help="the annotated videos, extracted by `pipeline extract`")
+    p.add_argument("--steps", required=True, help="step texts: JSON {task: [step text, ...]} or CSV task,step,text")
+    p.add_argument("--annotations", required=True,
+                   help="CSV video_id,task,step,start,end (step: 1-based index into the task's steps; seconds)")
+    p.add_argument("--word2vec", help="the .bin the store's captions were tokenised with (default: the path the "
+                                      "store recorded, checked by SHA-256)")
+    p.set_defaults(fn=cmd_crosstask)
+    p = sub.add_parser("probe", help="linear probe (and zero-shot) classification of a label column from a run's "
+                                     "exported embeddings (`trainers eval` first)")
+    p.add_argument("--run", required=True, help="a run folder with exported embeddings; writes <run>/probe-<label>.json")
+    p.add_argument("--store", required=True, help="the store `trainers eval` exported the run's embeddings of")
+    p.add_argument("--label", required=True, help="the label column to predict (e.g. task)")
+    p.add_argument("--features", default="v",
+                   help="embeddings to probe: v, a, t, va (that modality in every space) or array names such as "
+                        "all_v,va_a (default v)")
+    p.add_argument("--folds", type=int, default=5, help="stratified cross-validation folds (default 5)")
+    p.add_argument("--split", help="COLUMN=VALUE: clips whose label column COLUMN is VALUE are the test set "
+                                   "(instead of folds), e.g. split=test")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="also classify each clip by the nearest class-name text embedding (a run with a text space)")
+    p.add_argument("--class-names", help="CSV label,text: the text each class is named by (default: the label itself)")
+    p.add_argument("--word2vec", help="the .bin the store's captions were tokenised with (default: recorded path)")
+    p.set_defaults(fn=cmd_probe)
+    p = sub.add_parser("report", help="PNG of a run: loss curves (log scale) and its retrieval table")
+    p.add_argument("--run", required=True, help="a run folder; writes <run>/losses.png")
     p.set_defaults(fn=cmd_report)
-    args = parser.parse_args(argv)
+    p = sub.add_parser("map", help="PNG: a 2-D map (PCA or t-SNE) of a run's exported clip embeddings coloured "
+                                   "by a label")
+    p.add_argument("--run", required=True, help="a run folder with exported embeddings; writes <run>/map-<label>.png")
+    p.add_argument("--store", required=True, help="the store `trainers eval` exported the run's embeddings of")
+    p.add_argument("--label", required=True, help="label column the points are coloured by")
+    p.add_argument("--embedding", help="exported arrays to map, comma-separated, e.g. all_v or va_a "
+                                       "(default: the first space's video embedding)")
+    p.add_argument("--method", choices=["pca", "tsne"], default="pca", help="2-D projection (default pca)")
+    p.set_defaults(fn=cmd_map)
+    p = sub.add_parser("demo", help="the whole product on built-in demo data in a few minutes: generate, extract, "
+                                    "train an ablation, evaluate, compare")
+    p.add_argument("--out", default="demo", help="folder for the data, stores and runs (default demo)")
+    p.add_argument("--steps", type=int, default=150, help="training steps per run (default 150)")
+    p.add_argument("--workers", type=int, help="extraction's local Dask workers (default: one per core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:

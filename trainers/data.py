@@ -265,15 +265,7 @@ class ClipReader:
         spec, s = self.spec, self.store
         clips = np.asarray(clips, dtype=np.int64)
         B, K, W = len(clips), spec.candidates, spec.max_tokens if spec.text_tokens else spec.max_words
-        c = spec.crop_size
-        out = {"video": (np.zeros((B, spec.video_frames, 3, c, c), np.uint8) if spec.frames_group
-                         else np.zeros((B, self.video_dim), np.float32)),
-               "video_count": np.zeros(B, np.int64),
-               "audio": (np.full((B, 40, spec.audio_frames), spec.audio_pad, np.float16) if spec.end_to_end_audio
-                         else np.zeros((B, self.audio_dim), np.float32)),
-               "nframes": np.zeros(B, np.int64), "words": np.full((B, W), self.pad, np.int64),
-               "word_mask": np.zeros((B, W), bool),
-               **{f"valid_{m}": np.zeros(B, bool) for m in "vat"}}
+        out = self._empty(B)
         if K:
             out["cand_words"] = np.full((B, K, W), self.pad, np.int64)
             out["cand_ok"] = np.zeros((B, K), bool)
@@ -282,11 +274,6 @@ class ClipReader:
             at = np.flatnonzero(inverse == k)
             a, b = int(s.clip_offsets[v]), int(s.clip_offsets[v + 1])
             starts, ends = s.clip_rows("start", a, b), s.clip_rows("end", a, b)
-            frames = ([s.video_rows(g, v) for g in self.video_groups] if "v" in self.ok and self.ok["v"][v]
-                      else None)
-            audio = s.video_rows(self.audio_group, v) if "a" in self.ok and self.ok["a"][v] else None
-            out["valid_v"][at] = frames is not None
-            out["valid_a"][at] = audio is not None
             ends_max = np.maximum.accumulate(ends)
             local = (clips[at] - a).tolist()
             merged = [merge_captions(starts, ends, i, spec.min_time, 1, ends_max) for i in local]
@@ -296,38 +283,9 @@ class ClipReader:
             if self.text_ok is not None:  # word ids of the captions these clips use, not of the whole video
                 used = np.unique([o for m in merged for o in m[2]] + [x for c in cands for _, order in c for x in order])
                 ids = dict(zip(used.tolist(), s.word_ids_at(a + used, self.text_group)))
-            dur = self.duration[v]  # a clip ends where the video does; one starting after it has nothing to read:
-            inside = starts[clips[at] - a] < dur  # masked (MCN never samples it), never zeros passed off as features
-            out["valid_v"][at] &= inside
-            out["valid_a"][at] &= inside
-            t0 = np.minimum(starts[[m[0] for m in merged]], dur)
-            t1 = np.minimum(ends[[m[1] for m in merged]], dur)
-            col = 0
-            if spec.frames_group and frames is not None:
-                for j, s0, s1 in zip(at.tolist(), t0, t1):  # the clip's frames: rows floor(s)..floor(e), 1 per second
-                    files = s.video_files(spec.frames_group, v, int(np.floor(s0)), int(np.floor(s1)) + 1)
-                    x = frame_crops(files, spec, rng)
-                    out["video"][j, :len(x)], out["video_count"][j] = x, len(x)
-                frames = None
-            for g, rows, dim in zip(self.video_groups, frames or [], self.video_dims):
-                # MCN: rows floor(s*rate) .. floor(e*rate) (int(s)..int(e) at 1 per second), max-pooled,
-                # L2-normalised per group, groups concatenated
-                rate = s.rate(g)
-                x = _pool(rows, np.floor(t0 * rate).astype(np.int64), np.floor(t1 * rate).astype(np.int64) + 1,
-                          np.maximum)
-                out["video"][at, col:col + dim] = _unit(x)
-                col += dim
-            if audio is not None and not spec.end_to_end_audio:
-                rate = s.rate(self.audio_group)
-                x = _pool(audio, np.floor(t0 * rate).astype(np.int64), np.floor(t1 * rate).astype(np.int64) + 1, np.add)
-                out["audio"][at] = _unit(x) if spec.normalize_audio else x
-            for n, (j, i, (_, _, order), s0, s1) in enumerate(zip(at.tolist(), local, merged, t0, t1)):
-                if audio is not None and spec.end_to_end_audio:
-                    f0 = _audio_frames(s0)
-                    if f0 < 0 and spec.clip_population == "strict":
-                        f0 = 0
-                    mel = audio(f0, min(_audio_frames(s1), f0 + spec.audio_frames)) if f0 >= 0 else audio(0, 0)
-                    out["audio"][j, :, :len(mel)], out["nframes"][j] = mel.T, len(mel)
+            self._media(out, at, v, starts[[m[0] for m in merged]], ends[[m[1] for m in merged]],
+                        starts[clips[at] - a], rng)
+            for n, (j, i, (_, _, order)) in enumerate(zip(at.tolist(), local, merged)):
                 if ids is not None:
                     out["valid_t"][j] = len(ids[i]) > 0 if spec.clip_population == "strict" else \
                         any(len(ids[o]) for o in order)
@@ -338,6 +296,69 @@ class ClipReader:
                         out["cand_words"][j, c, :len(w)] = w
                         out["cand_ok"][j, c] = len(ids[o]) > 0
         return out
+
+    def windows(self, v: int, t0: np.ndarray, t1: np.ndarray, a0: np.ndarray | None = None,
+                a1: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Video and audio of video ``v`` over any time windows (no text): video over [t0, t1], audio over
+        [a0, a1] (default the same), formed as a clip's are (CrossTask scores every second this way)."""
+        t0, t1 = np.asarray(t0, np.float64), np.asarray(t1, np.float64)
+        out = self._empty(len(t0))
+        at = np.arange(len(t0))
+        self._media(out, at, v, t0, t1, t0, None, t0 if a0 is None else np.asarray(a0, np.float64),
+                    t1 if a1 is None else np.asarray(a1, np.float64))
+        return out
+
+    def _empty(self, B: int) -> dict[str, np.ndarray]:
+        spec, c = self.spec, self.spec.crop_size
+        W = spec.max_tokens if spec.text_tokens else spec.max_words
+        return {"video": (np.zeros((B, spec.video_frames, 3, c, c), np.uint8) if spec.frames_group
+                          else np.zeros((B, self.video_dim), np.float32)),
+                "video_count": np.zeros(B, np.int64),
+                "audio": (np.full((B, 40, spec.audio_frames), spec.audio_pad, np.float16) if spec.end_to_end_audio
+                          else np.zeros((B, self.audio_dim), np.float32)),
+                "nframes": np.zeros(B, np.int64), "words": np.full((B, W), self.pad, np.int64),
+                "word_mask": np.zeros((B, W), bool), **{f"valid_{m}": np.zeros(B, bool) for m in "vat"}}
+
+    def _media(self, out: dict, at: np.ndarray, v: int, t0: np.ndarray, t1: np.ndarray, first: np.ndarray,
+               rng: np.random.Generator | None, a0: np.ndarray | None = None, a1: np.ndarray | None = None) -> None:
+        """Rows ``at`` of ``out``: video ``v``'s features (or frames) over [t0, t1] and audio over [a0, a1]
+        (default the same), each cut where the video ends. A row whose ``first`` second is past the end has
+        nothing to read: masked (MCN never samples it), never zeros passed off as features."""
+        spec, s, dur = self.spec, self.store, self.duration[v]
+        frames = ([s.video_rows(g, v) for g in self.video_groups] if "v" in self.ok and self.ok["v"][v] else None)
+        audio = s.video_rows(self.audio_group, v) if "a" in self.ok and self.ok["a"][v] else None
+        inside = first < dur
+        out["valid_v"][at] = inside & (frames is not None)
+        out["valid_a"][at] = inside & (audio is not None)
+        t0, t1 = np.minimum(t0, dur), np.minimum(t1, dur)
+        a0, a1 = (t0, t1) if a0 is None else (np.minimum(a0, dur), np.minimum(a1, dur))
+        if spec.frames_group and frames is not None:
+            for j, s0, s1 in zip(at.tolist(), t0, t1):  # the clip's frames: rows floor(s)..floor(e), 1 per second
+                files = s.video_files(spec.frames_group, v, int(np.floor(s0)), int(np.floor(s1)) + 1)
+                x = frame_crops(files, spec, rng)
+                out["video"][j, :len(x)], out["video_count"][j] = x, len(x)
+            frames = None
+        col = 0
+        for g, rows, dim in zip(self.video_groups, frames or [], self.video_dims):
+            # MCN: rows floor(s*rate) .. floor(e*rate) (int(s)..int(e) at 1 per second), max-pooled,
+            # L2-normalised per group, groups concatenated
+            rate = s.rate(g)
+            x = _pool(rows, np.floor(t0 * rate).astype(np.int64), np.floor(t1 * rate).astype(np.int64) + 1, np.maximum)
+            out["video"][at, col:col + dim] = _unit(x)
+            col += dim
+        if audio is None:
+            return
+        if not spec.end_to_end_audio:
+            rate = s.rate(self.audio_group)
+            x = _pool(audio, np.floor(a0 * rate).astype(np.int64), np.floor(a1 * rate).astype(np.int64) + 1, np.add)
+            out["audio"][at] = _unit(x) if spec.normalize_audio else x
+            return
+        for j, s0, s1 in zip(at.tolist(), a0, a1):
+            f0 = _audio_frames(s0)
+            if f0 < 0 and spec.clip_population == "strict":
+                f0 = 0
+            mel = audio(f0, min(_audio_frames(s1), f0 + spec.audio_frames)) if f0 >= 0 else audio(0, 0)
+            out["audio"][j, :, :len(mel)], out["nframes"][j] = mel.T, len(mel)
 
     def all_clips(self) -> np.ndarray:
         """Every usable clip, in store order (evaluation and whole-set passes; RAM: an int64 per clip)."""

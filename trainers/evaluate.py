@@ -14,7 +14,7 @@ from . import mmv
 from .clustering import Embedder, encoders
 from .data import ClipReader, ClipSpec, video_groups
 from .mcn import MCNConfig, build_model, clip_spec, text_input, video_input
-from .metrics import clustering_metrics, retrieval_metrics
+from .metrics import class_retrieval_metrics, clustering_metrics, retrieval_metrics
 
 
 def load_run(run: str | Path):
@@ -86,17 +86,9 @@ def embed(model, reader: ClipReader, clips: np.ndarray, path: Path, keep: bool,
     return {s: {m: np.concatenate(v) for m, v in d.items()} for s, d in out.items()}
 
 
-def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames: int | None = None,
-             max_score_clips: int = 50_000) -> dict:
-    """Text->video retrieval (score t.(v+a) in spaces that also hold audio, as MCN on YouCook2; summed over
-    spaces holding t and v), audio->video over spaces holding a and v, and k-means clustering of the fused
-    embedding of each space against the label columns. Embeddings of every clip are exported, streamed;
-    scoring needs an N x N matrix, so it runs for at most ``max_score_clips`` clips."""
-    from sklearn.cluster import KMeans
-
-    run = Path(run)
-    cfg, _, model = load_run(run)
-    # read as trained; every method scores the same clips: those with a known caption word (strict)
+def eval_spec(cfg, audio_frames: int | None = None) -> ClipSpec:
+    """How a run's clips are read for evaluation: as trained, each caption alone (no merging), and for every
+    method the same clips: those with a known caption word (strict)."""
     if isinstance(cfg, MCNConfig):
         spec = replace(clip_spec(cfg, min_time=0.0, audio_frames=audio_frames), clip_population="strict")
     elif isinstance(cfg, mmv.MMVConfig):
@@ -104,8 +96,38 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
     else:  # pseudo-label methods: video and audio clips, as they train
         spec = ClipSpec("va", 0.0, end_to_end_audio=cfg.end_to_end_audio, audio_frames=cfg.audio_frames,
                         video_groups=video_groups(cfg.video_groups))
-    spec = replace(spec, audio_frames=audio_frames or spec.audio_frames)
-    reader = ClipReader(store, spec)
+    return replace(spec, audio_frames=audio_frames or spec.audio_frames)
+
+
+
+
+def similarities(emb: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, list[str], str]]:
+    """Query x candidate scores per direction the model has spaces for, summed over those spaces: t<->v scores
+    t.(v+a) where a space also holds audio (MCN on YouCook2), else t.v; a<->v a.v; a<->t a.t."""
+    out = {}
+    for pair in ("tv", "av", "at"):
+        q, c = pair
+        spaces = [s for s, e in emb.items() if q in e and c in e]
+        if not spaces:
+            continue
+        audio = pair == "tv" and any("a" in emb[s] for s in spaces)
+        sim = sum(emb[s][q] @ (emb[s][c] + (emb[s].get("a", 0) if pair == "tv" else 0)).T for s in spaces)
+        score = f"{q}.({c}+a)" if audio else f"{q}.{c}"
+        out[f"{q}->{c}"], out[f"{c}->{q}"] = (sim, spaces, score), (sim.T, spaces, score)
+    return out
+
+
+def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames: int | None = None,
+             max_score_clips: int = 50_000) -> dict:
+    """Every retrieval direction the model has spaces for (instance-level, and class-level per label column),
+    k-means clustering of each modality's and the fused embedding of each space against each label column,
+    each with its chance level. Embeddings of every clip are exported, streamed; scoring needs an N x N
+    matrix, so it runs for at most ``max_score_clips`` clips."""
+    from sklearn.cluster import KMeans
+
+    run = Path(run)
+    cfg, _, model = load_run(run)
+    reader = ClipReader(store, eval_spec(cfg, audio_frames))
     clips = reader.all_clips()
     score = len(clips) <= max_score_clips
     emb = embed(model, reader, clips, run / "embeddings.zarr", keep=score)
@@ -116,27 +138,27 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
                                  "N x N score matrix; embeddings are exported")
         (run / "eval.json").write_text(json.dumps(results, indent=1))
         return results
-    text_spaces = [s for s, e in emb.items() if "t" in e and "v" in e]
-    if text_spaces:
-        sim = sum(emb[s]["t"] @ (emb[s]["v"] + emb[s].get("a", 0)).T for s in text_spaces)
-        results["text_to_video"] = {**retrieval_metrics(sim), "spaces": text_spaces,
-                                    "score": "t.(v+a)" if any("a" in emb[s] for s in text_spaces) else "t.v"}
-    av_spaces = [s for s, e in emb.items() if "a" in e and "v" in e]
-    if av_spaces:
-        results["audio_to_video"] = {**retrieval_metrics(sum(emb[s]["a"] @ emb[s]["v"].T for s in av_spaces)),
-                                     "spaces": av_spaces}
     labels = reader.store.labels(clips)
-    names = [label] if label else [k for k, v in labels.items() if 1 < len(np.unique(v)) < len(v)]
     if label and label not in labels:
         raise KeyError(f"no label column {label!r} in {store} (have {sorted(labels)})")
+    names = [label] if label else [k for k, v in labels.items() if 1 < len(np.unique(v)) < len(v)]
+    results["retrieval"] = {}
+    for direction, (sim, spaces, rule) in similarities(emb).items():
+        results["retrieval"][direction] = {**retrieval_metrics(sim), "spaces": spaces, "score": rule,
+                                           "class": {n: class_retrieval_metrics(sim, labels[n]) for n in names}}
     results["clustering"] = {}
     for name in names:
         y = labels[name]
         k = len(np.unique(y))
+        chance = clustering_metrics(y, np.random.default_rng(0).integers(0, k, len(y)))  # a random k-labelling
         for space, e in emb.items():
-            fused = F.normalize(torch.from_numpy(sum(e.values()) / len(e)), dim=1).numpy()
-            pred = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(fused)
-            results["clustering"][f"{name}/{space}"] = {**clustering_metrics(y, pred), "k": k}
+            for part, x in {**e, "fused": sum(e.values()) / len(e)}.items():
+                if part == "fused" and len(e) == 1:
+                    continue
+                x = F.normalize(torch.from_numpy(x), dim=1).numpy()
+                pred = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(x)
+                results["clustering"][f"{name}/{space}/{part}"] = {**clustering_metrics(y, pred), "k": k,
+                                                                  "chance": chance}
     (run / "eval.json").write_text(json.dumps(results, indent=1))
     return results
 
@@ -145,13 +167,15 @@ def table(results: dict) -> str:
     lines = [f"eval of {results['run']} on {results['store']}: {results['clips']} clips; ties {results['ties']}"]
     if "not_scored" in results:
         lines.append(f"  not scored: {results['not_scored']}")
-    for task in ("text_to_video", "audio_to_video"):
-        if task in results:
-            r = results[task]
-            lines.append(f"  {task:15s} R@1 {100 * r['R@1']:5.1f}  R@5 {100 * r['R@5']:5.1f}  "
-                         f"R@10 {100 * r['R@10']:5.1f}  MedR {r['MedR']:.0f}  (N={r['N']}, chance R@1 "
-                         f"{100 / r['N']:.1f})")
+    for d, r in results.get("retrieval", {}).items():
+        tied = f", {r['tied queries']} tied queries" if r["tied queries"] else ""
+        lines.append(f"  {d:5s} {r['score']:8s} R@1 {100 * r['R@1']:5.1f}  R@5 {100 * r['R@5']:5.1f}  "
+                     f"R@10 {100 * r['R@10']:5.1f}  MedR {r['MedR']:4.0f}  (N={r['N']}, chance R@1 "
+                     f"{100 * r['chance R@1']:.1f}{tied})")
+        for name, c in r["class"].items():
+            lines.append(f"        class-level by {name}: R@1 {100 * c['R@1']:5.1f}  R@5 {100 * c['R@5']:5.1f}  "
+                         f"(chance R@1 {100 * c['chance R@1']:.1f})")
     for name, r in results.get("clustering", {}).items():
-        lines.append(f"  cluster {name:20s} NMI {r['NMI']:.3f}  ARI {r['ARI']:.3f}  acc {r['accuracy']:.3f}  "
-                     f"purity {r['purity']:.3f}  (k={r['k']})")
+        lines.append(f"  cluster {name:22s} NMI {r['NMI']:.3f}  ARI {r['ARI']:.3f}  acc {r['accuracy']:.3f}  "
+                     f"(k={r['k']}; chance NMI {r['chance']['NMI']:.3f}, acc {r['chance']['accuracy']:.3f})")
     return "\n".join(lines)

@@ -18,10 +18,28 @@ def retrieval_ranks(sim: np.ndarray) -> np.ndarray:
 
 
 def retrieval_metrics(sim: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+    """R@k and median rank of the true item (the diagonal), its chance R@1 (1 / N), and how many queries tie:
+    another candidate scores exactly the true one's score (shared captions, duplicate clips), counted against."""
+    sim = np.asarray(sim, dtype=np.float64)
     ranks = retrieval_ranks(sim)
     out = {f"R@{k}": float((ranks <= k).mean()) for k in ks}
     out["MedR"] = float(np.median(ranks))
     out["N"] = int(len(ranks))
+    out["chance R@1"] = 1 / len(ranks)
+    out["tied queries"] = int(((sim == np.diag(sim)[:, None]).sum(axis=1) > 1).sum())
+    return out
+
+
+def class_retrieval_metrics(sim: np.ndarray, labels, ks=(1, 5)) -> dict[str, float]:
+    """Class-level retrieval: a hit at k when one of the k best-scored candidates has the query's label.
+    Chance R@1: the mean share of candidates with the query's label. Ties in the top k are taken in the
+    candidates' order."""
+    _, y = np.unique(np.asarray(labels), return_inverse=True)
+    order = np.argsort(-np.asarray(sim, dtype=np.float64), axis=1, kind="stable")
+    same = y[order] == y[:, None]
+    out = {f"R@{k}": float(same[:, :k].any(axis=1).mean()) for k in ks}
+    out["chance R@1"] = float((np.bincount(y)[y] / len(y)).mean())
+    out["N"] = int(len(y))
     return out
 
 

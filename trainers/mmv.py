@@ -89,11 +89,16 @@ class MMV(nn.Module):
         return self.t_vt(self.text_backbone(words.reshape(-1, *words.shape[-2:]))).reshape(*lead, -1)
 
     def embed(self, video, audio, words, nframes=None) -> dict[str, dict[str, torch.Tensor]]:
-        """L2-normalised embeddings per space (MMV scores are cosine similarities)."""
-        z_v_va = self.v_va(video)
-        spaces = {"va": {"v": z_v_va, "a": encode_audio(self.a_va, audio, nframes)},
-                  "vt": {"v": self.video_text(video, z_v_va), "t": self.text(words)}}
-        return {s: {m: F.normalize(z, dim=-1) for m, z in d.items()} for s, d in spaces.items()}
+        """L2-normalised embeddings per space (MMV scores are cosine similarities) of the modalities given."""
+        spaces: dict = {"va": {}, "vt": {}}
+        if video is not None:
+            z_v_va = self.v_va(video)
+            spaces["va"]["v"], spaces["vt"]["v"] = z_v_va, self.video_text(video, z_v_va)
+        if audio is not None:
+            spaces["va"]["a"] = encode_audio(self.a_va, audio, nframes)
+        if words is not None:
+            spaces["vt"]["t"] = self.text(words)
+        return {s: {m: F.normalize(z, dim=-1) for m, z in d.items()} for s, d in spaces.items() if d}
 
 
 def build(cfg: MMVConfig, video_dim: int, audio_dim: int, we_dim: int) -> MMV:

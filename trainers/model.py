@@ -81,12 +81,13 @@ class Space(nn.Module):
         self.decoders = nn.ModuleDict({m: decoder(dim, dims[m]) for m in modalities}) if recon else None
 
     def forward(self, video, audio, words, inputs: dict | None = None):
+        """Embeddings (and reconstruction pairs) of the modalities given; None: that modality is not embedded."""
         emb, targets = {}, {}
-        if "v" in self.modalities:
+        if "v" in self.modalities and video is not None:
             emb["v"], targets["v"] = self.video(video), video
-        if "a" in self.modalities:
+        if "a" in self.modalities and audio is not None:
             emb["a"], targets["a"] = self.audio_proj(self.audio_gate(audio)), audio
-        if "t" in self.modalities:
+        if "t" in self.modalities and words is not None:
             pooled = self.text_pool(words)
             emb["t"], targets["t"] = self.text(pooled), pooled
         # a trainable tower's output as its own target (MCN's code: the text pooling, end-to-end DAVEnet) can be

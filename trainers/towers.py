@@ -85,7 +85,8 @@ class VideoTower(nn.Module):
         try:
             cnn = torchvision.models.get_model(arch, weights=None)
         except ValueError as e:
-            raise ValueError(f"--end-to-end-video {arch!r}: {e} (a torchvision image classifier, e.g. resnet18)") from None
+            raise ValueError(f"--end-to-end-video {arch!r}: {e} (a torchvision image classifier, e.g. "
+                             "resnet18)") from None
         if weights:
             load_into(cnn, load_state_dict(weights, arch, "--video-weights"), arch, weights)
         head = "fc" if isinstance(getattr(cnn, "fc", None), nn.Module) else "classifier"

@@ -1,0 +1,190 @@
+"""Evaluation protocols beyond `trainers eval`: CrossTask step localisation, runs compared side by side."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.store import FeatureStore
+from trainers.crosstask import align, crosstask, ground_truth, recall, summarise
+from trainers.evaluate import evaluate
+from trainers.mcn import MCNConfig, train
+
+
+def small(store, out, **kw):
+    base = dict(store=str(store), out=str(out), combo="vt", dim=64, videos_per_batch=8, clips_per_video=4,
+                steps=150, warmup=10, lr=1e-3, min_time=0.0, clusters=4, cluster_every=10, queue_steps=2,
+                checkpoint_every=1000, seed=3)
+    return MCNConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def runs(stores, tmp_path_factory):
+    """Two MCN vt runs on the planted store (full loss; MMS alone), each evaluated on the held-out store."""
+    d = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, flags in (("full", {}), ("mms", dict(no_cluster=True, no_recon=True))):
+        train(small(stores["train"], d / name, **flags), progress=False)
+        evaluate(d / name, str(stores["eval"]))
+        out[name] = d / name
+    return out
+
+
+def test_crosstask_dp_recall_and_averages_by_hand():
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.3], [0.0, 0.7]])
+    np.testing.assert_array_equal(align(scores), [[1, 0], [0, 0], [0, 0], [0, 1]])  # 0.9 + 0.7
+    # in order: step 1 cannot come before step 0, even where it scores best
+    np.testing.assert_array_equal(align(np.array([[0.0, 9.0], [1.0, 0.0], [0.0, 0.5]])), [[0, 0], [1, 0], [0, 1]])
+    y = ground_truth(5, 3, [(0, 0.5, 1.2), (2, 3.0, 4.0)])  # rows floor(start)..ceil(end)-1; step 1 absent
+    np.testing.assert_array_equal(y, [[1, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]])
+    pred = np.zeros((5, 3), bool)
+    pred[[1, 2, 4], [0, 1, 2]] = True  # step 0 inside its segment, step 2 outside, step 1 not annotated
+    assert recall(y, pred) == (1, 2)
+    # official: (1 + 3) / (2 + 3) per task; MCN: the mean of the videos' recalls (1/2 + 3/3) / 2
+    r = summarise({"t": [(1, 2), (3, 3)], "u": [(0, 1)]})
+    assert r["tasks"]["t"]["recall"] == pytest.approx(0.8) and r["tasks"]["t"]["recall, per-video mean (MCN)"] == 0.75
+    assert r["average recall"] == pytest.approx(0.4) and r["average recall, per-video mean (MCN)"] == pytest.approx(0.375)
+    with pytest.raises(ValueError, match="cannot hold"):
+        align(np.zeros((2, 3)))
+
+
+def crosstask_store(path, seed: int):
+    """Videos of 12 s whose seconds inside each annotated step segment carry the step text's planted video
+    features (the stores fixture's mixing), noise elsewhere; the word2vec .bin its texts are tokenised with."""
+    from gensim.models import KeyedVectors
+    from synthetic import write_clip_store
+
+    from features.weights import sha256
+
+    rng0 = np.random.default_rng(0)  # the stores fixture's words and mixers
+    words = rng0.normal(size=(48, 300))
+    wv = rng0.normal(size=(300, 64)) / 10
+    kv = KeyedVectors(300)
+    kv.add_vectors([f"w{i}" for i in range(48)], words.astype(np.float32))
+    kv.save_word2vec_format(str(path.parent / "w2v.bin"), binary=True)
+    steps = {"bread": [[1, 2, 3], [10, 11, 12], [20, 21, 22]], "bike": [[30, 31, 32], [40, 41, 42], [5, 6, 7]]}
+    rng = np.random.default_rng(seed)
+    rows, frames, notes = [], [], []
+    for v in range(8):
+        task = list(steps)[v % 2]
+        x = 0.05 * rng.normal(size=(12, 64))
+        starts = np.sort(rng.choice([0, 3, 6, 9], 3, replace=False)) + rng.integers(0, 2, 3)
+        for k, s0 in enumerate(starts):
+            x[s0:s0 + 2] = words[steps[task][k]].mean(0) @ wv + 0.05 * rng.normal(size=(2, 64))
+            notes.append([f"v{v}", task, k + 1, float(s0), float(s0 + 2)])
+        frames.append(x)
+        rows.append([f"v{v}", 0.0, 12.0, "w0", task])
+    write_clip_store(path, rows, "task", {"resnet152": frames}, 12.0, [np.array([0], np.int32)] * 8, 48, words,
+                     {"resnet152": {"dim": 64}, "word2vec": {"dim": 300, "weights": str(path.parent / "w2v.bin"),
+                                                            "weights_sha256": sha256(path.parent / "w2v.bin")}})
+    (path.parent / "steps.json").write_text(json.dumps({t: [" ".join(f"w{w}" for w in s) for s in ss]
+                                                        for t, ss in steps.items()}))
+    with open(path.parent / "annotations.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["video_id", "task", "step", "start", "end"], *notes])
+    return path
+
+
+def test_crosstask_localises_planted_steps(runs, tmp_path):
+    store = crosstask_store(tmp_path / "ct.zarr", seed=4)
+    r = crosstask(runs["full"], str(store), str(tmp_path / "steps.json"), str(tmp_path / "annotations.csv"))
+    assert set(r["tasks"]) == {"bread", "bike"} and all(t["videos"] == 4 for t in r["tasks"].values())
+    assert r["chance"] < 0.4 and r["average recall"] > 0.8, r  # 3 steps of 2 s in 12 s: chance ~ 1/4
+    assert json.loads((runs["full"] / "crosstask.json").read_text())["average recall"] == r["average recall"]
+    (tmp_path / "bad.csv").write_text("video_id,task,step,start,end\nv0,bread,4,0,2\n")
+    with pytest.raises(ValueError, match="bad.csv line 2: step 4 of 3"):
+        crosstask(runs["full"], str(store), str(tmp_path / "steps.json"), str(tmp_path / "bad.csv"))
+
+
+def test_compare_puts_runs_side_by_side(runs, tmp_path, capsys):
+    from trainers.cli import main
+
+    assert main(["compare", str(runs["full"]), str(runs["mms"]), str(tmp_path / "none"),
+                 "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "--no-cluster" in out and "--no-recon" in out and "t->v R@1" in out and "chance" in out
+    assert "left out (no eval.json" in out
+    with open(tmp_path / "cmp.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [row["run"] for row in table] == ["full", "mms"]
+    full = json.loads((runs["full"] / "eval.json").read_text())
+    assert float(table[0]["t->v R@1"]) == full["retrieval"]["t->v"]["R@1"]
+    assert float(table[1]["steps"]) == 150 and float(table[0]["train s"]) > 0
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000
+    assert main(["compare", str(tmp_path / "none")]) == 2
+
+
+def test_probe_accuracy_on_separable_and_random_labels():
+    from trainers.probe import probe_accuracy
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5))
+    x = x[np.abs(x[:, 0] + x[:, 1]) > 1][:90]  # linearly separable, with a margin
+    y = np.where(x[:, 0] + x[:, 1] > 0, "a", "b")
+    assert probe_accuracy(x, y)["accuracy"] == 1.0
+    test = np.arange(90) % 3 == 0
+    assert probe_accuracy(x, y, test=test) == {"accuracy": 1.0, "test clips": 30}
+    noise = probe_accuracy(x, rng.choice(["a", "b", "c"], 90))
+    assert noise["accuracy"] < 0.55 and noise["folds"] == 5  # chance: 1/3
+    with pytest.raises(ValueError, match="too few"):
+        probe_accuracy(x, np.array(["a"] + ["b"] * 89))
+
+
+def test_probe_and_zero_shot_on_exported_embeddings(stores, tmp_path, capsys):
+    """Planted classes (each owns 12 of the 48 words its captions draw from): a probe of the trained video
+    embeddings finds the class, and so does zero-shot naming each class by its words."""
+    from gensim.models import KeyedVectors
+
+    from trainers.cli import main
+    from trainers.probe import probe
+
+    train(small(stores["classes"], tmp_path / "run", steps=100), progress=False)
+    evaluate(tmp_path / "run", str(stores["classes"]))
+    words = np.random.default_rng(0).normal(size=(48, 300)).astype(np.float32)  # the stores fixture's words
+    kv = KeyedVectors(300)
+    kv.add_vectors([f"w{i}" for i in range(48)], words)
+    kv.save_word2vec_format(str(tmp_path / "w2v.bin"), binary=True)
+    with open(tmp_path / "names.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["label", "text"], *[[f"c{c}", " ".join(f"w{w}" for w in range(12 * c, 12 * c + 12))]
+                                                      for c in range(4)]])
+    r = probe(tmp_path / "run", str(stores["classes"]), "task", zero_shot=True,
+              class_names=str(tmp_path / "names.csv"), word2vec=str(tmp_path / "w2v.bin"))
+    assert r["clips"] == 192 and r["classes"] == 4 and r["features"] == ["vt_v"]
+    assert r["chance (largest class)"] == 0.25 and r["linear probe"]["accuracy"] > 0.9, r
+    assert r["linear probe, frozen features"]["accuracy"] > 0.9  # the planted features are linear in the class
+    assert r["zero-shot"]["chance"] == 0.25 and r["zero-shot"]["accuracy"] > 0.6, r["zero-shot"]
+    split = probe(tmp_path / "run", str(stores["classes"]), "task", split="task=c1")
+    assert split["linear probe"]["test clips"] == 48 and split["linear probe"]["accuracy"] == 0.0  # c1 never seen
+    assert main(["probe", "--run", str(tmp_path / "run"), "--store", str(stores["train"]), "--label", "task"]) == 2
+    assert "not " in capsys.readouterr().err  # the export is of another store
+
+
+def test_pictures_report_and_map(runs, stores, tmp_path):
+    from trainers.cli import main
+
+    assert main(["report", "--run", str(runs["full"])]) == 0
+    assert (runs["full"] / "losses.png").stat().st_size > 10_000
+    for method in ("pca", "tsne"):
+        assert main(["map", "--run", str(runs["full"]), "--store", str(stores["eval"]), "--label", "task",
+                     "--method", method]) == 0
+        assert (runs["full"] / "map-task.png").stat().st_size > 5_000
+    assert main(["map", "--run", str(runs["full"]), "--store", str(stores["eval"]), "--label", "nope"]) == 2
+
+
+@pytest.mark.parametrize("cli", ["pipeline", "trainers"])
+def test_every_flag_of_every_command_says_what_it_does(cli):
+    """`--help` teaches: every flag of every subcommand has a help text, and one with a default names it."""
+    import argparse
+    import importlib
+
+    parser = importlib.import_module(f"{cli}.cli").build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, p in sub.choices.items():
+        for a in p._actions:
+            if isinstance(a, argparse._HelpAction):
+                continue
+            flag = f"{cli} {name} {a.option_strings[0] if a.option_strings else a.dest}"
+            has_default = a.default not in (None, False, True, [], argparse.SUPPRESS) and not a.required
+            if not a.help or (has_default and "default" not in a.help):
+                missing.append(flag)
+    assert not missing, missing
