@@ -640,7 +640,7 @@ def test_batcher_fills_every_forward_across_videos_in_frame_order():
     from pipeline.part import Batcher
 
     class Means:  # a stand-in model: one row per frame, its mean pixel, recording each forward's size
-        consumes, dim, sizes = "frames", 1, []
+        consumes, dim, dtype, sizes = "frames", 1, np.float16, []
 
         def __call__(self, x):
             self.sizes.append(len(x))
