@@ -33,6 +33,10 @@ def test_cluster_loss_by_hand():
     logits = [2 - d, 0.0, 1.0]  # x.c_k, margin on the assigned centroid 0
     expected = -math.log(math.exp(logits[0]) / sum(math.exp(v) for v in logits))
     assert cluster_loss(x, c, torch.tensor([0]), d).item() == pytest.approx(expected, rel=1e-6)
+    # --cluster-temperature 0.5: cosine similarities (1, 0, 1/sqrt 2), the margin on the assigned one, / 0.5
+    logits = [(1 - d) / 0.5, 0.0, 2 ** -0.5 / 0.5]
+    expected = -math.log(math.exp(logits[0]) / sum(math.exp(v) for v in logits))
+    assert cluster_loss(3 * x, c, torch.tensor([0]), d, 0.5).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_reconstruction_loss_by_hand():

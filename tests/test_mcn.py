@@ -633,7 +633,8 @@ def test_unnormalised_frozen_audio_is_named_and_normalize_audio_fixes_it(planted
 def test_end_to_end_audio_on_real_speech_collapses_with_mcns_settings_and_not_with_the_defaults(tmp_path):
     """Real recordings (FSDD). MCN's settings (reconstruction targets not detached, 0 dB padding pooled):
     the reconstruction loss falls by collapsing the DAVEnet tower, every clip's audio embedding is the same
-    vector. The defaults (targets detached, silence padding, the clip's own frames pooled) keep them apart."""
+    vector. The defaults (input summaries as targets, silence padding, the clip's own frames pooled) keep them
+    apart."""
     from synthetic import recordings, speech_store
     from trainers.mcn import build_model
 
@@ -658,3 +659,39 @@ def test_end_to_end_audio_on_real_speech_collapses_with_mcns_settings_and_not_wi
         cos[name + " recon"] = rows[-1]["recon"] / rows[0]["recon"]
     assert cos["mcn"] > 0.98 and cos["mcn recon"] < 0.2, cos  # collapsed: the recon term fell by collapsing
     assert cos["defaults"] < 0.9 and cos["defaults recon"] > 0.3, cos
+
+
+def test_end_to_end_audio_learns_the_spoken_digit_with_the_full_loss(tmp_path):
+    """benchmarks/learn_speech.py in small: DAVEnet trained end to end on real recordings (FSDD, three digits)
+    with MCN's full loss at the defaults; on held-out recordings its audio embeddings cluster by the spoken digit
+    better than k-means on their raw log-mel and than the untrained tower's, and audio->text retrieval finds
+    captions of the same digit more often than before training."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+    from synthetic import recordings, speech_store
+
+    def digits(indices):
+        return [r for r in recordings(FSDD, indices) if r[0] < 3]
+
+    train_store = speech_store(tmp_path / "train.zarr", digits(range(0, 40)), 60, clips_per_video=2, lead=0.1)
+    eval_store = speech_store(tmp_path / "eval.zarr", digits(range(40, 50)), 30, clips_per_video=2, lead=0.1, seed=1)
+    s = FeatureStore(eval_store)
+    y = s.labels(np.arange(s.n_clips))["digit"]
+    mel = s.load_group("logmel")
+    raw = np.array([np.concatenate([x.mean(0), x.std(0)]) for x in
+                    (mel.video(v)[int(100 * a):int(100 * b)].astype(np.float32) for v, a, b in
+                     zip(s.clip_video(np.arange(s.n_clips)), s.clip_rows("start", 0, s.n_clips),
+                         s.clip_rows("end", 0, s.n_clips)))])
+    raw_nmi = normalized_mutual_info_score(y, KMeans(3, n_init=10, random_state=0).fit_predict(
+        (raw - raw.mean(0)) / raw.std(0)))
+    cfg = MCNConfig(store=str(train_store), out=str(tmp_path / "run"), combo="va+all", dim=64, videos_per_batch=8,
+                    clips_per_video=2, steps=100, lr=1e-3, warmup=10, min_time=0.0, clusters=3, cluster_every=10,
+                    queue_steps=4, end_to_end_audio=True, audio_frames=200, loader_workers=0, checkpoint_every=10**6)
+    got = {}
+    for name, steps in (("untrained", 1), ("run", cfg.steps)):  # one step at lr 0: the initial weights
+        train(replace(cfg, out=str(tmp_path / name), steps=steps), progress=False)
+        r = evaluate(tmp_path / name, str(eval_store), label="digit")
+        got[name] = r["clustering"]["digit/all/a"]["NMI"], r["retrieval"]["a->t"]["class"]["digit"]["R@1"]
+    (nmi, r1), (nmi0, r10) = got["run"], got["untrained"]
+    # here: raw 0.072, untrained NMI 0.089 / R@1 0.37, trained 0.156 / 0.50 (3 digits: chance R@1 1/3)
+    assert nmi > max(1.5 * raw_nmi, nmi0 + 0.05) and r1 > r10 + 0.05, (raw_nmi, got)

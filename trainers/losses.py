@@ -18,10 +18,13 @@ def mms(sim: torch.Tensor, margin: float = 0.001) -> torch.Tensor:
 
 
 def cluster_loss(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
-                 margin: float = 0.001) -> torch.Tensor:
-    """Cross-entropy towards the assigned centroid with a margin on it; other centroids are impostors."""
+                 margin: float = 0.001, temperature: float = 0.0) -> torch.Tensor:
+    """Cross-entropy towards the assigned centroid with a margin on it; other centroids are impostors.
+    Logits: raw dot products (``temperature`` 0, MCN's), or cosine similarities / ``temperature``."""
+    if temperature:
+        x, centroids = F.normalize(x, dim=1), F.normalize(centroids, dim=1)
     logits = x @ centroids.t() - margin * F.one_hot(labels, len(centroids)).to(x.dtype)
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits / (temperature or 1.0), labels)
 
 
 def reconstruction_loss(pairs: list[tuple[torch.Tensor, torch.Tensor]], weight: float = 50.0) -> torch.Tensor:

@@ -41,6 +41,10 @@ class MCNConfig:
     cluster_every: int = 20
     queue_steps: int = 20  # k-means queue length in steps (each step pushes half the clips of every video; MCN: 20)
     cluster_weight: float = 1.0  # weight of the clustering loss (MCN: 1)
+    # clustering logits: cosine similarity to the centroids / this temperature (bounded); 0 = raw dot products of
+    # the unnormalised embeddings (MCN: 0; with end-to-end audio on real speech they keep MMS at chance, 1 learns
+    # as MMS alone does: README)
+    cluster_temperature: float = 1.0
     recon_weight: float = 50.0  # weight of the reconstruction loss (MCN: 50)
     no_cluster: bool = False  # ablation: no clustering loss
     no_recon: bool = False  # ablation: no reconstruction loss (no decoders)
@@ -191,7 +195,8 @@ def losses_for(out: dict, clusterers: dict, cfg: MCNConfig, step: int, steps_per
             # MCN refits when the batch index *within the epoch* is a multiple of the period (train_tri_kmeans.py)
             labels = c.labels(fused, step % steps_per_epoch % cfg.cluster_every == 0, g).to(device)
             centroids = c.centroids.to(device)
-            terms["cluster"] = terms["cluster"] + sum(cluster_loss(e, centroids, labels, cfg.margin)
+            terms["cluster"] = terms["cluster"] + sum(cluster_loss(e, centroids, labels, cfg.margin,
+                                                                   cfg.cluster_temperature)
                                                       for e in emb.values()) / len(emb)
             half = fused.view(-1, cfg.clips_per_video, fused.shape[1])[:, :max(1, cfg.clips_per_video // 2)]
             c.push(half.reshape(-1, fused.shape[1]))
