@@ -8,8 +8,10 @@ import json
 import math
 from pathlib import Path
 
-# config fields that say how a run ran, not what it computed: never "a flag that differs"
-HOW = {"out", "resume", "loader_workers", "device", "log_every", "checkpoint_every"}
+# config fields that say how a run ran, not what it computed, or are derived from the store: never "a flag
+# that differs"
+HOW = {"out", "resume", "loader_workers", "device", "log_every", "checkpoint_every", "video_dim", "audio_dim",
+       "we_dim"}
 
 
 def train_seconds(rows: list[dict]) -> float:
@@ -107,17 +109,21 @@ def plot(table: list[dict], columns: list[str], chance: dict, path: Path) -> Non
 
 
 def text(result: dict, columns: list[str] | None = None) -> str:
-    """The table as text: runs x (differing flags, metrics); R@k and accuracy in %, NMI and ARI as fractions."""
+    """The table as text: runs x metrics (R@k and accuracy in %, NMI and ARI as fractions), a chance row, then
+    each run's flags that differ from the others'."""
     table = result["table"]
     shown = columns or [c for c in result["columns"] if c.endswith(("R@1", "MedR")) or " R@1 by " in c
                         or c.startswith("NMI ") or c in ("train s", "steps")]
-    flags = [k for k in table[0] if k.startswith("--") or k in ("method", "eval store")]
-    head = ["run", *flags, *shown]
-    cells = [[str(row.get(h, "")) if h in ("run", *flags) else fmt(h, row.get(h)) for h in head] for row in table]
-    cells.append(["chance", *[""] * len(flags), *[fmt(h, result["chance"].get(h)) for h in shown]])
+    head = ["run", *shown]
+    cells = [[row["run"], *(fmt(h, row.get(h)) for h in shown)] for row in table]
+    cells.append(["chance", *(fmt(h, result["chance"].get(h)) for h in shown)])
     width = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, width))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, width)) for r in cells]
+    flags = [k for k in table[0] if k.startswith("--") or k in ("method", "eval store")]
+    if flags:
+        lines.append("flags that differ:")
+        lines += [f"  {row['run']}: " + " ".join(f"{k} {row.get(k)}" for k in flags) for row in table]
     if len(result["stores"]) > 1:
         lines.append(f"WARNING: the runs were evaluated on different stores ({', '.join(result['stores'])})")
     if result["skipped"]:
