@@ -1,4 +1,5 @@
-"""Every command in the README's demo-trainers block works as written (CI builds demo/ first)."""
+"""Every command in the README's demo-trainers block works as written (CI builds demo/ first, with the
+README's first command)."""
 import re
 import shlex
 import subprocess
@@ -18,11 +19,13 @@ def demo_commands() -> list[str]:
 
 def test_readme_block_names_every_trainer():
     joined = "\n".join(demo_commands())
-    for method in ("mmv", "xdc", "selavi", "eval", "report"):
+    for method in ("mmv", "xdc", "selavi", "eval", "report", "compare", "probe", "map"):
         assert f"trainers {method} " in joined
+    for mode in ("--end-to-end-audio", "--end-to-end-video", "--end-to-end-text"):
+        assert mode in joined
 
 
-@pytest.mark.skipif(not (ROOT / "demo" / "features.zarr").is_dir(), reason="run `pipeline demo --out demo` first")
+@pytest.mark.skipif(not (ROOT / "demo" / "features.zarr").is_dir(), reason="run `trainers demo --out demo` first")
 def test_readme_demo_commands_run(tmp_path):
     for line in demo_commands():
         cmd = shlex.split(line.replace("demo/runs/", f"{tmp_path}/runs/"))
