@@ -227,6 +227,24 @@ def speech_store(path: Path, recs: list[tuple[int, Path]], n_videos: int, clips_
 TINY_WORDS = ["cut", "the", "onion", "knead", "dough", "wheel", "bike", "paint", "wall", "bad", "time", "zzz", "qqq"]
 
 
+def raw_logmel_nmi(store, label: str = "digit") -> float:
+    """The baseline a learnt audio embedding must beat: k-means (k = the label's classes) on each clip's raw
+    log-mel mean and std per band, standardised, NMI against the store's label column."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    s = FeatureStore(store)
+    clips = np.arange(s.n_clips)
+    y = s.labels(clips)[label]
+    mel = s.load_group("logmel")
+    starts, ends = s.clip_rows("start", 0, s.n_clips), s.clip_rows("end", 0, s.n_clips)
+    x = np.array([np.concatenate([m.mean(0), m.std(0)]) for m in
+                  (mel.video(v)[int(100 * a):int(100 * b)].astype(np.float32)
+                   for v, a, b in zip(s.clip_video(clips), starts, ends))])
+    pred = KMeans(len(np.unique(y)), n_init=10, random_state=0).fit_predict((x - x.mean(0)) / x.std(0))
+    return float(normalized_mutual_info_score(y, pred))
+
+
 def tiny_text_model(folder: Path, words=TINY_WORDS):
     """A BERT-shaped text model and its tokenizer over ``words``, saved as a local Hugging Face folder (never
     downloaded)."""
