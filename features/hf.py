@@ -6,6 +6,7 @@ has one, else its pooled output), L2-normalised per frame.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -24,6 +25,17 @@ def folder_sha256(folder: str | os.PathLike) -> str:
         with open(f, "rb") as fh:
             h.update(hashlib.file_digest(fh, "sha256").digest())
     return h.hexdigest()
+
+
+TOKENIZER_PROBE = "Cut 2 onions, THEN fry them at 180°C: naïve café-style ... don't stop!"
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """SHA-256 of what decides a tokenizer's ids: its vocabulary (token -> id) and the ids it gives a probe text
+    (casing, accents, punctuation, digits, special tokens). Two folders that tokenise alike share it, whatever
+    model weights they hold."""
+    ids = tokenizer(TOKENIZER_PROBE)["input_ids"]
+    return hashlib.sha256(json.dumps([sorted(tokenizer.get_vocab().items()), ids]).encode()).hexdigest()
 
 
 def local_folder(name: str, opts: Options, needs: str) -> str:
@@ -108,8 +120,14 @@ class HFText(Extractor):
         self.weights_sha256 = folder_sha256(folder)
         self.dim = int(self.model.config.hidden_size)
         self.description = f"transformers {type(self.model).__name__} ({self.model.config.model_type}), mean-pooled"
+        self.tokenizer_sha256 = tokenizer_sha256(self.tokenizer)
         self.params = dict(pooling="attention-masked mean of the last hidden state", l2_normalize=True,
                            max_length=self.max_length, truncation=True, precision=opts.precision, dtype="float16")
+
+    def provenance(self) -> dict:
+        """Also the tokenizer's fingerprint, which an end-to-end text tower's tokenizer must match (outside
+        ``params``: stores extracted before it was recorded still resume)."""
+        return {**super().provenance(), "tokenizer_sha256": self.tokenizer_sha256}
 
     @torch.inference_mode()
     def __call__(self, sentences) -> tuple[np.ndarray, list[np.ndarray]]:

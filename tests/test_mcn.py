@@ -268,7 +268,7 @@ def test_end_to_end_towers_combine_with_combos_and_a_killed_run_resumes_bit_iden
     assert r["retrieval"]["t->v"]["N"] == s.n_clips
 
 
-def test_end_to_end_text_trains_a_hugging_face_encoder_on_the_cached_token_ids(planted, tmp_path):
+def test_end_to_end_text_trains_a_hugging_face_encoder_on_the_cached_token_ids(planted, tmp_path, capsys):
     """--end-to-end-text FOLDER: the encoder (a tiny BERT here) reads the hf_text group's tokenizer ids of each
     clip's merged captions, is trained with the MCN losses, and learns the planted text-video structure."""
     import shutil
@@ -301,6 +301,19 @@ def test_end_to_end_text_trains_a_hugging_face_encoder_on_the_cached_token_ids(p
     assert not torch.allclose(trained, start.embeddings.word_embeddings.weight)  # the encoder itself trained
     with pytest.raises(FileNotFoundError, match="no Hugging Face model folder"):
         build_model(replace(cfg, end_to_end_text=str(tmp_path / "nowhere")), 64, 300)
+    other = tmp_path / "other"
+    tiny_text_model(other, [f"w{i}" for i in reversed(range(48))])  # the same words under other ids
+    with pytest.raises(ValueError, match="not the one .*hf_text ids were made with"):
+        train(replace(cfg, out=str(tmp_path / "run2"), end_to_end_text=str(other)), progress=False)
+    from pipeline.store import update_root_attrs
+    from trainers.towers import check_tokenizer
+
+    def forget(attrs):  # a store extracted before the fingerprint was recorded
+        attrs["groups"]["hf_text"].pop("tokenizer_sha256")
+        return attrs
+    update_root_attrs(train_store, forget)
+    check_tokenizer(str(other), FeatureStore(train_store))
+    assert "does not record its hf_text tokenizer" in capsys.readouterr().err
 
 
 def test_ablation_switches_remove_their_losses(planted, tmp_path):

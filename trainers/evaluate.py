@@ -15,6 +15,7 @@ from .clustering import Embedder, encoders
 from .data import ClipReader, ClipSpec, video_groups
 from .mcn import MCNConfig, build_model, clip_spec, text_input, video_input
 from .metrics import class_retrieval_metrics, clustering_metrics, retrieval_metrics
+from .towers import check_tokenizer
 
 
 def load_run(run: str | Path):
@@ -128,6 +129,8 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
     run = Path(run)
     cfg, _, model = load_run(run)
     reader = ClipReader(store, eval_spec(cfg, audio_frames))
+    if getattr(cfg, "end_to_end_text", ""):
+        check_tokenizer(cfg.end_to_end_text, reader.store)
     clips = reader.all_clips()
     score = len(clips) <= max_score_clips
     emb = embed(model, reader, clips, run / "embeddings.zarr", keep=score)

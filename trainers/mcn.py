@@ -16,6 +16,7 @@ from .data import LOGMEL_FLOOR, ClipReader, ClipSpec, default_workers, step_load
 from .loop import RunDir, check_finite, warmup_cosine
 from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
 from .model import MCN, parse_combo
+from .towers import check_tokenizer
 
 
 @dataclass
@@ -223,6 +224,8 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     reader = ClipReader(cfg.store, clip_spec(cfg))
+    if cfg.end_to_end_text:
+        check_tokenizer(cfg.end_to_end_text, reader.store)
     reader.require_usable(f"clip with all of {modalities_of(cfg.combo)}")
     videos = reader.usable_videos()
     if len(videos) < cfg.videos_per_batch:

@@ -70,6 +70,27 @@ class HFTextTower(nn.Module):
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
+def check_tokenizer(folder: str, store) -> None:
+    """Refuse an end-to-end text tower whose tokenizer would read the store's cached ids (``store``'s hf_text
+    group) as other tokens than the ones they were made from."""
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from features.hf import tokenizer_sha256
+
+    recorded = store.groups.get("hf_text", {}).get("tokenizer_sha256")
+    if recorded is None:
+        print(f"warning: {store.path} does not record its hf_text tokenizer (extracted before it was recorded); "
+              f"cannot check that {folder} tokenises as it did", file=sys.stderr)
+        return
+    if tokenizer_sha256(AutoTokenizer.from_pretrained(folder, local_files_only=True)) != recorded:
+        raise ValueError(f"--end-to-end-text {folder}: its tokenizer is not the one {store.path}'s hf_text ids "
+                         f"were made with (vocabulary or ids of a probe text differ; store: "
+                         f"{store.groups['hf_text'].get('weights')}); train with that folder, or one with the "
+                         "same tokenizer, or extract hf_text again with this one")
+
+
 class VideoTower(nn.Module):
     """A torchvision image CNN (resnet18, resnet50, mobilenet_v3_small, ...) trained end to end on cached
     frames: each clip's frames (B, F, 3, H, W) uint8 with their count (B,), ImageNet-normalised, through the
