@@ -1,24 +1,27 @@
 """Does a model learn from real audio? Narrated videos of real speech, through the whole product.
 
-Videos are built from ../shared/data/fsdd (real recordings of spoken digits): each 2 s clip's audio says a
-digit, its caption names the digit half of the time (else filler words), its two 1 fps frames show the digit
-drawn. Training videos use recordings 0-39 of each speaker and digit, held-out videos recordings 40-49. They
-are encoded with PyAV and extracted with `pipeline extract` (log-mel, a word2vec .bin of random GoogleNews-norm
-vectors for the caption words, random-init ResNet-152: its features of the drawn digits still tell them apart
-a little). Every method then trains end-to-end audio (DAVEnet on the cached log-mel): MCN with its full loss,
-with MCN's own settings (--recon-targets mcn --audio-padding mcn --cluster-temperature 0) and with MMS alone;
-MMV, XDC and SeLaVi;
-`trainers eval` embeds the held-out clips.
+Videos are built from ../shared/data/fsdd (real recordings of spoken digits): each clip (--clip-seconds) of
+audio says a digit, its caption names the digit half of the time (else filler words), its 1 fps frames show
+the digit drawn. Training videos use recordings 0-39 of each speaker and digit, held-out videos recordings
+40-49. They are encoded with PyAV and extracted with `pipeline extract` (log-mel, a word2vec .bin of random
+GoogleNews-norm vectors for the caption words, random-init ResNet-152: its features of the drawn digits still
+tell them apart a little). Every method then trains end-to-end audio (DAVEnet on the cached log-mel): MCN with
+its full loss, with MCN's own settings (--recon-targets mcn --audio-padding mcn --cluster-temperature 0) and
+with MMS alone; MMV, XDC and SeLaVi; `trainers eval` embeds the held-out clips.
 Reported per run: k-means NMI of the held-out audio embeddings against the spoken digit, and, where the model
 has an audio-text space, class-level audio->text R@1 (a hit when the top-ranked caption belongs to a clip of
-the same digit), beside k-means on raw log-mel (mean and std per clip) and chance; and the NMI of the video
-embeddings (heads on frozen random-init ResNet-152 features of the drawn digits). Each row is printed as its run
-ends. End-to-end video and text learn in tests/test_mcn.py and in `trainers demo`.
-Usage: python benchmarks/learn_speech.py [--train-videos 300 --test-videos 100 --steps 200 --only mcn,xdc]
+the same digit), beside k-means on raw log-mel (mean and std per clip) and chance; the NMI of the same audio
+clusters against the speaker (what an audio embedding may cluster by instead of the digit: nothing but the
+audio tells speakers apart); and the NMI of the video embeddings (heads on frozen random-init ResNet-152
+features of the drawn digits). Each row is printed as its run ends. End-to-end video and text learn in
+tests/test_mcn.py and in `trainers demo`.
+Usage: python benchmarks/learn_speech.py [--train-videos 300 --test-videos 100 --steps 200 --clip-seconds 1
+    --only mcn,xdc --data DIR]
 """
 import argparse
 import csv
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -40,7 +43,7 @@ from trainers.selavi import SeLaViConfig, train as train_selavi  # noqa: E402
 from trainers.xdc import XDCConfig, train as train_xdc  # noqa: E402
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
-E2E = dict(end_to_end_audio=True, audio_frames=200, checkpoint_every=10**6)  # clips are 2 s: 200 log-mel frames
+E2E = dict(end_to_end_audio=True, checkpoint_every=10**6)
 MCN = dict(combo="va+all", dim=256, videos_per_batch=16, clips_per_video=3, lr=5e-4, warmup=20, min_time=0.0,
            clusters=10, cluster_every=10, queue_steps=4)
 # name: (trainer, its flags; 'steps' is filled from --steps, a per-clip batch of 48 like MCN's 16 x 3)
@@ -66,13 +69,13 @@ def length(method: str, steps: int, clips: int) -> dict:
     return {"steps": steps}
 
 
-def build(folder: Path, recs, n: int, seed: int, held_out: bool) -> dict:
+def build(folder: Path, recs, n: int, seed: int, held_out: bool, clip_s: float) -> dict:
     """Videos, and a HowTo100M manifest + captions (training) or a clip-per-row CSV with the digit (held out)."""
     (folder / "videos").mkdir(parents=True)
     rows, captions, sentences = [], {}, []
-    for k, (wave, clip_rows, words) in enumerate(speech_videos(recs, n, seed=seed, lead=0.1)):
+    for k, (wave, clip_rows, words) in enumerate(speech_videos(recs, n, seed=seed, lead=0.1, clip_s=clip_s)):
         vid = f"{'test' if held_out else 'train'}_{k:04d}"
-        per_second = np.repeat([DIGITS.index(r[4]) for r in clip_rows], 2)  # 2 s clips, 1 fps
+        per_second = np.repeat([DIGITS.index(r[4]) for r in clip_rows], round(clip_s))  # 1 fps
         write_video(folder / "videos" / f"{vid}.mp4", len(wave) / 16000, size=(64, 48), fps=1, wave=wave,
                     images=digit_frames(per_second, (64, 48), seed=k))
         rows += [[vid, *r[1:]] for r in clip_rows]
@@ -81,7 +84,7 @@ def build(folder: Path, recs, n: int, seed: int, held_out: bool) -> dict:
         sentences += words
     if held_out:
         with open(folder / "clips.csv", "w", newline="") as f:
-            csv.writer(f).writerows([["video_id", "start", "end", "text", "digit"], *rows])
+            csv.writer(f).writerows([["video_id", "start", "end", "text", "digit", "speaker"], *rows])
         return {"manifest": str(folder / "clips.csv"), "captions": None, "sentences": sentences}
     with open(folder / "howto100m.csv", "w", newline="") as f:
         csv.writer(f).writerows([["video_id"], *[[v] for v in captions]])
@@ -106,29 +109,25 @@ def scores(run: Path, store: str) -> dict:
     s = FeatureStore(store)
     keys = list(g["key"][:])
     index = {k: i for i, k in enumerate(s.clip_keys(np.arange(s.n_clips)))}
-    digit = s.labels(np.array([index[k] for k in keys]))["digit"]
+    labels = s.labels(np.array([index[k] for k in keys]))
+    digit = labels["digit"]
     spaces = [n[:-2] for n in g.array_keys() if n.endswith("_a") and f"{n[:-2]}_t" in g]
     unit = lambda e: e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)  # noqa: E731
     audio = np.concatenate([unit(g[f"{n[:-2]}_a"][:]) for n in g.array_keys() if n.endswith("_a")], axis=1)
     video = np.concatenate([unit(g[n][:]) for n in g.array_keys() if n.endswith("_v")], axis=1)
-    out = {"NMI": nmi_of(audio, digit), "video NMI": nmi_of(video, digit)}
+    out = {"NMI": nmi_of(audio, digit), "speaker NMI": nmi_of(audio, labels["speaker"]),
+           "video NMI": nmi_of(video, digit)}
     if spaces:  # MMV's audio meets text only through video, XDC and SeLaVi align no spaces: no a->t to score
         top = sum(g[f"{sp}_a"][:] @ g[f"{sp}_t"][:].T for sp in spaces).argmax(1)
         out["R@1"] = float((digit[top] == digit).mean())
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--train-videos", type=int, default=300)
-    ap.add_argument("--test-videos", type=int, default=100)
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--only", help="comma-separated parts of run names to train (default: every run)")
-    args = ap.parse_args()
-    t0 = time.time()
-    d = Path(tempfile.mkdtemp(prefix="bench-speech-"))
-    train_set = build(d / "train", recordings(FSDD, range(0, 40)), args.train_videos, 0, False)
-    test_set = build(d / "test", recordings(FSDD, range(40, 50)), args.test_videos, 1, True)
+def prepare(d: Path, n_train: int, n_test: int, clip_s: float):
+    """Training and held-out videos, a word2vec .bin, and both extracted stores, in ``d``."""
+    shutil.rmtree(d, ignore_errors=True)
+    train_set = build(d / "train", recordings(FSDD, range(0, 40)), n_train, 0, False, clip_s)
+    test_set = build(d / "test", recordings(FSDD, range(40, 50)), n_test, 1, True, clip_s)
     from gensim.models import KeyedVectors
 
     # a .bin in GoogleNews' format with random vectors of GoogleNews' norm (~2.5): words that are told apart
@@ -141,6 +140,26 @@ def main():
         extract(ExtractConfig(manifest=s["manifest"], captions=s["captions"], store=str(d / f"{name}.zarr"),
                               video_root=str(d / name / "videos"), groups=["resnet152", "logmel", "word2vec"],
                               random_init=["resnet152"], word2vec=str(d / "w2v.bin"), short_side=32, progress=False))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train-videos", type=int, default=300)
+    ap.add_argument("--test-videos", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--clip-seconds", type=float, default=1.0, help="length of each clip; the end-to-end audio "
+                    "window is 100 log-mel frames per second of it (1 s holds 99%% of FSDD's recordings whole, "
+                    "after the 0.1 s lead; 2 s costs DAVEnet 1.6x the time per update)")
+    ap.add_argument("--only", help="comma-separated parts of run names to train (default: every run)")
+    ap.add_argument("--data", help="folder for the videos and stores, reused when it holds them built with the "
+                    "same sizes (default: a new temporary folder)")
+    args = ap.parse_args()
+    t0 = time.time()
+    d = Path(args.data or tempfile.mkdtemp(prefix="bench-speech-"))
+    sizes = {k: getattr(args, k) for k in ("train_videos", "test_videos", "clip_seconds")}
+    if not (d / "built.json").is_file() or json.loads((d / "built.json").read_text()) != sizes:
+        prepare(d, args.train_videos, args.test_videos, args.clip_seconds)
+        (d / "built.json").write_text(json.dumps(sizes))
     built = time.time() - t0
     test = FeatureStore(d / "test.zarr")
     table = {"k-means on raw log-mel (mean, std)": {"NMI": raw_logmel_nmi(d / "test.zarr")},
@@ -152,21 +171,23 @@ def main():
             continue
         t = time.time()
         out = d / "runs" / name.replace(" ", "_").replace(",", "").replace("'", "")
+        shutil.rmtree(out, ignore_errors=True)
         cls, fit = TRAINERS[method]
-        e2e = {k: v for k, v in E2E.items() if k in cls.__dataclass_fields__}  # XDC has no checkpoint interval
+        e2e = {**E2E, "audio_frames": round(100 * args.clip_seconds)}
+        e2e = {k: v for k, v in e2e.items() if k in cls.__dataclass_fields__}  # XDC has no checkpoint interval
         fit(cls(store=str(d / "train.zarr"), out=str(out), **{**e2e, **flags, **length(method, args.steps, n_train)}),
             progress=False)
         table[name] = scores(out, str(d / "test.zarr"))
         timings[name] = time.time() - t
         print(f"{name}: {table[name]} in {timings[name] / 60:.1f} min", flush=True)
     print(f"real speech (FSDD): {args.train_videos} training videos, {args.test_videos} held-out "
-          f"({test.n_clips} clips), end-to-end audio, {args.steps} updates of 48 clips (MCN va+all dim 256, 16x3), "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'':38s} {'audio NMI':>10s} {'a->t R@1':>9s} {'video NMI':>10s} {'minutes':>8s}")
+          f"({test.n_clips} clips of {args.clip_seconds:g} s), end-to-end audio, {args.steps} updates of 48 clips "
+          f"(MCN va+all dim 256, 16x3), {torch.get_num_threads()} threads")
+    print(f"{'':38s} {'audio NMI':>10s} {'a->t R@1':>9s} {'speaker NMI':>12s} {'video NMI':>10s} {'minutes':>8s}")
     for name, r in table.items():
         r1 = f"{100 * r['R@1']:8.1f}%" if "R@1" in r else f"{'':9s}"
-        v = f"{r['video NMI']:10.3f}" if "video NMI" in r else f"{'':10s}"
-        print(f"{name:38s} {r['NMI']:10.3f} {r1} {v} {timings.get(name, 0) / 60:8.1f}")
+        cells = [f"{r[k]:{w}.3f}" if k in r else " " * w for k, w in (("speaker NMI", 12), ("video NMI", 10))]
+        print(f"{name:38s} {r['NMI']:10.3f} {r1} {' '.join(cells)} {timings.get(name, 0) / 60:8.1f}")
     base = table["k-means on raw log-mel (mean, std)"]["NMI"]
     full = table.get("MCN full loss (defaults)", {"NMI": float("nan")})["NMI"]
     print(f"MCN full loss / raw log-mel NMI: {full / base:.2f}x; built and extracted in {built / 60:.1f} min; "
