@@ -312,7 +312,7 @@ def test_end_to_end_text_trains_a_hugging_face_encoder_on_the_cached_token_ids(p
         attrs["groups"]["hf_text"].pop("tokenizer_sha256")
         return attrs
     update_root_attrs(train_store, forget)
-    check_tokenizer(str(other), FeatureStore(train_store))
+    check_tokenizer(str(other), FeatureStore(train_store), "hf_text")
     assert "does not record its hf_text tokenizer" in capsys.readouterr().err
 
 

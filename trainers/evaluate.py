@@ -130,7 +130,7 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
     cfg, _, model = load_run(run)
     reader = ClipReader(store, eval_spec(cfg, audio_frames))
     if getattr(cfg, "end_to_end_text", ""):
-        check_tokenizer(cfg.end_to_end_text, reader.store)
+        check_tokenizer(cfg.end_to_end_text, reader.store, reader.spec.text_tokens)
     clips = reader.all_clips()
     score = len(clips) <= max_score_clips
     emb = embed(model, reader, clips, run / "embeddings.zarr", keep=score)

@@ -225,7 +225,7 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
     t0 = time.time()
     reader = ClipReader(cfg.store, clip_spec(cfg))
     if cfg.end_to_end_text:
-        check_tokenizer(cfg.end_to_end_text, reader.store)
+        check_tokenizer(cfg.end_to_end_text, reader.store, reader.spec.text_tokens)
     reader.require_usable(f"clip with all of {modalities_of(cfg.combo)}")
     videos = reader.usable_videos()
     if len(videos) < cfg.videos_per_batch:

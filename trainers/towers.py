@@ -70,25 +70,25 @@ class HFTextTower(nn.Module):
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
-def check_tokenizer(folder: str, store) -> None:
-    """Refuse an end-to-end text tower whose tokenizer would read the store's cached ids (``store``'s hf_text
-    group) as other tokens than the ones they were made from."""
+def check_tokenizer(folder: str, store, group: str) -> None:
+    """Refuse an end-to-end text tower whose tokenizer would read the cached ids of ``store``'s ``group`` as
+    other tokens than the ones they were made from."""
     import sys
 
     from transformers import AutoTokenizer
 
     from features.hf import tokenizer_sha256
 
-    recorded = store.groups.get("hf_text", {}).get("tokenizer_sha256")
-    if recorded is None:
-        print(f"warning: {store.path} does not record its hf_text tokenizer (extracted before it was recorded); "
+    record = store.groups.get(group, {})
+    if "tokenizer_sha256" not in record:
+        print(f"warning: {store.path} does not record its {group} tokenizer (extracted before it was recorded); "
               f"cannot check that {folder} tokenises as it did", file=sys.stderr)
         return
-    if tokenizer_sha256(AutoTokenizer.from_pretrained(folder, local_files_only=True)) != recorded:
-        raise ValueError(f"--end-to-end-text {folder}: its tokenizer is not the one {store.path}'s hf_text ids "
-                         f"were made with (vocabulary or ids of a probe text differ; store: "
-                         f"{store.groups['hf_text'].get('weights')}); train with that folder, or one with the "
-                         "same tokenizer, or extract hf_text again with this one")
+    if tokenizer_sha256(AutoTokenizer.from_pretrained(folder, local_files_only=True)) != record["tokenizer_sha256"]:
+        raise ValueError(f"--end-to-end-text {folder}: its tokenizer is not the one {store.path}'s {group} ids "
+                         f"were made with (vocabulary or ids of a probe text differ; store: {record.get('weights')}); "
+                         f"train with that folder, or one with the same tokenizer, or extract {group} again with "
+                         "this one")
 
 
 class VideoTower(nn.Module):
