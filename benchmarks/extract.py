@@ -13,7 +13,9 @@ differs between real and synthetic videos: noise-textured synthetic frames cost 
 Usage: python benchmarks/extract.py [--videos 6 --seconds 60 --source real|synthetic]
 """
 import argparse
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -148,6 +150,7 @@ def main():
                     help="only the pipeline with 1 and 2 workers (a long workload, so start-up is small)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # a benchmark leaves no GBs behind
     paths = workload(tmp / "videos", args.videos, args.seconds, args.source)
     (tmp / "m.csv").write_text("video_id\n" + "".join(f"v{i}\n" for i in range(args.videos)))
     torch.set_num_threads(1)

@@ -10,8 +10,10 @@ same bytes in RAM.
 Usage: python benchmarks/frames.py [--videos 6 --seconds 60]
 """
 import argparse
+import atexit
 import io
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +49,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-frames-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # a benchmark leaves no GBs behind
     paths = workload(tmp / "videos", args.videos, args.seconds, "real")
     (tmp / "m.csv").write_text("video_id\n" + "".join(f"v{i}\n" for i in range(args.videos)))
 

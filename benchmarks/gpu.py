@@ -10,6 +10,7 @@ Exits with a message where no CUDA device is visible. The videos are the real on
 remuxed to --seconds each (benchmarks/extract.py's workload).
 """
 import argparse
+import atexit
 import multiprocessing as mp
 import os
 import shutil
@@ -97,6 +98,7 @@ def main():
     precision = resolve("auto", "cuda")
     print(f"{torch.cuda.get_device_name(0)} x {gpus}, {cores} CPU cores, torch {torch.__version__}, {precision}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # a benchmark leaves no GBs behind
     paths = workload(tmp / "videos", args.videos, args.seconds, "real")
     (tmp / "m.csv").write_text("video_id\n" + "".join(f"v{i}\n" for i in range(args.videos)))
 

@@ -19,6 +19,7 @@ Usage: python benchmarks/learn_speech.py [--train-videos 300 --test-videos 100 -
     --only mcn,xdc --data DIR]
 """
 import argparse
+import atexit
 import csv
 import json
 import shutil
@@ -156,6 +157,8 @@ def main():
     args = ap.parse_args()
     t0 = time.time()
     d = Path(args.data or tempfile.mkdtemp(prefix="bench-speech-"))
+    if not args.data:  # ~1 GB of videos, stores and checkpoints per run
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
     sizes = {k: getattr(args, k) for k in ("train_videos", "test_videos", "clip_seconds")}
     if not (d / "built.json").is_file() or json.loads((d / "built.json").read_text()) != sizes:
         prepare(d, args.train_videos, args.test_videos, args.clip_seconds)

@@ -5,6 +5,8 @@ FeatureStore.read on random batches of clips against numpy slices of the same ro
 loaded in RAM. Usage: python benchmarks/store.py [--videos 1000]
 """
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -26,6 +28,7 @@ def main():
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     d = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)  # a benchmark leaves no GBs behind
     manifest, captions = write_inputs(d, args.videos, captions_per_video=4, seconds=args.seconds)
     store = build_store(d / "s.zarr", manifest, captions, seconds=args.seconds, part_size=args.part_size)
     g = store.load_group("resnet152")

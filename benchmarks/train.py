@@ -9,7 +9,9 @@ Usage: python benchmarks/train.py [--steps 60 --dim 1024 --device cpu]
 --video-dim 4096; benchmarks/gpu.py runs exactly that.)
 """
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -73,6 +75,7 @@ def compare(dim: int, videos: int, videos_per_batch: int, clips_per_video: int, 
     """Build a planted store, then the trainer's and the bare loop's steps/s, printed and returned."""
     rng = np.random.default_rng(0)
     d = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)  # a benchmark leaves no GBs behind
     store = planted_store(d / "s.zarr", videos, 1, rng.normal(size=(48, 300)),
                           (rng.normal(size=(300, video_dim)) / 10, rng.normal(size=(300, 1024)) / 10),
                           clips_per_video=clips_per_video)
