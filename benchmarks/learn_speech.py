@@ -55,7 +55,8 @@ RUNS = {"MCN full loss (defaults)": ("mcn", MCN),
         "MMV (FAC), NCE + MIL-NCE": ("mmv", dict(batch_size=48, lr=2e-3, warmup=20, candidates=1, dim_va=128,
                                                   dim_vat=64, text_dim=256)),
         "XDC": ("xdc", dict(k=10, batch_size=48, lr=0.05, feat_dim=128, pca=32, epochs=1)),
-        "SeLaVi": ("selavi", dict(k=10, heads=3, batch_size=48, lr=0.05, feat_dim=128, label_updates=10))}
+        "SeLaVi": ("selavi", dict(k=10, heads=3, batch_size=48, lr=0.05, feat_dim=128, label_updates=10,
+                                  audio_gain_db=20.0))}
 TRAINERS = {"mcn": (MCNConfig, train_mcn), "mmv": (MMVConfig, train_mmv), "xdc": (XDCConfig, train_xdc),
             "selavi": (SeLaViConfig, train_selavi)}
 

@@ -13,7 +13,7 @@ import torch
 import zarr
 
 from pipeline.store import FeatureStore
-from trainers.data import MERGE_CAP, ClipReader, merge_captions, step_loader
+from trainers.data import MERGE_CAP, ClipReader, ClipSpec, merge_captions, step_loader
 from trainers.evaluate import evaluate
 from trainers.mcn import MCNConfig, MCNSampler, clip_spec, train
 
@@ -601,6 +601,30 @@ def test_silence_padding_and_the_eval_window_follow_the_run(planted, tmp_path):
         assert list(b["nframes"]) == [0, 199, 0, 199]
         strict = ClipReader(str(store), replace(clip_spec(cfg), clip_population="strict")).batch(np.arange(4))
         assert list(strict["nframes"]) == [197, 199, 197, 199]
+
+
+def test_gain_jitter_moves_the_sound_not_the_silence(tmp_path):
+    """ClipSpec.audio_gain_db: in training (a batch drawn with an rng) each clip's log-mel is shifted by one gain
+    in [-g, g] dB; values at the floor stay silence, nothing falls below it; without an rng (evaluation, the
+    pseudo-label passes) the window is as stored; the same rng gives the same batch."""
+    from synthetic import recordings, speech_store
+
+    store = speech_store(tmp_path / "s.zarr", recordings(FSDD, range(0, 2)), 4, clips_per_video=2, lead=0.1)
+    spec = ClipSpec("va", min_time=0.0, end_to_end_audio=True, audio_frames=200, audio_gain_db=6.0)
+    reader, clips = ClipReader(str(store), spec), np.arange(8)
+    plain = reader.batch(clips)["audio"].astype(np.float32)
+    assert (plain == ClipReader(str(store), replace(spec, audio_gain_db=0.0)).batch(clips)["audio"]).all()
+    jittered = reader.batch(clips, np.random.default_rng(3))["audio"].astype(np.float32)
+    assert (jittered == reader.batch(clips, np.random.default_rng(3))["audio"]).all()
+    gains = []
+    for x, y in zip(plain, jittered):
+        floor = x == -80.0
+        assert (y[floor] == -80.0).all() and y.min() >= -80.0
+        loud = x > -60.0  # well above the floor: shifted, not clipped
+        gain = float(np.median(y[loud] - x[loud]))
+        np.testing.assert_allclose(y[loud] - x[loud], gain, atol=0.07)  # float16 rounding of values up to 80
+        gains.append(gain)
+    assert all(-6.0 <= g <= 6.0 for g in gains) and np.ptp(gains) > 1.0, gains
 
 
 def test_mcn_clip_population_keeps_a_clip_without_known_words_with_its_neighbours_words(tmp_path):

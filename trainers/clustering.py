@@ -21,10 +21,10 @@ class ClipSet:
     addressed by position 0..N-1. Only the clip indices are in RAM; features are read per chunk."""
 
     def __init__(self, store: str, groups: str = "resnet152", end_to_end_audio: bool = False,
-                 audio_frames: int = 1000):
+                 audio_frames: int = 1000, audio_gain_db: float = 0.0):
         self.store_path = str(store)
         self.spec = ClipSpec("va", min_time=0.0, end_to_end_audio=end_to_end_audio, audio_frames=audio_frames,
-                             video_groups=video_groups(groups))
+                             video_groups=video_groups(groups), audio_gain_db=audio_gain_db)
         self.reader = ClipReader(store, self.spec)
         self.reader.require_usable("clip with both video and audio")
         self.clips = self.reader.all_clips()

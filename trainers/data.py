@@ -50,6 +50,9 @@ class ClipSpec:
     frame_size: int = 128
     crop_size: int = 112
     augment: str = ""
+    # end-to-end audio in training: each clip's log-mel shifted by a random gain, U(-g, g) dB (values at the
+    # floor stay silence; SeLaVi's volume jitter x U(0.9, 1.1) is g = 0.9)
+    audio_gain_db: float = 0.0
 
 
 def video_groups(flag: str) -> tuple[str, ...]:
@@ -261,7 +264,8 @@ class ClipReader:
         """Arrays for the clips at indices ``clips`` (any order, repeats allowed):
         video (B, Dv) float32 (end to end: frames, see ClipSpec), audio (B, Da) float32 or (B, 40, F) float16,
         nframes (B,), words (B, W) ids into ``vectors`` (padding = the zero row), valid_<m> (B,) bool; with
-        candidates also cand_words (B, K, W) and cand_ok (B, K). ``rng`` draws the frame augmentations."""
+        candidates also cand_words (B, K, W) and cand_ok (B, K). ``rng`` draws the augmentations (frames, audio
+        gain)."""
         spec, s = self.spec, self.store
         clips = np.asarray(clips, dtype=np.int64)
         B, K, W = len(clips), spec.candidates, spec.max_tokens if spec.text_tokens else spec.max_words
@@ -358,6 +362,9 @@ class ClipReader:
             if f0 < 0 and spec.clip_population == "strict":
                 f0 = 0
             mel = audio(f0, min(_audio_frames(s1), f0 + spec.audio_frames)) if f0 >= 0 else audio(0, 0)
+            if rng is not None and spec.audio_gain_db and len(mel):
+                mel = np.where(mel > LOGMEL_FLOOR, np.maximum(mel + rng.uniform(-1, 1) * spec.audio_gain_db,
+                                                              LOGMEL_FLOOR), mel)
             out["audio"][j, :, :len(mel)], out["nframes"][j] = mel.T, len(mel)
 
     def all_clips(self) -> np.ndarray:
@@ -391,7 +398,8 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> dict[str, np.ndarray]:
         reader = self.reader()
         clips = self.sample(reader, step)
-        rng = np.random.default_rng([self.seed, step, 2]) if self.spec.augment else None  # a function of the step
+        augmented = self.spec.augment or self.spec.audio_gain_db
+        rng = np.random.default_rng([self.seed, step, 2]) if augmented else None  # a function of the step
         return {"clips": clips, **reader.batch(clips, rng)}
 
 

@@ -42,6 +42,9 @@ class SeLaViConfig:
     gauss_sd: float = 0.1  # relative spread of the gauss cluster sizes (SeLaVi: 0.1)
     end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
     audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second
+    # end-to-end audio in training: each clip's log-mel shifted by a gain drawn from U(-g, g) dB (SeLaVi's
+    # volume jitter x U(0.9, 1.1): 0.9; learn_speech uses 20, as loudness tells its speakers apart)
+    audio_gain_db: float = 0.9
     compat_marginals: bool = False  # reproduce the released code's r ~ 1/d (see spec 4.5)
     align: str = "hungarian"  # audio head aligned to the video head at the first update: hungarian (exact) or none
     feat_dim: int = 512  # encoder output size (SeLaVi: 512)
@@ -138,7 +141,7 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
 
     run = RunDir(cfg)
     t0 = time.time()
-    clips = ClipSet(cfg.store, cfg.video_groups, cfg.end_to_end_audio, cfg.audio_frames)
+    clips = ClipSet(cfg.store, cfg.video_groups, cfg.end_to_end_audio, cfg.audio_frames, cfg.audio_gain_db)
     n = len(clips)
     if n < max(cfg.batch_size, cfg.k):
         raise ValueError(f"{n} clips: lower --batch-size / --k")
