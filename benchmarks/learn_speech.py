@@ -160,6 +160,9 @@ def main():
     d = Path(args.data or tempfile.mkdtemp(prefix="bench-speech-"))
     if not args.data:  # ~1 GB of videos, stores and checkpoints per run
         atexit.register(shutil.rmtree, d, ignore_errors=True)
+    if args.data and d.is_dir() and any(d.iterdir()) and not (d / "built.json").is_file():
+        sys.exit(f"--data {d}: holds files this benchmark did not build (no built.json), and a rebuild empties "
+                 "the folder; give a new or empty folder, or one an earlier --data run built")
     sizes = {k: getattr(args, k) for k in ("train_videos", "test_videos", "clip_seconds")}
     if not (d / "built.json").is_file() or json.loads((d / "built.json").read_text()) != sizes:
         prepare(d, args.train_videos, args.test_videos, args.clip_seconds)
