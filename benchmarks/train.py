@@ -46,7 +46,7 @@ def bare_rate(cfg: MCNConfig, steps: int) -> float:
     batch = (torch.from_numpy(b["video"]).to(dev), torch.from_numpy(b["audio"]).float().to(dev),
              reader.vectors[torch.from_numpy(b["words"])].to(dev), torch.from_numpy(b["nframes"]).to(dev))
     model = build_model(cfg, reader.video_dim, reader.vectors.shape[1]).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     clusterers = {n: Clusterer(cfg.queue_steps * cfg.videos_per_batch * max(1, cfg.clips_per_video // 2), cfg.dim,
                                cfg.clusters) for n in model.spaces}
     model.train()

@@ -156,7 +156,7 @@ def train(cfg: MMVConfig, progress: bool = True) -> dict:
         raise ValueError(f"{n} clips but --batch-size {cfg.batch_size}; lower it")
     vectors = reader.vectors
     model = build(cfg, reader.video_dim, reader.audio_dim, vectors.shape[1]).to(cfg.device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))
     step = 0
     if (state := run.load()) is not None:

@@ -147,7 +147,7 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
         raise ValueError(f"{n} clips: lower --batch-size / --k")
     torch.manual_seed(cfg.seed)
     model = SeLaVi(clips, cfg).to(cfg.device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5, fused=True)
     sampler = SeLaViSampler(clips.clips, cfg.batch_size, cfg.seed)
     steps_per_epoch = sampler.steps_per_epoch
     total = cfg.epochs * steps_per_epoch

@@ -123,7 +123,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
         raise ValueError(f"{n} clips cannot make {cfg.k} clusters; lower --k")
     torch.manual_seed(cfg.seed)
     encoders = clips.encoders(cfg.feat_dim).to(cfg.device)
-    opt = torch.optim.SGD(encoders.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5)
+    opt = torch.optim.SGD(encoders.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5, fused=True)
     targets = TARGETS[cfg.variant]
     sources = sorted({s for ss in targets.values() for s in ss})
     labels: dict[str, np.ndarray] = {}
@@ -143,7 +143,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
         labels = new
         heads = new_heads(targets, cfg.feat_dim, cfg.k, torch.Generator().manual_seed(cfg.seed * 1000 + it))
         heads = heads.to(cfg.device)
-        head_opt = torch.optim.SGD(heads.parameters(), lr=cfg.lr)
+        head_opt = torch.optim.SGD(heads.parameters(), lr=cfg.lr, fused=True)
         y = {s: torch.from_numpy(labels[s]).long() for s in sources}
         first = targets["v"][0]
         rng = np.random.default_rng([cfg.seed, it])
