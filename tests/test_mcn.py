@@ -212,6 +212,42 @@ def test_end_to_end_video_trains_a_cnn_on_the_cached_jpeg_frames(framed, tmp_pat
         build_model(replace(cfg, end_to_end_video="nonet"), 2, 300)
 
 
+@pytest.mark.parametrize("method", ["xdc", "selavi"])
+def test_pseudo_label_methods_train_a_video_cnn_on_the_cached_frames(framed, tmp_path, method):
+    """--end-to-end-video for XDC and SeLaVi: the CNN under the video encoder reads each clip's cached JPEG
+    frames, is trained by the method's own loss, and `trainers eval` embeds held-out clips with it."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from trainers.selavi import SeLaViConfig, train as train_selavi
+    from trainers.xdc import XDCConfig, train as train_xdc
+
+    train_store, eval_store = framed
+    common = dict(store=str(train_store), end_to_end_video="resnet18", video_frames=2, frame_size=32, crop_size=28,
+                  k=4, batch_size=16, feat_dim=32, loader_workers=0)
+    cfg, fit = {"xdc": (XDCConfig(**common, out="", iterations=3, epochs=2, pca=8), train_xdc),
+                "selavi": (SeLaViConfig(**common, out="", heads=2, epochs=6, label_updates=4), train_selavi)}[method]
+
+    def video_nmi(run):
+        fit(replace(cfg, out=str(run), **run_flags), progress=False)
+        evaluate(run, str(eval_store))
+        g = zarr.open_group(str(run / "embeddings.zarr"), mode="r")
+        s = FeatureStore(eval_store)
+        keys = {k: i for i, k in enumerate(s.clip_keys(np.arange(s.n_clips)))}
+        truth = s.labels(np.array([keys[k] for k in g["key"][:]]))["task"]
+        return normalized_mutual_info_score(truth, KMeans(4, n_init=10, random_state=0).fit_predict(g["v_v"][:]))
+
+    run_flags = {"lr": 0.0}  # untrained: the initial weights (BatchNorm statistics only)
+    before = video_nmi(tmp_path / "untrained")
+    run_flags = {}
+    after = video_nmi(tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    init = torch.load(tmp_path / "untrained" / "model.pt", weights_only=True)
+    conv = next(k for k in state if k.endswith("cnn.conv1.weight"))
+    assert not torch.equal(state[conv], init[conv])  # the method's loss reached the CNN
+    assert after > 0.95 and after > before, (before, after)  # untrained: 0.90 (XDC), 0.95 (SeLaVi) here
+
+
 def test_end_to_end_towers_combine_with_combos_and_a_killed_run_resumes_bit_identically(framed, tmp_path):
     """--combo va+all with end-to-end audio, video and text at once: every tower trains, and a run stopped
     right after a checkpoint resumes (augmentations, k-means, loader workers included) to the same weights."""

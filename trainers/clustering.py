@@ -11,27 +11,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import ClipReader, ClipSpec, step_loader, video_groups
+from .data import FRAMES_GROUP, ClipReader, ClipSpec, check_augment, step_loader, video_groups
 from .metrics import clustering_metrics
-from .towers import audio_head, encode_audio
+from .towers import VideoTower, audio_head, encode_audio
+
+
+def clip_spec(cfg) -> ClipSpec:
+    """What a pseudo-label trainer (XDC, SeLaVi config) reads of a clip: its video and audio at its caption's
+    span, in training and evaluation alike (augmentations are drawn only by the training loader)."""
+    check_augment(cfg.augment)
+    return ClipSpec("va", min_time=0.0, end_to_end_audio=cfg.end_to_end_audio, audio_frames=cfg.audio_frames,
+                    video_groups=video_groups(cfg.video_groups), audio_gain_db=getattr(cfg, "audio_gain_db", 0.0),
+                    frames_group=FRAMES_GROUP if cfg.end_to_end_video else "", video_frames=cfg.video_frames,
+                    frame_size=cfg.frame_size, crop_size=cfg.crop_size, augment=cfg.augment)
 
 
 class ClipSet:
     """The clips a pseudo-label trainer works on (every clip with video and audio, at its caption's span),
     addressed by position 0..N-1. Only the clip indices are in RAM; features are read per chunk."""
 
-    def __init__(self, store: str, groups: str = "resnet152", end_to_end_audio: bool = False,
-                 audio_frames: int = 1000, audio_gain_db: float = 0.0):
-        self.store_path = str(store)
-        self.spec = ClipSpec("va", min_time=0.0, end_to_end_audio=end_to_end_audio, audio_frames=audio_frames,
-                             video_groups=video_groups(groups), audio_gain_db=audio_gain_db)
-        self.reader = ClipReader(store, self.spec)
+    def __init__(self, cfg):
+        self.store_path, self.spec = str(cfg.store), clip_spec(cfg)
+        self.video_tower = (cfg.end_to_end_video, cfg.video_weights)
+        self.reader = ClipReader(cfg.store, self.spec)
         self.reader.require_usable("clip with both video and audio")
         self.clips = self.reader.all_clips()
         self.video_dim, self.audio_dim = self.reader.video_dim, self.reader.audio_dim
 
     def encoders(self, feat_dim: int) -> nn.ModuleDict:
-        return encoders(self.video_dim, self.audio_dim, feat_dim, self.spec.end_to_end_audio)
+        return encoders(self.video_dim, self.audio_dim, feat_dim, self.spec.end_to_end_audio, *self.video_tower)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -59,9 +67,17 @@ class Positions:
         return self.clips[self.order[step * self.size:(step + 1) * self.size]]
 
 
-def encoders(video_dim: int, audio_dim: int, feat_dim: int, end_to_end_audio: bool) -> nn.ModuleDict:
-    """A trainable encoder per modality; end-to-end audio puts DAVEnet (1024-d out) under the audio one."""
-    return nn.ModuleDict({"v": encoder(video_dim, feat_dim),
+def encoders(video_dim: int, audio_dim: int, feat_dim: int, end_to_end_audio: bool, end_to_end_video: str = "",
+             video_weights: str = "") -> nn.ModuleDict:
+    """A trainable encoder per modality; end-to-end audio puts DAVEnet (1024-d out) under the audio one,
+    end-to-end video a torchvision CNN (``end_to_end_video``, from ``video_weights`` or scratch) under the
+    video one."""
+    if end_to_end_video:
+        tower = VideoTower(end_to_end_video, video_weights)
+        video = nn.Sequential(tower, encoder(tower.dim, feat_dim))
+    else:
+        video = encoder(video_dim, feat_dim)
+    return nn.ModuleDict({"v": video,
                           "a": audio_head(encoder(1024 if end_to_end_audio else audio_dim, feat_dim), end_to_end_audio)})
 
 
@@ -74,13 +90,18 @@ class Embedder(nn.Module):
         self.encoders = encoders
 
     def embed(self, video, audio, words=None, nframes=None) -> dict[str, dict[str, torch.Tensor]]:
-        z = forward(self.encoders, {"video": video, "audio": audio, "nframes": nframes}, video.device)
+        frames = isinstance(video, tuple)  # (frames, count) for an end-to-end video tower
+        b = {"video": video[0], "video_count": video[1]} if frames else {"video": video}
+        z = forward(self.encoders, {**b, "audio": audio, "nframes": nframes}, audio.device)
         return {m: {m: torch.nn.functional.normalize(x, dim=1)} for m, x in z.items()}
 
 
 def forward(encoders: nn.ModuleDict, b: dict, device) -> dict[str, torch.Tensor]:
     """{'v', 'a'} encoder outputs of a batch (a ClipReader batch as tensors)."""
-    return {"v": encoders["v"](b["video"].to(device)),
+    video = b["video"].to(device)
+    if video.dim() == 5:  # (B, F, 3, H, W) frames for an end-to-end video tower, with their count
+        video = (video, b["video_count"].to(device))
+    return {"v": encoders["v"](video),
             "a": encode_audio(encoders["a"], b["audio"].to(device).float(), b["nframes"].to(device))}
 
 
@@ -95,7 +116,8 @@ def encode_chunks(encoders: nn.ModuleDict, clips: ClipSet, positions: np.ndarray
     """(positions, {'v', 'a'} encoder outputs) a chunk at a time, eval mode (no augmentation)."""
     was = encoders.training
     encoders.eval()
-    for pos, b in clips.chunks(positions, 4096 if not clips.spec.end_to_end_audio else 256):
+    towers = clips.spec.end_to_end_audio or clips.spec.frames_group
+    for pos, b in clips.chunks(positions, 256 if towers else 4096):
         yield pos, {m: z.cpu() for m, z in forward(encoders, b, device).items()}
     encoders.train(was)
 

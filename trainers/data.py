@@ -55,6 +55,14 @@ class ClipSpec:
     audio_gain_db: float = 0.0
 
 
+FRAMES_GROUP = "frames"  # the encoded frames group end-to-end video reads
+
+
+def check_augment(flag: str) -> None:
+    if bad := set(filter(None, flag.split(","))) - {"crop", "flip"}:
+        raise ValueError(f"--augment {flag!r}: unknown {sorted(bad)}; choose from crop,flip (or '')")
+
+
 def video_groups(flag: str) -> tuple[str, ...]:
     """--video-groups resnet152,r2plus1d_18 -> ('resnet152', 'r2plus1d_18')."""
     return tuple(g.strip() for g in flag.split(",") if g.strip())

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from . import mmv
+from . import clustering
 from .clustering import Embedder, encoders
-from .data import ClipReader, ClipSpec, video_groups
+from .data import ClipReader, ClipSpec
 from .mcn import MCNConfig, build_model, clip_spec, text_input, video_input
 from .metrics import class_retrieval_metrics, clustering_metrics, retrieval_metrics
 from .towers import check_tokenizer
@@ -39,7 +40,7 @@ def load_run(run: str | Path):
 
         cls = XDCConfig if method == "xdc" else SeLaViConfig
         cfg = cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
-        enc = encoders(raw["video_dim"], raw["audio_dim"], cfg.feat_dim, cfg.end_to_end_audio)
+        enc = encoders(raw["video_dim"], raw["audio_dim"], cfg.feat_dim, cfg.end_to_end_audio, cfg.end_to_end_video)
         state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
         if method == "selavi":  # the whole model: encoders and the clustering heads
             state = {k.removeprefix("encoders."): v for k, v in state.items() if k.startswith("encoders.")}
@@ -95,8 +96,7 @@ def eval_spec(cfg, audio_frames: int | None = None) -> ClipSpec:
     elif isinstance(cfg, mmv.MMVConfig):
         spec = mmv.clip_spec(cfg, "vat", 0.0, 0)
     else:  # pseudo-label methods: video and audio clips, as they train
-        spec = ClipSpec("va", 0.0, end_to_end_audio=cfg.end_to_end_audio, audio_frames=cfg.audio_frames,
-                        video_groups=video_groups(cfg.video_groups))
+        spec = clustering.clip_spec(cfg)
     return replace(spec, audio_frames=audio_frames or spec.audio_frames)
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import LOGMEL_FLOOR, ClipReader, ClipSpec, default_workers, step_loader, video_groups
+from .data import (FRAMES_GROUP, LOGMEL_FLOOR, ClipReader, ClipSpec, check_augment, default_workers, step_loader,
+                   video_groups)
 from .loop import RunDir, check_finite, warmup_cosine
 from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
 from .model import MCN, parse_combo
@@ -85,8 +86,7 @@ def modalities_of(combo: str) -> str:
 
 
 def build_model(cfg: MCNConfig, video_dim: int, we_dim: int) -> MCN:
-    if bad := set(filter(None, cfg.augment.split(","))) - {"crop", "flip"}:
-        raise ValueError(f"--augment {cfg.augment!r}: unknown {sorted(bad)}; choose from crop,flip (or '')")
+    check_augment(cfg.augment)
     for flag, value, choices in (("recon-targets", cfg.recon_targets, ("detached", "input", "mcn")),
                                  ("audio-padding", cfg.audio_padding, ("silence", "mcn")),
                                  ("clip-population", cfg.clip_population, ("mcn", "strict"))):
@@ -111,7 +111,6 @@ def clip_spec(cfg: MCNConfig, min_time: float | None = None, audio_frames: int |
 
 
 TEXT_GROUP = "hf_text"  # the per-clip text group whose tokenizer ids end-to-end text reads
-FRAMES_GROUP = "frames"  # the encoded frames group end-to-end video reads
 
 
 def video_input(b: dict, device, spec: ClipSpec):

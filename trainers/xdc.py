@@ -45,6 +45,14 @@ class XDCConfig:
     fit_points: int = 200_000  # PCA and k-means are fitted on at most this many clips, then every clip is assigned
     end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
     audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second
+    # a torchvision image CNN (resnet18, ...) trained end to end on the store's cached JPEG frames (the frames
+    # group) under the video encoder, instead of the frozen --video-groups features
+    end_to_end_video: str = ""
+    video_weights: str = ""  # a torchvision state_dict .pth to fine-tune --end-to-end-video from (else from scratch)
+    video_frames: int = 4  # frames per clip through the video tower, evenly spaced over the clip (stored at 1 fps)
+    frame_size: int = 128  # end-to-end video: frames scaled to this short side (pixels), then cropped square
+    crop_size: int = 112  # end-to-end video: the square the tower sees, in pixels (the centre in evaluation)
+    augment: str = "crop,flip"  # end-to-end video in training: crop (a random square per clip), flip (horizontal, p=.5)
     seed: int = 1  # batches and initialisation are a function of the seed
     device: str = "cpu"  # cpu or cuda[:N]
     resume: bool = False  # continue the run in --out from its last checkpoint, to the same result
@@ -117,7 +125,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown variant {cfg.variant!r}; choose from {sorted(TARGETS)}")
     run = RunDir(cfg)
     t0 = time.time()
-    clips = ClipSet(cfg.store, cfg.video_groups, cfg.end_to_end_audio, cfg.audio_frames)
+    clips = ClipSet(cfg)
     n = len(clips)
     if n < cfg.k:
         raise ValueError(f"{n} clips cannot make {cfg.k} clusters; lower --k")
