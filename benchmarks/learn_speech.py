@@ -5,16 +5,18 @@ audio says a digit, its caption names the digit half of the time (else filler wo
 the digit drawn. Training videos use recordings 0-39 of each speaker and digit, held-out videos recordings
 40-49. They are encoded with PyAV and extracted with `pipeline extract` (log-mel, a word2vec .bin of random
 GoogleNews-norm vectors for the caption words, random-init ResNet-152: its features of the drawn digits still
-tell them apart a little). Every method then trains end-to-end audio (DAVEnet on the cached log-mel): MCN with
-its full loss, with MCN's own settings (--recon-targets mcn --audio-padding mcn --cluster-temperature 0) and
-with MMS alone; MMV, XDC and SeLaVi; `trainers eval` embeds the held-out clips.
+tell them apart a little; the frames as JPEG). Every method then trains end-to-end audio (DAVEnet on the cached
+log-mel): MCN with its full loss, with MCN's own settings (--recon-targets mcn --audio-padding mcn
+--cluster-temperature 0) and with MMS alone; MMV, XDC and SeLaVi (XDC and SeLaVi also train their video
+encoder, as their papers do: a resnet18 on the cached 48-pixel JPEG frames); `trainers eval` embeds the held-out
+clips.
 Reported per run: k-means NMI of the held-out audio embeddings against the spoken digit, and, where the model
 has an audio-text space, class-level audio->text R@1 (a hit when the top-ranked caption belongs to a clip of
 the same digit), beside k-means on raw log-mel (mean and std per clip) and chance; the NMI of the same audio
 clusters against the speaker (what an audio embedding may cluster by instead of the digit: nothing but the
 audio tells speakers apart); and the NMI of the video embeddings (heads on frozen random-init ResNet-152
-features of the drawn digits). Each row is printed as its run ends. End-to-end video and text learn in
-tests/test_mcn.py and in `trainers demo`.
+features of the drawn digits; XDC's and SeLaVi's: their resnet18's). Each row is printed as its run ends.
+End-to-end video and text learn in tests/test_mcn.py and in `trainers demo`.
 Usage: python benchmarks/learn_speech.py [--train-videos 300 --test-videos 100 --steps 200 --clip-seconds 1
     --only mcn,xdc --data DIR]
 """
@@ -47,6 +49,9 @@ FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recor
 E2E = dict(end_to_end_audio=True, checkpoint_every=10**6)
 MCN = dict(combo="va+all", dim=256, videos_per_batch=16, clips_per_video=3, lr=5e-4, warmup=20, min_time=0.0,
            clusters=10, cluster_every=10, queue_steps=4)
+# XDC and SeLaVi train their video encoder too (as their papers do): resnet18 on the cached 48-pixel frames,
+# one per 1 s clip
+E2E_VIDEO = dict(end_to_end_video="resnet18", video_frames=1, frame_size=48, crop_size=40, augment="crop")
 # name: (trainer, its flags; 'steps' is filled from --steps, a per-clip batch of 48 like MCN's 16 x 3)
 RUNS = {"MCN full loss (defaults)": ("mcn", MCN),
         "MCN full loss, MCN's settings": ("mcn", {**MCN, "recon_targets": "mcn", "audio_padding": "mcn",
@@ -54,9 +59,10 @@ RUNS = {"MCN full loss (defaults)": ("mcn", MCN),
         "MCN, MMS only": ("mcn", {**MCN, "no_cluster": True, "no_recon": True}),
         "MMV (FAC), NCE + MIL-NCE": ("mmv", dict(batch_size=48, lr=2e-3, warmup=20, candidates=1, dim_va=128,
                                                   dim_vat=64, text_dim=256)),
-        "XDC": ("xdc", dict(k=10, batch_size=48, lr=0.05, feat_dim=128, pca=32, epochs=1)),
+        "XDC": ("xdc", dict(k=10, batch_size=48, lr=0.05, feat_dim=128, pca=32, epochs=1, **E2E_VIDEO)),
         "SeLaVi": ("selavi", dict(k=10, heads=3, batch_size=48, lr=0.05, feat_dim=128, label_updates=10,
-                                  audio_gain_db=20.0))}
+                                  audio_gain_db=20.0, **E2E_VIDEO))}
+GROUPS = ["resnet152", "logmel", "word2vec", "frames"]  # frames: 48-pixel JPEGs, for end-to-end video
 TRAINERS = {"mcn": (MCNConfig, train_mcn), "mmv": (MMVConfig, train_mmv), "xdc": (XDCConfig, train_xdc),
             "selavi": (SeLaViConfig, train_selavi)}
 
@@ -140,8 +146,8 @@ def prepare(d: Path, n_train: int, n_test: int, clip_s: float):
     kv.save_word2vec_format(str(d / "w2v.bin"), binary=True)
     for name, s in (("train", train_set), ("test", test_set)):
         extract(ExtractConfig(manifest=s["manifest"], captions=s["captions"], store=str(d / f"{name}.zarr"),
-                              video_root=str(d / name / "videos"), groups=["resnet152", "logmel", "word2vec"],
-                              random_init=["resnet152"], word2vec=str(d / "w2v.bin"), short_side=32, progress=False))
+                              video_root=str(d / name / "videos"), groups=GROUPS, random_init=["resnet152"],
+                              word2vec=str(d / "w2v.bin"), short_side=32, jpeg_short_side=48, progress=False))
 
 
 def main():
@@ -163,7 +169,7 @@ def main():
     if args.data and d.is_dir() and any(d.iterdir()) and not (d / "built.json").is_file():
         sys.exit(f"--data {d}: holds files this benchmark did not build (no built.json), and a rebuild empties "
                  "the folder; give a new or empty folder, or one an earlier --data run built")
-    sizes = {k: getattr(args, k) for k in ("train_videos", "test_videos", "clip_seconds")}
+    sizes = {**{k: getattr(args, k) for k in ("train_videos", "test_videos", "clip_seconds")}, "groups": GROUPS}
     if not (d / "built.json").is_file() or json.loads((d / "built.json").read_text()) != sizes:
         prepare(d, args.train_videos, args.test_videos, args.clip_seconds)
         (d / "built.json").write_text(json.dumps(sizes))
