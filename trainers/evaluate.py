@@ -10,8 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import mmv
-from . import clustering
+from . import clustering, mmv
 from .clustering import Embedder, encoders
 from .data import ClipReader, ClipSpec
 from .mcn import MCNConfig, build_model, clip_spec, text_input, video_input
