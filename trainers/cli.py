@@ -20,7 +20,8 @@ def field_comments(cls) -> dict[str, str]:
     import re
 
     out, above = {}, []
-    for line in inspect.getsource(cls).splitlines():
+    lines = [line for klass in cls.__mro__[:-1] for line in inspect.getsource(klass).splitlines()]  # bases too
+    for line in lines:
         text = line.strip()
         if text.startswith("#"):
             above.append(text.lstrip("# "))
@@ -35,7 +36,7 @@ def field_comments(cls) -> dict[str, str]:
 def add_dataclass_args(p: argparse.ArgumentParser, cls) -> None:
     """One --flag per dataclass field (bools become switches), its help the field's comment and default."""
     notes = field_comments(cls)
-    for f in fields(cls):
+    for f in sorted(fields(cls), key=lambda f: f.name not in cls.__annotations__):  # its own first, then bases
         flag, note = "--" + f.name.replace("_", "-"), notes.get(f.name, "")
         if f.type in (bool, "bool"):
             p.add_argument(flag, action="store_true", help=note or None)

@@ -17,11 +17,11 @@ from .data import (FRAMES_GROUP, LOGMEL_FLOOR, ClipReader, ClipSpec, check_augme
 from .loop import RunDir, check_finite, warmup_cosine
 from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
 from .model import MCN, parse_combo
-from .towers import check_tokenizer
+from .towers import VideoTowerOptions, check_tokenizer
 
 
 @dataclass
-class MCNConfig:
+class MCNConfig(VideoTowerOptions):
     store: str  # the feature store to train on (`pipeline extract --store`)
     out: str  # run folder: config.json, checkpoint.pt, metrics.jsonl, model.pt
     # video groups, comma-separated: each max-pooled over the clip, L2-normalised, concatenated (MCN: 2D|3D,
@@ -52,14 +52,6 @@ class MCNConfig:
     no_recon: bool = False  # ablation: no reconstruction loss (no decoders)
     end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
     audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second (MCN: 1000 = 10 s)
-    # a torchvision image CNN (resnet18, resnet50, mobilenet_v3_small, ...) trained end to end on the store's
-    # cached JPEG frames (the frames group) instead of the frozen --video-groups features
-    end_to_end_video: str = ""
-    video_weights: str = ""  # a torchvision state_dict .pth to fine-tune --end-to-end-video from (else from scratch)
-    video_frames: int = 4  # frames per clip through the video tower, evenly spaced over the clip (stored at 1 fps)
-    frame_size: int = 128  # end-to-end video: frames scaled to this short side (pixels), then cropped square
-    crop_size: int = 112  # end-to-end video: the square the tower sees, in pixels (the centre in evaluation)
-    augment: str = "crop,flip"  # end-to-end video in training: crop (a random square per clip), flip (horizontal, p=.5)
     end_to_end_text: str = ""  # a local Hugging Face folder: that encoder trained on the store's hf_text token ids
     max_tokens: int = 64  # token ids per clip for --end-to-end-text (the merged captions' ids, cut at this many)
     # reconstruction targets of a trainable tower: input = a summary of its input, fixed data (end-to-end

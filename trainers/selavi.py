@@ -21,10 +21,11 @@ from .clustering import ClipSet, encode, export_labels, forward
 from .data import default_workers, step_loader
 from .loop import RunDir, check_finite
 from .losses import sinkhorn_labels
+from .towers import VideoTowerOptions
 
 
 @dataclass
-class SeLaViConfig:
+class SeLaViConfig(VideoTowerOptions):
     store: str  # the feature store to train on (`pipeline extract --store`)
     out: str  # run folder: config.json, checkpoint.pt, metrics.jsonl, model.pt
     # video groups, comma-separated: each max-pooled over the clip, L2-normalised, concatenated
@@ -45,14 +46,6 @@ class SeLaViConfig:
     # end-to-end audio in training: each clip's log-mel shifted by a gain drawn from U(-g, g) dB (SeLaVi's
     # volume jitter x U(0.9, 1.1): 0.9; learn_speech uses 20, as loudness tells its speakers apart)
     audio_gain_db: float = 0.9
-    # a torchvision image CNN (resnet18, ...) trained end to end on the store's cached JPEG frames (the frames
-    # group) under the video encoder, instead of the frozen --video-groups features
-    end_to_end_video: str = ""
-    video_weights: str = ""  # a torchvision state_dict .pth to fine-tune --end-to-end-video from (else from scratch)
-    video_frames: int = 4  # frames per clip through the video tower, evenly spaced over the clip (stored at 1 fps)
-    frame_size: int = 128  # end-to-end video: frames scaled to this short side (pixels), then cropped square
-    crop_size: int = 112  # end-to-end video: the square the tower sees, in pixels (the centre in evaluation)
-    augment: str = "crop,flip"  # end-to-end video in training: crop (a random square per clip), flip (horizontal, p=.5)
     compat_marginals: bool = False  # reproduce the released code's r ~ 1/d (see spec 4.5)
     align: str = "hungarian"  # audio head aligned to the video head at the first update: hungarian (exact) or none
     feat_dim: int = 512  # encoder output size (SeLaVi: 512)

@@ -3,6 +3,8 @@ windows, a torchvision CNN on JPEG frames, a Hugging Face text encoder on tokeni
 summaries of those inputs that ``--recon-targets input`` reconstructs."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -89,6 +91,20 @@ def check_tokenizer(folder: str, store, group: str) -> None:
                          f"were made with (vocabulary or ids of a probe text differ; store: {record.get('weights')}); "
                          f"train with that folder, or one with the same tokenizer, or extract {group} again with "
                          "this one")
+
+
+@dataclass(kw_only=True)
+class VideoTowerOptions:
+    """The end-to-end video options of every trainer with a video encoder (MCN, XDC, SeLaVi): a base of its
+    config, so each takes the same flags."""
+    # a torchvision image CNN (resnet18, resnet50, mobilenet_v3_small, ...) trained end to end on the store's
+    # cached JPEG frames (the frames group) instead of the frozen --video-groups features
+    end_to_end_video: str = ""
+    video_weights: str = ""  # a torchvision state_dict .pth to fine-tune --end-to-end-video from (else from scratch)
+    video_frames: int = 4  # frames per clip through the video tower, evenly spaced over the clip (stored at 1 fps)
+    frame_size: int = 128  # end-to-end video: frames scaled to this short side (pixels), then cropped square
+    crop_size: int = 112  # end-to-end video: the square the tower sees, in pixels (the centre in evaluation)
+    augment: str = "crop,flip"  # end-to-end video in training: crop (a random square per clip), flip (horizontal, p=.5)
 
 
 class VideoTower(nn.Module):

@@ -21,6 +21,7 @@ from torch import nn
 from .clustering import ClipSet, encode, encode_chunks, export_labels, forward
 from .data import default_workers
 from .loop import RunDir, check_finite
+from .towers import VideoTowerOptions
 
 # which clustering supervises each encoder: sources are 'v', 'a' or 'cat' (concatenated features)
 TARGETS = {"sdc": {"v": ["v"], "a": ["a"]}, "xdc": {"v": ["a"], "a": ["v"]},
@@ -28,7 +29,7 @@ TARGETS = {"sdc": {"v": ["v"], "a": ["a"]}, "xdc": {"v": ["a"], "a": ["v"]},
 
 
 @dataclass
-class XDCConfig:
+class XDCConfig(VideoTowerOptions):
     store: str  # the feature store to train on (`pipeline extract --store`)
     out: str  # run folder: config.json, checkpoint.pt, metrics.jsonl, model.pt
     # video groups, comma-separated: each max-pooled over the clip, L2-normalised, concatenated
@@ -45,14 +46,6 @@ class XDCConfig:
     fit_points: int = 200_000  # PCA and k-means are fitted on at most this many clips, then every clip is assigned
     end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
     audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second
-    # a torchvision image CNN (resnet18, ...) trained end to end on the store's cached JPEG frames (the frames
-    # group) under the video encoder, instead of the frozen --video-groups features
-    end_to_end_video: str = ""
-    video_weights: str = ""  # a torchvision state_dict .pth to fine-tune --end-to-end-video from (else from scratch)
-    video_frames: int = 4  # frames per clip through the video tower, evenly spaced over the clip (stored at 1 fps)
-    frame_size: int = 128  # end-to-end video: frames scaled to this short side (pixels), then cropped square
-    crop_size: int = 112  # end-to-end video: the square the tower sees, in pixels (the centre in evaluation)
-    augment: str = "crop,flip"  # end-to-end video in training: crop (a random square per clip), flip (horizontal, p=.5)
     seed: int = 1  # batches and initialisation are a function of the seed
     device: str = "cpu"  # cpu or cuda[:N]
     resume: bool = False  # continue the run in --out from its last checkpoint, to the same result
