@@ -102,8 +102,31 @@ def test_logmel_of_silence_and_of_nothing():
 
 @pytest.mark.parametrize("frames", [1, 15, 16, 17, 100, 1000])
 def test_davenet_output_length_is_ceil_t_over_16(frames):
-    out = DAVEnet().eval()(torch.zeros(2, 40, frames))
-    assert out.shape == (2, 1024, math.ceil(frames / 16))
+    model = DAVEnet().eval()
+    for forward in (model.forward_frames, model.forward_conv):
+        assert forward(torch.zeros(2, 40, frames)).shape == (2, 1024, math.ceil(frames / 16))
+
+
+def test_davenet_cpu_gemm_path_is_the_conv_network():
+    """The CPU path (time-major GEMMs) computes what the Conv2d modules do: outputs, gradients and BatchNorm's
+    running statistics, in training and in eval (float64: only the order of summation differs)."""
+    torch.manual_seed(0)
+    a = DAVEnet(widths=(8, 16, 24, 32)).double()
+    b = DAVEnet(widths=(8, 16, 24, 32)).double()
+    b.load_state_dict(a.state_dict())
+    mel = torch.randn(3, 40, 37, dtype=torch.float64)
+    for train in (True, False):
+        a.train(train), b.train(train)
+        out_a, out_b = a.forward_conv(mel), b.forward_frames(mel)
+        assert out_a.shape == out_b.shape == (3, 32, 3)
+        torch.testing.assert_close(out_b, out_a, rtol=1e-10, atol=1e-10)
+    (out_a * torch.arange(3.0).double()).sum().backward()
+    (out_b * torch.arange(3.0).double()).sum().backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-10, msg=name)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):  # running stats, batch counts
+        torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-10, msg=name)
+    assert int(b.bn1.num_batches_tracked) == 1
 
 
 def test_davenet_encoder_loads_a_checkpoint_and_matches_the_model(weights):
