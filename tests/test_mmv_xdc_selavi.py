@@ -162,6 +162,38 @@ def test_xdc_resumes_at_iteration_boundaries(stores, tmp_path):
     assert (tmp_path / "full" / "labels.csv").read_text() == (tmp_path / "cut" / "labels.csv").read_text()
 
 
+def test_xdc_resumes_inside_an_iteration_to_the_same_weights(stores, tmp_path, monkeypatch):
+    """An iteration is an epoch of the whole dataset: a run killed inside one resumes from its last
+    --checkpoint-every step (heads, their optimiser, the losses so far), not from the iteration's start."""
+    import trainers.xdc
+
+    base = dict(store=str(stores["classes"]), k=4, epochs=2, batch_size=16, pca=0, iterations=2, checkpoint_every=2,
+                loader_workers=0)
+    full = train_xdc(XDCConfig(out=str(tmp_path / "full"), **base), progress=False)
+    steps = []
+    real_check = trainers.xdc.check_finite
+
+    def dies_at_step_5_of_iteration_1(loss, it, store):
+        steps.append(it)
+        if steps.count(1) == 5:
+            raise KeyboardInterrupt
+        real_check(loss, it, store)
+
+    monkeypatch.setattr(trainers.xdc, "check_finite", dies_at_step_5_of_iteration_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_xdc(XDCConfig(out=str(tmp_path / "cut"), **base), progress=False)
+    monkeypatch.setattr(trainers.xdc, "check_finite", real_check)
+    relabel_calls = []
+    real_relabel = trainers.xdc.relabel
+    monkeypatch.setattr(trainers.xdc, "relabel", lambda *a: relabel_calls.append(a[-1]) or real_relabel(*a))
+    resumed = train_xdc(XDCConfig(out=str(tmp_path / "cut"), resume=True, **base), progress=False)
+    assert relabel_calls == []  # iteration 1's labels came from the checkpoint at its step 4
+    assert full["metrics"] == resumed["metrics"]
+    assert (tmp_path / "full" / "metrics.jsonl").read_text().count("\n") == 2
+    for name in ("labels.csv", "model.pt"):
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes(), name
+
+
 @pytest.mark.parametrize("method", ["mmv", "xdc", "selavi"])
 def test_every_method_trains_the_end_to_end_audio_tower_on_real_speech(method, tmp_path, monkeypatch):
     """--end-to-end-audio for MMV, XDC and SeLaVi: DAVEnet on the cached log-mel of real recordings (FSDD) is

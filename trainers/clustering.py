@@ -51,9 +51,10 @@ class ClipSet:
             pos = positions[i:i + size]
             yield pos, {k: torch.from_numpy(v) for k, v in self.reader.batch(self.clips[pos]).items()}
 
-    def loader(self, order: np.ndarray, batch_size: int, workers: int):
-        """(video, audio) batches of ``order`` (positions), formed in loader worker processes."""
-        return step_loader(self.store_path, self.spec, Positions(self.clips, order, batch_size), 0,
+    def loader(self, order: np.ndarray, batch_size: int, workers: int, first: int = 0):
+        """(video, audio) batches of ``order`` (positions) from batch ``first`` on, formed in loader worker
+        processes."""
+        return step_loader(self.store_path, self.spec, Positions(self.clips, order, batch_size), first,
                            len(order) // batch_size, workers)
 
 

@@ -3,10 +3,13 @@
 Spec: shared/spec/mmv_xdc_selavi.md section 3 (DeepCluster's loop). Each iteration: encode every clip
 (eval mode) -> PCA-whiten + L2 -> k-means (scikit-learn) per source -> fresh linear heads -> train the
 encoders with cross-entropy on the pseudo-labels, sampling clusters uniformly. NMI between consecutive
-labellings is logged. Checkpoints at iteration boundaries; a resumed run repeats the same iterations.
+labellings is logged. Checkpoints at each iteration's end and every --checkpoint-every steps inside it (an
+iteration is an epoch of the whole dataset); a resumed run continues from the step it stopped at, to the same
+weights.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -49,6 +52,7 @@ class XDCConfig(VideoTowerOptions):
     seed: int = 1  # batches and initialisation are a function of the seed
     device: str = "cpu"  # cpu or cuda[:N]
     resume: bool = False  # continue the run in --out from its last checkpoint, to the same result
+    checkpoint_every: int = 500  # steps between checkpoints inside an iteration, 0: none (one is saved at its end)
     loader_workers: int = default_workers()  # processes forming batches beside training (0: in-process)
 
 
@@ -99,6 +103,12 @@ def balanced_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.
     return rng.permutation(idx)[:n]
 
 
+def saved(encoders: nn.Module, opt, labels: dict[str, np.ndarray], iteration: int) -> dict:
+    """A checkpoint's common part: at an iteration's end ``iteration`` is the next one to run."""
+    return {"encoders": encoders.state_dict(), "opt": opt.state_dict(), "iteration": torch.tensor(iteration),
+            **{f"labels_{s}": torch.from_numpy(v) for s, v in labels.items()}}
+
+
 def new_heads(targets: dict[str, list[str]], dim: int, k: int, generator: torch.Generator) -> nn.ModuleDict:
     heads = nn.ModuleDict()
     for m, sources in targets.items():
@@ -128,31 +138,42 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
     targets = TARGETS[cfg.variant]
     sources = sorted({s for ss in targets.values() for s in ss})
     labels: dict[str, np.ndarray] = {}
-    start = 0
-    if (state := run.load()) is not None:
+    start, state = 0, run.load()
+    if state is not None:
         encoders.load_state_dict(state["encoders"])
         opt.load_state_dict(state["opt"])
         labels = {s: state[f"labels_{s}"].numpy() for s in sources}
         start = int(state["iteration"])
     run.open_log(start)
     run.write_config(cfg, method="xdc", video_dim=clips.video_dim, audio_dim=clips.audio_dim)
-    print(f"xdc {cfg.variant}: {n} clips, k={cfg.k}, targets {targets}, starting at iteration {start}")
+    print(f"xdc {cfg.variant}: {n} clips, k={cfg.k}, targets {targets}, starting at iteration {start}"
+          + (f", step {int(state['done'])} of it" if state is not None and "done" in state else ""))
     for it in tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not progress,
                    desc="iterations"):
-        new = relabel(encoders, clips, sources, cfg, it)
-        nmi = {f"nmi_prev_{s}": float(normalized_mutual_info_score(labels[s], new[s])) for s in sources if s in labels}
-        labels = new
         heads = new_heads(targets, cfg.feat_dim, cfg.k, torch.Generator().manual_seed(cfg.seed * 1000 + it))
         heads = heads.to(cfg.device)
         head_opt = torch.optim.SGD(heads.parameters(), lr=cfg.lr, fused=True)
+        if it == start and state is not None and "done" in state:  # stopped inside this iteration
+            heads.load_state_dict(state["heads"])
+            head_opt.load_state_dict(state["head_opt"])
+            done, losses, nmi = int(state["done"]), state["losses"].tolist(), json.loads(state["nmi"])
+            torch.set_rng_state(state["rng"])
+        else:
+            new = relabel(encoders, clips, sources, cfg, it)
+            nmi = {f"nmi_prev_{s}": float(normalized_mutual_info_score(labels[s], new[s]))
+                   for s in sources if s in labels}
+            labels, done, losses = new, 0, []
         y = {s: torch.from_numpy(labels[s]).long() for s in sources}
         first = targets["v"][0]
         rng = np.random.default_rng([cfg.seed, it])
-        losses = []
+        per_epoch = n // cfg.batch_size
         encoders.train()
-        for _ in range(cfg.epochs):
-            order = balanced_sample(labels[first], n, rng)
-            for i, b in enumerate(clips.loader(order, cfg.batch_size, cfg.loader_workers)):
+        for epoch in range(cfg.epochs):
+            order = balanced_sample(labels[first], n, rng)  # drawn for every epoch: a resume draws the same
+            begin = max(0, done - epoch * per_epoch)
+            if begin >= per_epoch:
+                continue
+            for i, b in zip(range(begin, per_epoch), clips.loader(order, cfg.batch_size, cfg.loader_workers, begin)):
                 idx = torch.from_numpy(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
                 z = forward(encoders, b, cfg.device)
                 loss = sum(F.cross_entropy(heads[f"{m}_from_{s}"](torch.relu(z[m])), y[s][idx].to(cfg.device))
@@ -164,11 +185,16 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
                 opt.step()
                 head_opt.step()
                 losses.append(loss.item())
+                done += 1
+                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.epochs * per_epoch:
+                    run.save({**saved(encoders, opt, labels, it), "done": torch.tensor(done),
+                              "heads": heads.state_dict(), "head_opt": head_opt.state_dict(),
+                              "losses": torch.tensor(losses, dtype=torch.float64), "nmi": json.dumps(nmi),
+                              "rng": torch.get_rng_state()})
         run.log({"step": it, "loss": float(np.mean(losses)) if losses else None, **nmi,
                  **{f"clusters_{s}": int(len(np.unique(labels[s]))) for s in sources},
                  "time": round(time.time() - t0, 3)})
-        run.save({"encoders": encoders.state_dict(), "opt": opt.state_dict(), "iteration": torch.tensor(it + 1),
-                  **{f"labels_{s}": torch.from_numpy(labels[s]) for s in sources}})
+        run.save(saved(encoders, opt, labels, it + 1))
     run.close()
     torch.save(encoders.state_dict(), run.path / "model.pt")
     results = export_labels(run.path, clips, {f"cluster_{s}": labels[s] for s in sources})
