@@ -129,6 +129,25 @@ def test_davenet_cpu_gemm_path_is_the_conv_network():
     assert int(b.bn1.num_batches_tracked) == 1
 
 
+def test_davenet_cpu_gemm_path_keeps_no_more_for_backward_than_the_conv_network():
+    """What autograd keeps between forward and backward (a training step's peak memory): the GEMM path keeps
+    each convolution's input, not its k-times larger window matrix."""
+    def kept_bytes(forward, mel):
+        kept = []
+
+        def pack(t):
+            kept.append(t.untyped_storage().nbytes())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            forward(mel)
+        return sum(kept)
+
+    model, mel = DAVEnet(widths=(8, 16, 24, 32)), torch.randn(4, 40, 200)
+    conv, frames = kept_bytes(model.forward_conv, mel), kept_bytes(model.forward_frames, mel)
+    assert frames <= 1.3 * conv, (frames, conv)
+
+
 def test_davenet_encoder_loads_a_checkpoint_and_matches_the_model(weights):
     enc = built("davenet", weights["davenet"])
     mel = np.random.default_rng(1).normal(size=(50, 40)).astype(np.float32)
