@@ -57,7 +57,7 @@ def _windows(x: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
 
 class _WindowGEMM(torch.autograd.Function):
     """conv_frames' product, keeping its input for the backward pass rather than the k-times larger window
-    matrix (rebuilt there, a copy): a backward's memory stays the Conv2d network's (1.1 GB for 48 x 1000 frames,
+    matrix (rebuilt there, a copy): a backward's memory stays the Conv2d network's (1.2 GB for 48 x 1000 frames,
     2.6 GB keeping the windows)."""
 
     @staticmethod
