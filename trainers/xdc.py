@@ -139,6 +139,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
     sources = sorted({s for ss in targets.values() for s in ss})
     labels: dict[str, np.ndarray] = {}
     start, state = 0, run.load()
+    inside = state is not None and "done" in state  # the checkpoint was saved inside iteration ``start``
     if state is not None:
         encoders.load_state_dict(state["encoders"])
         opt.load_state_dict(state["opt"])
@@ -147,17 +148,16 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
     run.open_log(start)
     run.write_config(cfg, method="xdc", video_dim=clips.video_dim, audio_dim=clips.audio_dim)
     print(f"xdc {cfg.variant}: {n} clips, k={cfg.k}, targets {targets}, starting at iteration {start}"
-          + (f", step {int(state['done'])} of it" if state is not None and "done" in state else ""))
+          + (f", step {int(state['done'])} of it" if inside else ""))
     for it in tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not progress,
                    desc="iterations"):
         heads = new_heads(targets, cfg.feat_dim, cfg.k, torch.Generator().manual_seed(cfg.seed * 1000 + it))
         heads = heads.to(cfg.device)
         head_opt = torch.optim.SGD(heads.parameters(), lr=cfg.lr, fused=True)
-        if it == start and state is not None and "done" in state:  # stopped inside this iteration
+        if it == start and inside:
             heads.load_state_dict(state["heads"])
             head_opt.load_state_dict(state["head_opt"])
             done, losses, nmi = int(state["done"]), state["losses"].tolist(), json.loads(state["nmi"])
-            torch.set_rng_state(state["rng"])
         else:
             new = relabel(encoders, clips, sources, cfg, it)
             nmi = {f"nmi_prev_{s}": float(normalized_mutual_info_score(labels[s], new[s]))
@@ -189,8 +189,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
                 if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.epochs * per_epoch:
                     run.save({**saved(encoders, opt, labels, it), "done": torch.tensor(done),
                               "heads": heads.state_dict(), "head_opt": head_opt.state_dict(),
-                              "losses": torch.tensor(losses, dtype=torch.float64), "nmi": json.dumps(nmi),
-                              "rng": torch.get_rng_state()})
+                              "losses": torch.tensor(losses, dtype=torch.float64), "nmi": json.dumps(nmi)})
         run.log({"step": it, "loss": float(np.mean(losses)) if losses else None, **nmi,
                  **{f"clusters_{s}": int(len(np.unique(labels[s]))) for s in sources},
                  "time": round(time.time() - t0, 3)})
