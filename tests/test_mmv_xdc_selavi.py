@@ -230,3 +230,29 @@ def test_every_method_trains_the_end_to_end_audio_tower_on_real_speech(method, t
     assert any(not torch.equal(trained[k], made[0][k]) for k in trained if trained[k].is_floating_point())
     r = evaluate(out, store, label="digit")
     assert r["clips"] == 32 and any(k.startswith("digit/") for k in r["clustering"])
+
+
+@pytest.mark.parametrize("warmup", [0, 20])
+def test_selavi_first_labels_see_batchnorm_statistics_of_the_data(stores, tmp_path, monkeypatch, warmup):
+    """SeLaVi's warmup_batchnorm: the first, eval-mode label pass runs on BatchNorm running statistics of the
+    data, so each modality's encoder output has the unit scale its final BatchNorm gives it in training. At
+    their initial (0, 1) the scales follow the raw inputs instead (here audio is 1024-d at 10x the video's
+    scale), and the joint p_v * p_a follows whichever modality happens to be larger."""
+    import trainers.selavi
+
+    scales = []
+    real = trainers.selavi.features
+
+    def first_pass(model, clips, cfg):
+        feats = real(model, clips, cfg)
+        scales.append({m: float(x.std(0).mean()) for m, x in feats.items()})
+        return feats
+
+    monkeypatch.setattr(trainers.selavi, "features", first_pass)
+    train_selavi(SeLaViConfig(store=str(stores["classes"]), out=str(tmp_path / "s"), heads=1, k=4, epochs=1,
+                              batch_size=8, label_updates=1, bn_warmup=warmup, loader_workers=0), progress=False)
+    first = scales[0]
+    if warmup:
+        assert all(0.7 < s < 1.3 for s in first.values()), first
+    else:  # what the warm-up is for: far from the training-mode scale
+        assert not all(0.7 < s < 1.3 for s in first.values()), first

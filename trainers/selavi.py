@@ -47,6 +47,10 @@ class SeLaViConfig(VideoTowerOptions):
     # volume jitter x U(0.9, 1.1): 0.9; learn_speech uses 20, as loudness tells its speakers apart)
     audio_gain_db: float = 0.9
     compat_marginals: bool = False  # reproduce the released code's r ~ 1/d (see spec 4.5)
+    # batches run through the model in training mode, without updates, before the first labelling, so that
+    # BatchNorm's running statistics (used by the eval-mode label pass) are the data's (SeLaVi's utils.py has
+    # it, spec 4.3: 20; its released main.py does not call it; see the README for what it did here)
+    bn_warmup: int = 0
     align: str = "hungarian"  # audio head aligned to the video head at the first update: hungarian (exact) or none
     feat_dim: int = 512  # encoder output size (SeLaVi: 512)
     dropout: float = 0.3  # dropout in the heads (SeLaVi: 0.3)
@@ -131,6 +135,28 @@ class SeLaViSampler:
         return self.clips[self.positions(step)]
 
 
+@torch.no_grad()
+def warm_up_batchnorm(model: SeLaVi, batches, device) -> None:
+    """Forward ``batches`` through the encoders and every head in training mode, every BatchNorm averaging
+    their statistics with equal weights (momentum None): the running statistics become the data's, not
+    (0, 1) (SeLaVi's warmup_batchnorm; with the usual momentum 0.1, 20 batches keep 12% of the (0, 1)).
+    Without it the first, eval-mode label pass sees the statistics at init: on learn_speech the video
+    encoder's outputs had std 0.03 and the audio's 3.1 (DAVEnet's input BatchNorm passing raw dB), so the
+    first labels were the audio's."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    for b in batches:
+        z = forward(model.encoders, b, device)
+        for m, heads in model.heads.items():
+            for head in heads:
+                head(torch.relu(z[m]))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
 def features(model: SeLaVi, clips: ClipSet, cfg: SeLaViConfig) -> dict[str, torch.Tensor]:
     """Every clip's encoder outputs; float16 once float32 would pass 4 GB (1M clips at 512-d: 4 GB)."""
     big = len(clips) * cfg.feat_dim * 2 * 4 > 4 << 30
@@ -169,6 +195,9 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
     print(f"selavi: {n} clips, {cfg.heads} heads, k={cfg.k}, {total} steps, {len(updates)} label updates, "
           f"{cfg.distribution} marginals, starting at step {step}")
     model.train()
+    if step == 0 and cfg.bn_warmup:
+        warm_up_batchnorm(model, step_loader(cfg.store, clips.spec, sampler, 0, min(cfg.bn_warmup, total), 0),
+                          cfg.device)
     record: dict = {}
     loader = step_loader(cfg.store, clips.spec, sampler, step, total, cfg.loader_workers)
     bar = tqdm(total=total, initial=step, disable=not progress, desc="train")
