@@ -61,7 +61,7 @@ RUNS = {"MCN full loss (defaults)": ("mcn", MCN),
                                                   dim_vat=64, text_dim=256)),
         "XDC": ("xdc", dict(k=10, batch_size=48, lr=0.05, feat_dim=128, pca=32, epochs=1, **E2E_VIDEO)),
         "SeLaVi": ("selavi", dict(k=10, heads=3, batch_size=48, lr=0.05, feat_dim=128, label_updates=10,
-                                  audio_gain_db=20.0, **E2E_VIDEO))}
+                                  audio_gain_db=20.0, distribution="gauss", bn_warmup=20, **E2E_VIDEO))}
 GROUPS = ["resnet152", "logmel", "word2vec", "frames"]  # frames: 48-pixel JPEGs, for end-to-end video
 TRAINERS = {"mcn": (MCNConfig, train_mcn), "mmv": (MMVConfig, train_mmv), "xdc": (XDCConfig, train_xdc),
             "selavi": (SeLaViConfig, train_selavi)}
