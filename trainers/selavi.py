@@ -143,18 +143,18 @@ def warm_up_batchnorm(model: SeLaVi, batches, device) -> None:
     Without it the first, eval-mode label pass sees the statistics at init: on learn_speech the video
     encoder's outputs had std 0.03 and the audio's 3.1 (DAVEnet's input BatchNorm passing raw dB), so the
     first labels were the audio's."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
+    norms = [bn for bn in model.modules() if isinstance(bn, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
     for b in batches:
         z = forward(model.encoders, b, device)
         for m, heads in model.heads.items():
             for head in heads:
                 head(torch.relu(z[m]))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
+    for bn, momentum in zip(norms, momenta):
+        bn.momentum = momentum
 
 
 def features(model: SeLaVi, clips: ClipSet, cfg: SeLaViConfig) -> dict[str, torch.Tensor]:
