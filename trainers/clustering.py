@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .data import FRAMES_GROUP, ClipReader, ClipSpec, check_augment, step_loader, video_groups
+from .loop import autocast
 from .metrics import clustering_metrics
 from .towers import VideoTower, audio_head, encode_audio
 
@@ -98,12 +99,14 @@ class Embedder(nn.Module):
 
 
 def forward(encoders: nn.ModuleDict, b: dict, device) -> dict[str, torch.Tensor]:
-    """{'v', 'a'} encoder outputs of a batch (a ClipReader batch as tensors)."""
+    """{'v', 'a'} encoder outputs of a batch (a ClipReader batch as tensors), in fp32 (bf16 autocast on CUDA)."""
     video = b["video"].to(device)
     if video.dim() == 5:  # (B, F, 3, H, W) frames for an end-to-end video tower, with their count
         video = (video, b["video_count"].to(device))
-    return {"v": encoders["v"](video),
-            "a": encode_audio(encoders["a"], b["audio"].to(device).float(), b["nframes"].to(device))}
+    with autocast(device):
+        z = {"v": encoders["v"](video),
+             "a": encode_audio(encoders["a"], b["audio"].to(device).float(), b["nframes"].to(device))}
+    return {m: x.float() for m, x in z.items()}
 
 
 def encoder(d_in: int, d_out: int = 512, hidden: int = 512) -> nn.Sequential:

@@ -88,6 +88,12 @@ def check_finite(loss: torch.Tensor, step: int, store: str) -> None:
             "if the store is sound, lower --lr")
 
 
+def autocast(device) -> torch.autocast:
+    """Every trainer's forward: bf16 autocast on CUDA; fp32 on a CPU, where bf16 is emulated and slower unless
+    the CPU has it natively (and then the trainers' small heads gain little). Losses are computed in fp32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
+
+
 def warmup_cosine(warmup: int, total: int):
     """LR multiplier: linear warm-up step/warmup (MCN's: the first update runs at lr 0), then half-cosine to 0
     at ``total``."""

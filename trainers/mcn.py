@@ -14,7 +14,7 @@ import torch
 
 from .data import (FRAMES_GROUP, LOGMEL_FLOOR, ClipReader, ClipSpec, check_augment, default_workers, step_loader,
                    video_groups)
-from .loop import RunDir, check_finite, warmup_cosine
+from .loop import RunDir, autocast, check_finite, warmup_cosine
 from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
 from .model import MCN, parse_combo
 from .towers import VideoTowerOptions, check_tokenizer
@@ -245,7 +245,6 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
     run.write_config(cfg, method="mcn", video_dim=reader.video_dim, we_dim=int(vectors.shape[1]))
     print(f"mcn {cfg.combo}: {len(videos)} usable videos (dropped clips: {reader.dropped() or 'none'}), "
           f"{steps_per_epoch} steps/epoch, ready in {time.time() - t0:.1f}s, starting at step {step}")
-    use_amp = cfg.device.startswith("cuda")
     model.train()
     spec = clip_spec(cfg)
     loader = step_loader(cfg.store, spec, sampler, step, cfg.steps, cfg.loader_workers,
@@ -258,7 +257,7 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
         dev = cfg.device
         video, audio = video_input(b, dev, spec), b["audio"].to(dev, non_blocking=True).float()
         nframes, words = b["nframes"].to(dev), text_input(b, vectors, dev, spec)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(dev):
             out = model(video, audio, words, nframes)
         out = {k: ({m: e.float() for m, e in emb.items()}, [(p.float(), t.float()) for p, t in rec])
                for k, (emb, rec) in out.items()}

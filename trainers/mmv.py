@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ClipReader, ClipSpec, default_workers, step_loader, video_groups
-from .loop import RunDir, check_finite, warmup_cosine
+from .loop import RunDir, autocast, check_finite, warmup_cosine
 from .losses import milnce
 from .model import SentenceMaxpool
 from .towers import audio_head, encode_audio
@@ -132,11 +132,13 @@ def mmv_loss(model: MMV, b: dict, vectors: torch.Tensor, cfg: MMVConfig) -> dict
     cand_ok = b["cand_ok"]  # (B, K): a narration with known words in that slot
     words = vectors[b["cand_words"]].to(dev)  # (B, K, W, 300)
     v, a = b["valid_v"], b["valid_a"]
-    z_v_va = model.v_va(video)
-    z_a = encode_audio(model.a_va, audio, b["nframes"].to(dev))
+    with autocast(dev):
+        z_v_va = model.v_va(video)
+        z = (z_v_va, encode_audio(model.a_va, audio, b["nframes"].to(dev)), model.video_text(video, z_v_va),
+             model.text(words))
+    z_v_va, z_a, z_vt, z_t = (x.float() for x in z)
     nce = milnce(z_v_va, z_a, (v & a).to(dev), None, cfg.temperature, cfg.loss)
-    mil = milnce(model.video_text(video, z_v_va), model.text(words), (v & cand_ok.any(1)).to(dev),
-                 cand_ok.to(dev), cfg.temperature, cfg.loss)
+    mil = milnce(z_vt, z_t, (v & cand_ok.any(1)).to(dev), cand_ok.to(dev), cfg.temperature, cfg.loss)
     total = (cfg.weight_va * nce + cfg.weight_vt * mil) / (cfg.weight_va + cfg.weight_vt)
     return {"loss": total, "nce_va": nce, "milnce_vt": mil}
 

@@ -105,14 +105,17 @@ class SeLaVi(nn.Module):
 
     @torch.no_grad()
     def head_log_probs(self, feats: dict[str, torch.Tensor], h: int, chunk: int = 1 << 16) -> dict[str, torch.Tensor]:
-        """log p (N, K) float64 of head h per modality, eval mode, from encoder outputs ``feats``."""
+        """log p (N, K) float64 in RAM of head h per modality, eval mode, from encoder outputs ``feats`` (in RAM;
+        each chunk goes through the head on the model's device)."""
         was = self.training
         self.eval()
+        dev = next(self.parameters()).device
         out = {}
         for m, x in feats.items():
             out[m] = torch.empty(len(x), self.heads[m][h][-1].out_features, dtype=torch.float64)
             for i in range(0, len(x), chunk):
-                out[m][i:i + chunk] = F.log_softmax(self.heads[m][h](torch.relu(x[i:i + chunk].float())).double(), 1)
+                z = torch.relu(x[i:i + chunk].to(dev).float())
+                out[m][i:i + chunk] = F.log_softmax(self.heads[m][h](z).double(), 1).cpu()
         self.train(was)
         return out
 
