@@ -15,6 +15,13 @@ from pipeline.demo import write_video
 REAL_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 
 
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device (run there with: pytest -k cuda)"))])
+def device(request) -> str:
+    """A test taking ``device`` runs on the CPU, and again on CUDA where a GPU is visible."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def real_videos() -> dict[str, Path]:
     paths = {p.stem: p for p in sorted(REAL_VIDEOS.glob("*.mp4"))}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from features.base import Options
 from features.registry import extractor
@@ -621,6 +622,28 @@ def test_decode_workers_feed_one_model_and_give_the_same_store(odd_dataset, weig
         if a[k].dtype.kind == "f" and "resnet152" in k:  # batches may hold the videos in another order
             np.testing.assert_allclose(a[k].astype(np.float32), b[k].astype(np.float32), atol=2e-3, err_msg=k)
         else:  # the log-mel, statuses, messages, offsets: exact
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run there with: pytest -k cuda)")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_extraction_on_a_gpu_worker_gives_the_cpu_store(odd_dataset, weights, odd_store, tmp_path, precision):
+    """--device cuda as a user runs it: one Dask worker holding the GPU, decoding in --decode-workers processes
+    (the CUDA default), the models on the GPU. The same statuses and log-mel as the CPU store; the same
+    ResNet-152 features to fp32's TF32 rounding (cuDNN's default) or, in bf16, per-row cosine >= 0.999."""
+    store = tmp_path / "gpu.zarr"
+    summary = extract(config(odd_dataset, store, weights, device="cuda", workers=None, precision=precision))
+    assert summary["status"] == odd_store[1]["status"] and summary["decode_workers"] >= 1
+    a, b = store_arrays(odd_store[0]), store_arrays(store)
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].dtype.kind == "f" and "resnet152" in k:
+            x, y = a[k].astype(np.float32), b[k].astype(np.float32)
+            if precision == "fp32" or x.ndim < 2:
+                np.testing.assert_allclose(x, y, atol=2e-3, err_msg=k)
+            else:
+                assert ((x * y).sum(1) >= 0.999 * np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)).all(), k
+        else:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 

@@ -110,9 +110,9 @@ def test_balanced_sampler_draws_clusters_equally():
 
 # ---- each trainer learns planted structure -----------------------------------------------------------
 
-def test_mmv_fac_learns_retrieval(stores, tmp_path):
+def test_mmv_fac_learns_retrieval(stores, tmp_path, device):
     cfg = MMVConfig(store=str(stores["train"]), out=str(tmp_path / "mmv"), batch_size=64, steps=150, warmup=10,
-                    lr=2e-3, candidates=3, dim_va=64, dim_vat=32, text_dim=128)
+                    lr=2e-3, candidates=3, dim_va=64, dim_vat=32, text_dim=128, device=device)
     train_mmv(cfg, progress=False)
     r = evaluate(tmp_path / "mmv", str(stores["eval"]))
     chance = 1 / r["retrieval"]["t->v"]["N"]
@@ -134,21 +134,23 @@ def test_mmv_graphs_and_fac_shares_the_va_to_vat_head(graph, stores, tmp_path):
     assert spaces["vt"]["t"].shape == (2, 8) and spaces["va"]["a"].shape == (2, 16)
 
 
-def test_xdc_clusters_recover_the_planted_classes(stores, tmp_path):
+def test_xdc_clusters_recover_the_planted_classes(stores, tmp_path, device):
     # 192 clips: PCA-whitening to many dims would amplify noise directions, so L2 only (--pca 0)
     cfg = XDCConfig(store=str(stores["classes"]), out=str(tmp_path / "xdc"), k=4, iterations=4, epochs=2,
-                    batch_size=32, pca=0)
+                    batch_size=32, pca=0, device=device)
     out = train_xdc(cfg, progress=False)
     for source in ("cluster_v", "cluster_a"):  # chance NMI here is ~0.02
         assert out["metrics"]["task"][source]["NMI"] > 0.8, out["metrics"]["task"]
     assert (tmp_path / "xdc" / "labels.csv").read_text().count("\n") == 193
 
 
-def test_selavi_heads_recover_the_planted_classes(stores, tmp_path):
+def test_selavi_heads_recover_the_planted_classes(stores, tmp_path, device):
     cfg = SeLaViConfig(store=str(stores["classes"]), out=str(tmp_path / "selavi"), heads=3, k=4, epochs=15,
-                       batch_size=32, label_updates=10, distribution="gauss")
+                       batch_size=32, label_updates=10, distribution="gauss", device=device)
     out = train_selavi(cfg, progress=False)
-    assert out["best_head"]["task"]["NMI"] > 0.5, out["best_head"]
+    # best head over seeds 0-2 (chance ~0.02): CPU 0.31 / 0.56 / 0.54; H200, bf16 0.38 / 0.46 / 0.48, fp32 0.37 /
+    # 0.41 / 0.47. The CPU run at the default seed is deterministic; a GPU's sums run in another order.
+    assert out["best_head"]["task"]["NMI"] > (0.5 if device == "cpu" else 0.3), out["best_head"]
     assert out["metrics"]["task"]["head0"]["NMI"] > 0.3, out["metrics"]["task"]["head0"]
     assert set(out["labellings"]) >= {"head0", "pseudo_head0"}
 
@@ -195,7 +197,7 @@ def test_xdc_resumes_inside_an_iteration_to_the_same_weights(stores, tmp_path, m
 
 
 @pytest.mark.parametrize("method", ["mmv", "xdc", "selavi"])
-def test_every_method_trains_the_end_to_end_audio_tower_on_real_speech(method, tmp_path, monkeypatch):
+def test_every_method_trains_the_end_to_end_audio_tower_on_real_speech(method, tmp_path, monkeypatch, device):
     """--end-to-end-audio for MMV, XDC and SeLaVi: DAVEnet on the cached log-mel of real recordings (FSDD) is
     trained under each method's own head and loss, and `trainers eval` embeds and scores the run (clustering of
     each modality for the pseudo-label methods, which align no spaces). That they learn: benchmarks/learn_speech.py."""
@@ -218,7 +220,8 @@ def test_every_method_trains_the_end_to_end_audio_tower_on_real_speech(method, t
     fsdd = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
     store = str(speech_store(tmp_path / "s.zarr", recordings(fsdd, range(0, 2)), 16, clips_per_video=2, lead=0.1))
     out = str(tmp_path / method)
-    common = dict(store=store, out=out, end_to_end_audio=True, audio_frames=128, batch_size=16, loader_workers=0)
+    common = dict(store=store, out=out, end_to_end_audio=True, audio_frames=128, batch_size=16, loader_workers=0,
+                  device=device)
     cfg = {"mmv": lambda: MMVConfig(**common, steps=4, warmup=1, candidates=1, dim_va=16, dim_vat=8, text_dim=16),
            "xdc": lambda: XDCConfig(**common, k=4, iterations=2, pca=0, feat_dim=16),
            "selavi": lambda: SeLaViConfig(**common, k=4, heads=2, epochs=2, label_updates=2, feat_dim=16)}[method]()

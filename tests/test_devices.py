@@ -1,0 +1,45 @@
+"""What every trainer computes in on each device: its towers in bf16 autocast on CUDA, fp32 on a CPU; its
+weights, optimiser and losses in fp32 on both."""
+import pytest
+import torch
+from torch import nn
+
+from trainers.mcn import MCNConfig, train as train_mcn
+from trainers.mmv import MMVConfig, train as train_mmv
+from trainers.selavi import SeLaViConfig, train as train_selavi
+from trainers.xdc import XDCConfig, train as train_xdc
+
+
+@pytest.mark.parametrize("method", ["mcn", "mmv", "xdc", "selavi"])
+def test_towers_run_in_bf16_on_a_gpu_and_fp32_on_a_cpu(method, device, stores, tmp_path):
+    out = str(tmp_path / method)
+    cfg = {"mcn": lambda: MCNConfig(store=str(stores["train"]), out=out, combo="va+all", dim=16, videos_per_batch=8,
+                                    clips_per_video=4, steps=3, warmup=1, min_time=0.0, clusters=4, cluster_every=2,
+                                    queue_steps=1, device=device),
+           "mmv": lambda: MMVConfig(store=str(stores["train"]), out=out, batch_size=32, steps=3, warmup=1, dim_va=16,
+                                    dim_vat=8, text_dim=16, device=device),
+           "xdc": lambda: XDCConfig(store=str(stores["classes"]), out=out, k=4, iterations=1, epochs=1, batch_size=32,
+                                    pca=0, feat_dim=16, device=device),
+           "selavi": lambda: SeLaViConfig(store=str(stores["classes"]), out=out, heads=1, k=4, epochs=1, batch_size=32,
+                                          label_updates=1, feat_dim=16, device=device)}[method]()
+    seen = {}
+
+    def record(module, args, output):
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and isinstance(output, torch.Tensor):
+            seen[output.dtype] = seen.get(output.dtype, 0) + 1
+            assert output.device.type == device
+
+    hook = nn.modules.module.register_module_forward_hook(record)
+    try:
+        {"mcn": train_mcn, "mmv": train_mmv, "xdc": train_xdc, "selavi": train_selavi}[method](cfg, progress=False)
+    finally:
+        hook.remove()
+    if device == "cuda":  # the pseudo-label methods' small heads run on the fp32 encoder outputs, outside it
+        assert seen.get(torch.bfloat16, 0) > 0 and (method in ("xdc", "selavi") or set(seen) == {torch.bfloat16}), seen
+    else:
+        assert set(seen) == {torch.float32}, seen
+    state = torch.load(tmp_path / method / "model.pt", map_location="cpu", weights_only=True)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
+    ckpt = torch.load(tmp_path / method / "checkpoint.pt", map_location="cpu", weights_only=True)
+    moments = [t for s in ckpt["opt"]["state"].values() for k, t in s.items() if k != "step"]
+    assert moments and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in moments)
