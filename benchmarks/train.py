@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from synthetic import planted_store  # noqa: E402  (the planted synthetic store of the tests)
 
 from trainers.data import ClipReader  # noqa: E402
+from trainers.loop import autocast  # noqa: E402
 from trainers.mcn import Clusterer, MCNConfig, MCNSampler, build_model, clip_spec, losses_for, train  # noqa: E402
 
 WARM = 5
@@ -56,7 +57,7 @@ def bare_rate(cfg: MCNConfig, steps: int) -> float:
             if cuda:
                 torch.cuda.synchronize()
             t = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with autocast(dev):
             out = model(*batch)
         out = {k: ({m: e.float() for m, e in emb.items()}, [(p.float(), t_.float()) for p, t_ in rec])
                for k, (emb, rec) in out.items()}
