@@ -30,11 +30,13 @@ from trainers.mcn import Clusterer, MCNConfig, MCNSampler, build_model, clip_spe
 WARM = 5
 
 
-def trainer_rate(cfg: MCNConfig) -> float:
-    """Steps/s of `trainers mcn` after WARM steps (cfg.log_every must be 1)."""
+def trainer_rate(cfg: MCNConfig) -> tuple[float, float]:
+    """Steps/s of `trainers mcn` after WARM steps (cfg.log_every must be 1), and the share of that time it
+    waited for batches (its input_wait)."""
     train(cfg, progress=False)
     rows = [json.loads(x) for x in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
-    return (len(rows) - 1 - WARM) / (rows[-1]["time"] - rows[WARM]["time"])
+    return (len(rows) - 1 - WARM) / (rows[-1]["time"] - rows[WARM]["time"]), float(np.mean(
+        [r["input_wait"] for r in rows[WARM + 1:]]))
 
 
 def bare_rate(cfg: MCNConfig, steps: int) -> float:
@@ -84,11 +86,11 @@ def compare(dim: int, videos: int, videos_per_batch: int, clips_per_video: int, 
                     clips_per_video=clips_per_video, steps=steps, warmup=10, min_time=0.0, clusters=32,
                     cluster_every=20, queue_steps=4, checkpoint_every=10_000, log_every=1,
                     loader_workers=loader_workers, device=device)
-    trainer = trainer_rate(cfg)
+    trainer, wait = trainer_rate(cfg)
     bare = bare_rate(cfg, steps)
     print(f"MCN va+all, dim {dim}, batch {videos_per_batch}x{clips_per_video} clips, video {video_dim}-d, "
           f"{torch.get_num_threads()} threads, {loader_workers} loader workers, {device}")
-    print(f"trainer (streamed from the store): {trainer:6.2f} steps/s")
+    print(f"trainer (streamed from the store): {trainer:6.2f} steps/s, {wait:.0%} of it waiting for batches")
     print(f"bare forward+backward+step ({'GPU' if device != 'cpu' else 'RAM'}):  {bare:6.2f} steps/s")
     print(f"ratio: {trainer / bare:.2f}")
     return {"trainer": trainer, "bare": bare}

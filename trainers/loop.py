@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -86,6 +87,30 @@ def check_finite(loss: torch.Tensor, step: int, store: str) -> None:
             f"loss is {loss.item()} at step {step}: stopped before it reached the weights (the last checkpoint "
             f"is intact). Damaged features read as garbage: `pipeline verify --store {store}` checks every chunk; "
             "if the store is sound, lower --lr")
+
+
+class InputWait:
+    """The share of wall time spent waiting for batches since the last ``share()`` (logged as ``input_wait``):
+    ~0 when the loader workers keep up; near 1 when every step waits on the store (raise --loader-workers)."""
+
+    def __init__(self):
+        self.waited, self.since = 0.0, time.perf_counter()
+
+    def wrap(self, batches):
+        it = iter(batches)
+        while True:
+            t = time.perf_counter()
+            try:
+                b = next(it)
+            except StopIteration:
+                return
+            self.waited += time.perf_counter() - t
+            yield b
+
+    def share(self) -> float:
+        now = time.perf_counter()
+        out, self.waited, self.since = self.waited / max(now - self.since, 1e-9), 0.0, now
+        return round(out, 3)
 
 
 def autocast(device) -> torch.autocast:

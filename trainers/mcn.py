@@ -14,7 +14,7 @@ import torch
 
 from .data import (FRAMES_GROUP, LOGMEL_FLOOR, ClipReader, ClipSpec, check_augment, default_workers, step_loader,
                    video_groups)
-from .loop import RunDir, autocast, check_finite, warmup_cosine
+from .loop import InputWait, RunDir, autocast, check_finite, warmup_cosine
 from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
 from .model import MCN, parse_combo
 from .towers import VideoTowerOptions, check_tokenizer
@@ -251,7 +251,8 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
                          cfg.device.startswith("cuda"), cfg.seed)
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
     first = step
-    for step, b in zip(range(step, cfg.steps), loader):
+    wait = InputWait()
+    for step, b in zip(range(step, cfg.steps), wait.wrap(loader)):
         if step == first and "a" in modalities_of(cfg.combo) and not cfg.end_to_end_audio:
             warn_audio_scale(b["audio"][b["valid_a"]], cfg)
         dev = cfg.device
@@ -270,7 +271,7 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
         sched.step()
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             run.log({"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
-                     "lr": sched.get_last_lr()[0], "time": round(time.time() - t0, 3)})
+                     "lr": sched.get_last_lr()[0], "input_wait": wait.share(), "time": round(time.time() - t0, 3)})
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             run.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                       "step": torch.tensor(step + 1), "clusterers": {k: c.state() for k, c in clusterers.items()},

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ClipReader, ClipSpec, default_workers, step_loader, video_groups
-from .loop import RunDir, autocast, check_finite, warmup_cosine
+from .loop import InputWait, RunDir, autocast, check_finite, warmup_cosine
 from .losses import milnce
 from .model import SentenceMaxpool
 from .towers import audio_head, encode_audio
@@ -176,7 +176,8 @@ def train(cfg: MMVConfig, progress: bool = True) -> dict:
     loader = step_loader(cfg.store, clip_spec(cfg), MMVSampler(n, cfg.batch_size, cfg.seed), step, cfg.steps,
                          cfg.loader_workers, cfg.device.startswith("cuda"))
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
-    for step, b in zip(range(step, cfg.steps), loader):
+    wait = InputWait()
+    for step, b in zip(range(step, cfg.steps), wait.wrap(loader)):
         terms = mmv_loss(model, b, vectors, cfg)
         check_finite(terms["loss"], step, cfg.store)
         opt.zero_grad(set_to_none=True)
@@ -185,7 +186,7 @@ def train(cfg: MMVConfig, progress: bool = True) -> dict:
         sched.step()
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             run.log({"step": step, **{k: v.item() for k, v in terms.items()}, "lr": sched.get_last_lr()[0],
-                     "time": round(time.time() - t0, 3)})
+                     "input_wait": wait.share(), "time": round(time.time() - t0, 3)})
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             run.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                       "step": torch.tensor(step + 1)})

@@ -34,7 +34,7 @@ def plot(run: str | Path) -> Path:
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
     if not rows:
         raise ValueError(f"{run}/metrics.jsonl is empty")
-    diagnostics = ("step", "time", "lr", "sk_iterations", "clusters_used")  # in metrics.jsonl, not plotted
+    diagnostics = ("step", "time", "lr", "input_wait", "sk_iterations", "clusters_used")  # in metrics.jsonl, not plotted
     keys = sorted({k for r in rows for k in r if k not in diagnostics and not k.startswith("clusters_")
                    and r[k] is not None})
     ev = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}

@@ -19,7 +19,7 @@ from torch import nn
 
 from .clustering import ClipSet, encode, export_labels, forward
 from .data import default_workers, step_loader
-from .loop import RunDir, check_finite
+from .loop import InputWait, RunDir, check_finite
 from .losses import sinkhorn_labels
 from .towers import VideoTowerOptions
 
@@ -204,7 +204,8 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
     record: dict = {}
     loader = step_loader(cfg.store, clips.spec, sampler, step, total, cfg.loader_workers)
     bar = tqdm(total=total, initial=step, disable=not progress, desc="train")
-    for step, b in zip(range(step, total), loader):
+    wait = InputWait()
+    for step, b in zip(range(step, total), wait.wrap(loader)):
         if step in updates:  # one head at a time: RAM holds the features and one head's N x K log-probs
             feats = features(model, clips, cfg)
             old = labels.clone()
@@ -243,7 +244,7 @@ def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
         opt.step()
         if step % 10 == 0 or step == total - 1 or record:
             run.log({"step": step, "loss": loss.item(), "ce_v": ce["v"].item(), "ce_a": ce["a"].item(), **record,
-                     "time": round(time.time() - t0, 3)})
+                     "input_wait": wait.share(), "time": round(time.time() - t0, 3)})
             record = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
             run.save({"model": model.state_dict(), "opt": opt.state_dict(), "labels": labels,

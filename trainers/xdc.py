@@ -23,7 +23,7 @@ from torch import nn
 
 from .clustering import ClipSet, encode, encode_chunks, export_labels, forward
 from .data import default_workers
-from .loop import RunDir, check_finite
+from .loop import InputWait, RunDir, check_finite
 from .towers import VideoTowerOptions
 
 # which clustering supervises each encoder: sources are 'v', 'a' or 'cat' (concatenated features)
@@ -149,6 +149,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
     run.write_config(cfg, method="xdc", video_dim=clips.video_dim, audio_dim=clips.audio_dim)
     print(f"xdc {cfg.variant}: {n} clips, k={cfg.k}, targets {targets}, starting at iteration {start}"
           + (f", step {int(state['done'])} of it" if inside else ""))
+    wait = InputWait()
     for it in tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not progress,
                    desc="iterations"):
         heads = new_heads(targets, cfg.feat_dim, cfg.k, torch.Generator().manual_seed(cfg.seed * 1000 + it))
@@ -173,7 +174,8 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
             begin = max(0, done - epoch * per_epoch)
             if begin >= per_epoch:
                 continue
-            for i, b in zip(range(begin, per_epoch), clips.loader(order, cfg.batch_size, cfg.loader_workers, begin)):
+            batches = clips.loader(order, cfg.batch_size, cfg.loader_workers, begin)
+            for i, b in zip(range(begin, per_epoch), wait.wrap(batches)):
                 idx = torch.from_numpy(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
                 z = forward(encoders, b, cfg.device)
                 loss = sum(F.cross_entropy(heads[f"{m}_from_{s}"](torch.relu(z[m])), y[s][idx].to(cfg.device))
@@ -192,7 +194,7 @@ def train(cfg: XDCConfig, progress: bool = True) -> dict:
                               "losses": torch.tensor(losses, dtype=torch.float64), "nmi": json.dumps(nmi)})
         run.log({"step": it, "loss": float(np.mean(losses)) if losses else None, **nmi,
                  **{f"clusters_{s}": int(len(np.unique(labels[s]))) for s in sources},
-                 "time": round(time.time() - t0, 3)})
+                 "input_wait": wait.share(), "time": round(time.time() - t0, 3)})
         run.save(saved(encoders, opt, labels, it + 1))
     run.close()
     torch.save(encoders.state_dict(), run.path / "model.pt")
