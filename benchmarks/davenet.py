@@ -33,10 +33,14 @@ def best_time(fn, repeats: int, device: str) -> float:
     return min(times)
 
 
+def gemm_size(device: str) -> int:
+    """n of the n^3 limit GEMM: 2048 on a CPU; 8192 on a GPU, which a 2048^3 product leaves partly idle."""
+    return 8192 if device.startswith("cuda") else 2048
+
+
 def gemm_rate(device: str, dtype: torch.dtype, repeats: int) -> float:
-    """FLOP/s of an n^3 matrix product: the most this machine's matmul does in ``dtype`` (n = 2048 on a CPU;
-    8192 on a GPU, which a 2048^3 product leaves partly idle)."""
-    n = 8192 if device.startswith("cuda") else 2048
+    """FLOP/s of an n^3 matrix product: the most this machine's matmul does in ``dtype``."""
+    n = gemm_size(device)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     return 2 * n ** 3 / best_time(lambda: a @ b, repeats, device)
 
@@ -79,7 +83,7 @@ def main():
 
     print(f"DAVEnet update: {args.batch} windows x {args.frames} log-mel frames on {dev} "
           f"({torch.get_num_threads()} threads), {flops / 1e9:.0f} GFLOP forward + backward")
-    print(f"GEMM {8192 if cuda else 2048}^3 {str(dtype).split('.')[-1]}: {peak / 1e9:.0f} GFLOP/s (the limit)")
+    print(f"GEMM {gemm_size(dev)}^3 {str(dtype).split('.')[-1]}: {peak / 1e9:.0f} GFLOP/s (the limit)")
     times = {}
     for name in ("forward_frames", "forward_conv"):
         times[name] = best_time(update(getattr(model, name)), args.repeats, dev)

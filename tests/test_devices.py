@@ -1,5 +1,8 @@
-"""What every trainer computes in on each device: its towers in bf16 autocast on CUDA, fp32 on a CPU; its
-weights, optimiser and losses in fp32 on both."""
+"""Every trainer in one small run: what it computes in on each device (its towers in bf16 autocast on CUDA,
+fp32 on a CPU; its weights, optimiser and losses in fp32 on both), and what its log says of its input."""
+import json
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -9,19 +12,24 @@ from trainers.mmv import MMVConfig, train as train_mmv
 from trainers.selavi import SeLaViConfig, train as train_selavi
 from trainers.xdc import XDCConfig, train as train_xdc
 
+METHODS = ["mcn", "mmv", "xdc", "selavi"]
 
-@pytest.mark.parametrize("method", ["mcn", "mmv", "xdc", "selavi"])
+
+def tiny_run(method: str, store, out, **kw) -> None:
+    """A few steps of ``method`` on a planted store (``kw``: flags every trainer has)."""
+    common = dict(store=str(store), out=str(out), **kw)
+    cfg = {"mcn": lambda: MCNConfig(**common, combo="va+all", dim=16, videos_per_batch=8, clips_per_video=4, steps=4,
+                                    warmup=1, min_time=0.0, clusters=4, cluster_every=2, queue_steps=1, log_every=2),
+           "mmv": lambda: MMVConfig(**common, batch_size=32, steps=4, warmup=1, dim_va=16, dim_vat=8, text_dim=16,
+                                    log_every=2),
+           "xdc": lambda: XDCConfig(**common, k=4, iterations=1, epochs=1, batch_size=32, pca=0, feat_dim=16),
+           "selavi": lambda: SeLaViConfig(**common, heads=1, k=4, epochs=1, batch_size=32, label_updates=1,
+                                          feat_dim=16)}[method]()
+    {"mcn": train_mcn, "mmv": train_mmv, "xdc": train_xdc, "selavi": train_selavi}[method](cfg, progress=False)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_towers_run_in_bf16_on_a_gpu_and_fp32_on_a_cpu(method, device, stores, tmp_path):
-    out = str(tmp_path / method)
-    cfg = {"mcn": lambda: MCNConfig(store=str(stores["train"]), out=out, combo="va+all", dim=16, videos_per_batch=8,
-                                    clips_per_video=4, steps=3, warmup=1, min_time=0.0, clusters=4, cluster_every=2,
-                                    queue_steps=1, device=device),
-           "mmv": lambda: MMVConfig(store=str(stores["train"]), out=out, batch_size=32, steps=3, warmup=1, dim_va=16,
-                                    dim_vat=8, text_dim=16, device=device),
-           "xdc": lambda: XDCConfig(store=str(stores["classes"]), out=out, k=4, iterations=1, epochs=1, batch_size=32,
-                                    pca=0, feat_dim=16, device=device),
-           "selavi": lambda: SeLaViConfig(store=str(stores["classes"]), out=out, heads=1, k=4, epochs=1, batch_size=32,
-                                          label_updates=1, feat_dim=16, device=device)}[method]()
     seen = {}
 
     def record(module, args, output):
@@ -31,7 +39,7 @@ def test_towers_run_in_bf16_on_a_gpu_and_fp32_on_a_cpu(method, device, stores, t
 
     hook = nn.modules.module.register_module_forward_hook(record)
     try:
-        {"mcn": train_mcn, "mmv": train_mmv, "xdc": train_xdc, "selavi": train_selavi}[method](cfg, progress=False)
+        tiny_run(method, stores["classes"], tmp_path / method, device=device)
     finally:
         hook.remove()
     if device == "cuda":  # the pseudo-label methods' small heads run on the fp32 encoder outputs, outside it
@@ -43,3 +51,22 @@ def test_towers_run_in_bf16_on_a_gpu_and_fp32_on_a_cpu(method, device, stores, t
     ckpt = torch.load(tmp_path / method / "checkpoint.pt", map_location="cpu", weights_only=True)
     moments = [t for s in ckpt["opt"]["state"].values() for k, t in s.items() if k != "step"]
     assert moments and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in moments)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_trainer_logs_the_share_of_time_it_waited_for_batches(method, stores, tmp_path, monkeypatch):
+    """`input_wait` in metrics.jsonl: the share of wall time a trainer spent waiting for its loader. A store
+    that takes 0.2 s to form each batch (in-process loading) makes it most of the time."""
+    from trainers.data import StepBatches
+
+    form = StepBatches.__getitem__
+
+    def slow(self, step):
+        time.sleep(0.2)
+        return form(self, step)
+
+    monkeypatch.setattr(StepBatches, "__getitem__", slow)
+    tiny_run(method, stores["classes"], tmp_path / method, loader_workers=0)
+    rows = [json.loads(x) for x in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    shares = [r["input_wait"] for r in rows]
+    assert all(0 <= s <= 1 for s in shares) and max(shares) > 0.5, shares

@@ -259,35 +259,3 @@ def test_selavi_first_labels_see_batchnorm_statistics_of_the_data(stores, tmp_pa
         assert all(0.7 < s < 1.3 for s in first.values()), first
     else:  # what the warm-up is for: far from the training-mode scale
         assert not all(0.7 < s < 1.3 for s in first.values()), first
-
-
-@pytest.mark.parametrize("method", ["mcn", "mmv", "xdc", "selavi"])
-def test_every_trainer_logs_the_share_of_time_it_waited_for_batches(method, stores, tmp_path, monkeypatch):
-    """`input_wait` in metrics.jsonl: the share of wall time a trainer spent waiting for its loader. A store
-    that takes 0.2 s to form each batch (in-process loading) makes it most of the time."""
-    import json
-    import time
-
-    from trainers.data import StepBatches
-    from trainers.mcn import MCNConfig, train as train_mcn
-
-    form = StepBatches.__getitem__
-
-    def slow(self, step):
-        time.sleep(0.2)
-        return form(self, step)
-
-    monkeypatch.setattr(StepBatches, "__getitem__", slow)
-    out = str(tmp_path / method)
-    common = dict(store=str(stores["classes"]), out=out, loader_workers=0)
-    cfg = {"mcn": lambda: MCNConfig(**common, combo="va+all", dim=16, videos_per_batch=8, clips_per_video=4, steps=4,
-                                    warmup=1, min_time=0.0, clusters=4, cluster_every=2, queue_steps=1, log_every=2),
-           "mmv": lambda: MMVConfig(**common, batch_size=32, steps=4, warmup=1, dim_va=16, dim_vat=8, text_dim=16,
-                                    log_every=2),
-           "xdc": lambda: XDCConfig(**common, k=4, iterations=1, epochs=1, batch_size=48, pca=0, feat_dim=16),
-           "selavi": lambda: SeLaViConfig(**common, heads=1, k=4, epochs=1, batch_size=48, label_updates=1,
-                                          feat_dim=16)}[method]()
-    {"mcn": train_mcn, "mmv": train_mmv, "xdc": train_xdc, "selavi": train_selavi}[method](cfg, progress=False)
-    rows = [json.loads(x) for x in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
-    shares = [r["input_wait"] for r in rows]
-    assert all(0 <= s <= 1 for s in shares) and max(shares) > 0.5, shares

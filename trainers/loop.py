@@ -97,15 +97,11 @@ class InputWait:
         self.waited, self.since = 0.0, time.perf_counter()
 
     def wrap(self, batches):
-        it = iter(batches)
-        while True:
-            t = time.perf_counter()
-            try:
-                b = next(it)
-            except StopIteration:
-                return
+        t = time.perf_counter()
+        for b in batches:
             self.waited += time.perf_counter() - t
             yield b
+            t = time.perf_counter()
 
     def share(self) -> float:
         now = time.perf_counter()
