@@ -116,7 +116,8 @@ def text_input(b: dict, vectors: torch.Tensor, device, spec: ClipSpec):
     if spec.text_tokens:
         return (torch.as_tensor(b["words"]).to(device, non_blocking=True),
                 torch.as_tensor(b["word_mask"]).to(device, non_blocking=True))
-    return vectors[torch.as_tensor(b["words"])].to(device, non_blocking=True)
+    # ``vectors`` lives on the model's device: a GPU gathers there, not from RAM (MCN's sizes: 98 MB a step)
+    return vectors[torch.as_tensor(b["words"]).to(vectors.device, non_blocking=True)].to(device)
 
 
 class MCNSampler:
@@ -224,7 +225,7 @@ def train(cfg: MCNConfig, progress: bool = True) -> dict:
                          f"lower it (dropped clips: {reader.dropped()})")
     sampler = MCNSampler(videos, cfg.videos_per_batch, cfg.clips_per_video, cfg.seed)
     steps_per_epoch = sampler.steps_per_epoch
-    vectors = reader.vectors
+    vectors = reader.vectors.to(cfg.device)
     model = build_model(cfg, reader.video_dim, vectors.shape[1]).to(cfg.device)
     # fused: one kernel over all parameters (a DAVEnet update: 0.19 -> 0.03 s on 2 CPU cores)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)

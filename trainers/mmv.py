@@ -130,7 +130,7 @@ def mmv_loss(model: MMV, b: dict, vectors: torch.Tensor, cfg: MMVConfig) -> dict
     dev = cfg.device
     video, audio = b["video"].to(dev), b["audio"].to(dev).float()
     cand_ok = b["cand_ok"]  # (B, K): a narration with known words in that slot
-    words = vectors[b["cand_words"]].to(dev)  # (B, K, W, 300)
+    words = vectors[torch.as_tensor(b["cand_words"]).to(vectors.device)].to(dev)  # (B, K, W, 300)
     v, a = b["valid_v"], b["valid_a"]
     with autocast(dev):
         z_v_va = model.v_va(video)
@@ -156,7 +156,7 @@ def train(cfg: MMVConfig, progress: bool = True) -> dict:
     n = reader.store.n_clips
     if n < cfg.batch_size:
         raise ValueError(f"{n} clips but --batch-size {cfg.batch_size}; lower it")
-    vectors = reader.vectors
+    vectors = reader.vectors.to(cfg.device)
     model = build(cfg, reader.video_dim, reader.audio_dim, vectors.shape[1]).to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))
