@@ -17,8 +17,8 @@ clusters against the speaker (what an audio embedding may cluster by instead of 
 audio tells speakers apart); and the NMI of the video embeddings (heads on frozen random-init ResNet-152
 features of the drawn digits; XDC's and SeLaVi's: their resnet18's). Each row is printed as its run ends.
 End-to-end video and text learn in tests/test_mcn.py and in `trainers demo`.
-Usage: python benchmarks/learn_speech.py [--train-videos 300 --test-videos 100 --steps 200 --clip-seconds 1
-    --only mcn,xdc --data DIR]
+Usage: python benchmarks/learn_speech.py [--train-videos 300 --test-videos 100 --steps 200 --batch 24
+    --clip-seconds 1 --only mcn,xdc --data DIR]
 """
 import argparse
 import atexit
@@ -47,34 +47,37 @@ from trainers.xdc import XDCConfig, train as train_xdc  # noqa: E402
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 E2E = dict(end_to_end_audio=True, checkpoint_every=10**6)
-MCN = dict(combo="va+all", dim=256, videos_per_batch=16, clips_per_video=3, lr=5e-4, warmup=20, min_time=0.0,
+MCN = dict(combo="va+all", dim=256, clips_per_video=3, lr=5e-4, warmup=20, min_time=0.0,
            clusters=10, cluster_every=10, queue_steps=4)
 # XDC and SeLaVi train their video encoder too (as their papers do): resnet18 on the cached 48-pixel frames,
 # one per 1 s clip
 E2E_VIDEO = dict(end_to_end_video="resnet18", video_frames=1, frame_size=48, crop_size=40, augment="crop")
-# name: (trainer, its flags; 'steps' is filled from --steps, a per-clip batch of 48 like MCN's 16 x 3)
+# name: (trainer, its flags; the length and batch come from --steps and --batch: at 24, MCN's 8 videos x 3 clips)
 RUNS = {"MCN full loss (defaults)": ("mcn", MCN),
         "MCN full loss, MCN's settings": ("mcn", {**MCN, "recon_targets": "mcn", "audio_padding": "mcn",
                                                   "cluster_temperature": 0.0}),
         "MCN, MMS only": ("mcn", {**MCN, "no_cluster": True, "no_recon": True}),
-        "MMV (FAC), NCE + MIL-NCE": ("mmv", dict(batch_size=48, lr=2e-3, warmup=20, candidates=1, dim_va=128,
-                                                  dim_vat=64, text_dim=256)),
-        "XDC": ("xdc", dict(k=10, batch_size=48, lr=0.05, feat_dim=128, pca=32, epochs=1, **E2E_VIDEO)),
-        "SeLaVi": ("selavi", dict(k=10, heads=3, batch_size=48, lr=0.05, feat_dim=128, label_updates=10,
+        "MMV (FAC), NCE + MIL-NCE": ("mmv", dict(lr=2e-3, warmup=20, candidates=1, dim_va=128, dim_vat=64,
+                                                  text_dim=256)),
+        "XDC": ("xdc", dict(k=10, lr=0.05, feat_dim=128, pca=32, epochs=1, **E2E_VIDEO)),
+        "SeLaVi": ("selavi", dict(k=10, heads=3, lr=0.05, feat_dim=128, label_updates=10,
                                   audio_gain_db=20.0, distribution="gauss", bn_warmup=20, **E2E_VIDEO))}
 GROUPS = ["resnet152", "logmel", "word2vec", "frames"]  # frames: 48-pixel JPEGs, for end-to-end video
 TRAINERS = {"mcn": (MCNConfig, train_mcn), "mmv": (MMVConfig, train_mmv), "xdc": (XDCConfig, train_xdc),
             "selavi": (SeLaViConfig, train_selavi)}
 
 
-def length(method: str, steps: int, clips: int) -> dict:
-    """``steps`` updates of 48 clips, in each trainer's own unit (XDC: iterations of one epoch; SeLaVi: epochs)."""
-    per_epoch = max(1, clips // 48)
+def length(method: str, steps: int, clips: int, batch: int) -> dict:
+    """``steps`` updates of ``batch`` clips, in each trainer's own unit (XDC: iterations of one epoch; SeLaVi:
+    epochs), and the batch in its own unit (MCN: videos of 3 clips)."""
+    per_epoch = max(1, clips // batch)
     if method == "xdc":
-        return {"iterations": max(1, round(steps / per_epoch))}
+        return {"iterations": max(1, round(steps / per_epoch)), "batch_size": batch}
     if method == "selavi":
-        return {"epochs": max(1, round(steps / per_epoch))}
-    return {"steps": steps}
+        return {"epochs": max(1, round(steps / per_epoch)), "batch_size": batch}
+    if method == "mmv":
+        return {"steps": steps, "batch_size": batch}
+    return {"steps": steps, "videos_per_batch": batch // 3}
 
 
 def build(folder: Path, recs, n: int, seed: int, held_out: bool, clip_s: float) -> dict:
@@ -155,6 +158,8 @@ def main():
     ap.add_argument("--train-videos", type=int, default=300)
     ap.add_argument("--test-videos", type=int, default=100)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=24, help="clips per update (MCN: a third as many videos of 3 "
+                    "clips); 24 fits the benchmark in 15 min on 2 CPU cores, 48 learns more (README)")
     ap.add_argument("--clip-seconds", type=float, default=1.0, help="length of each clip; the end-to-end audio "
                     "window is 100 log-mel frames per second of it (1 s holds 99%% of FSDD's recordings whole, "
                     "after the 0.1 s lead; 2 s costs DAVEnet 1.6x the time per update)")
@@ -162,6 +167,8 @@ def main():
     ap.add_argument("--data", help="folder for the videos and stores, reused when it holds them built with the "
                     "same sizes (default: a new temporary folder)")
     args = ap.parse_args()
+    if args.batch % 3:
+        ap.error(f"--batch {args.batch}: MCN's batches are videos of 3 clips; give a multiple of 3")
     t0 = time.time()
     d = Path(args.data or tempfile.mkdtemp(prefix="bench-speech-"))
     if not args.data:  # ~1 GB of videos, stores and checkpoints per run
@@ -188,14 +195,14 @@ def main():
         cls, fit = TRAINERS[method]
         e2e = {**E2E, "audio_frames": round(100 * args.clip_seconds)}
         e2e = {k: v for k, v in e2e.items() if k in cls.__dataclass_fields__}  # XDC has no checkpoint interval
-        fit(cls(store=str(d / "train.zarr"), out=str(out), **{**e2e, **flags, **length(method, args.steps, n_train)}),
-            progress=False)
+        size = length(method, args.steps, n_train, args.batch)
+        fit(cls(store=str(d / "train.zarr"), out=str(out), **{**e2e, **flags, **size}), progress=False)
         table[name] = scores(out, str(d / "test.zarr"))
         timings[name] = time.time() - t
         print(f"{name}: {table[name]} in {timings[name] / 60:.1f} min", flush=True)
     print(f"real speech (FSDD): {args.train_videos} training videos, {args.test_videos} held-out "
-          f"({test.n_clips} clips of {args.clip_seconds:g} s), end-to-end audio, {args.steps} updates of 48 clips "
-          f"(MCN va+all dim 256, 16x3), {torch.get_num_threads()} threads")
+          f"({test.n_clips} clips of {args.clip_seconds:g} s), end-to-end audio, {args.steps} updates of {args.batch} clips "
+          f"(MCN va+all dim 256, {args.batch // 3}x3), {torch.get_num_threads()} threads")
     print(f"{'':38s} {'audio NMI':>10s} {'a->t R@1':>9s} {'speaker NMI':>12s} {'video NMI':>10s} {'minutes':>8s}")
     for name, r in table.items():
         r1 = f"{100 * r['R@1']:8.1f}%" if "R@1" in r else f"{'':9s}"
