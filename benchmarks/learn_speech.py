@@ -201,8 +201,8 @@ def main():
         timings[name] = time.time() - t
         print(f"{name}: {table[name]} in {timings[name] / 60:.1f} min", flush=True)
     print(f"real speech (FSDD): {args.train_videos} training videos, {args.test_videos} held-out "
-          f"({test.n_clips} clips of {args.clip_seconds:g} s), end-to-end audio, {args.steps} updates of {args.batch} clips "
-          f"(MCN va+all dim 256, {args.batch // 3}x3), {torch.get_num_threads()} threads")
+          f"({test.n_clips} clips of {args.clip_seconds:g} s), end-to-end audio, {args.steps} updates of "
+          f"{args.batch} clips (MCN va+all dim 256, {args.batch // 3}x3), {torch.get_num_threads()} threads")
     print(f"{'':38s} {'audio NMI':>10s} {'a->t R@1':>9s} {'speaker NMI':>12s} {'video NMI':>10s} {'minutes':>8s}")
     for name, r in table.items():
         r1 = f"{100 * r['R@1']:8.1f}%" if "R@1" in r else f"{'':9s}"
