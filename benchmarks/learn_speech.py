@@ -18,7 +18,7 @@ audio tells speakers apart); and the NMI of the video embeddings (heads on froze
 features of the drawn digits; XDC's and SeLaVi's: their resnet18's). Each row is printed as its run ends.
 End-to-end video and text learn in tests/test_mcn.py and in `trainers demo`.
 Usage: python benchmarks/learn_speech.py [--train-videos 300 --test-videos 100 --steps 200 --batch 24
-    --clip-seconds 1 --only mcn,xdc --data DIR]
+    --clip-seconds 1 --seed 1 --only mcn,xdc --data DIR]
 """
 import argparse
 import atexit
@@ -163,6 +163,8 @@ def main():
     ap.add_argument("--clip-seconds", type=float, default=1.0, help="length of each clip; the end-to-end audio "
                     "window is 100 log-mel frames per second of it (1 s holds 99%% of FSDD's recordings whole, "
                     "after the 0.1 s lead; 2 s costs DAVEnet 1.6x the time per update)")
+    ap.add_argument("--seed", type=int, default=1, help="every run's training seed (initialisation, batches, "
+                    "augmentation); the videos are the same for every seed")
     ap.add_argument("--only", help="comma-separated parts of run names to train (default: every run)")
     ap.add_argument("--data", help="folder for the videos and stores, reused when it holds them built with the "
                     "same sizes (default: a new temporary folder)")
@@ -196,13 +198,15 @@ def main():
         e2e = {**E2E, "audio_frames": round(100 * args.clip_seconds)}
         e2e = {k: v for k, v in e2e.items() if k in cls.__dataclass_fields__}  # XDC has no checkpoint interval
         size = length(method, args.steps, n_train, args.batch)
-        fit(cls(store=str(d / "train.zarr"), out=str(out), **{**e2e, **flags, **size}), progress=False)
+        fit(cls(store=str(d / "train.zarr"), out=str(out), seed=args.seed, **{**e2e, **flags, **size}),
+            progress=False)
         table[name] = scores(out, str(d / "test.zarr"))
         timings[name] = time.time() - t
         print(f"{name}: {table[name]} in {timings[name] / 60:.1f} min", flush=True)
     print(f"real speech (FSDD): {args.train_videos} training videos, {args.test_videos} held-out "
           f"({test.n_clips} clips of {args.clip_seconds:g} s), end-to-end audio, {args.steps} updates of "
-          f"{args.batch} clips (MCN va+all dim 256, {args.batch // 3}x3), {torch.get_num_threads()} threads")
+          f"{args.batch} clips (MCN va+all dim 256, {args.batch // 3}x3), seed {args.seed}, "
+          f"{torch.get_num_threads()} threads")
     print(f"{'':38s} {'audio NMI':>10s} {'a->t R@1':>9s} {'speaker NMI':>12s} {'video NMI':>10s} {'minutes':>8s}")
     for name, r in table.items():
         r1 = f"{100 * r['R@1']:8.1f}%" if "R@1" in r else f"{'':9s}"
