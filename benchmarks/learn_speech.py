@@ -18,7 +18,7 @@ audio tells speakers apart); and the NMI of the video embeddings (heads on froze
 features of the drawn digits; XDC's and SeLaVi's: their resnet18's). Each row is printed as its run ends.
 End-to-end video and text learn in tests/test_mcn.py and in `trainers demo`.
 SeLaVi trains 3x the updates of the others by default (--selavi-steps): its labels are its own predictions,
-and at 200 updates they are still changing when the run ends (README).
+they settle only after 100 to 250 updates, and its audio learns them after that (README).
 Usage: python benchmarks/learn_speech.py [--train-videos 300 --test-videos 100 --steps 200 --selavi-steps 600
     --batch 24 --clip-seconds 1 --seed 1 --only mcn,xdc --data DIR]
 """
@@ -160,8 +160,8 @@ def main():
     ap.add_argument("--train-videos", type=int, default=300)
     ap.add_argument("--test-videos", type=int, default=100)
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--selavi-steps", type=int, help="SeLaVi's updates (default: 3x --steps; at 200 its labels "
-                    "still change between relabellings when the run ends, and its audio stays at raw log-mel)")
+    ap.add_argument("--selavi-steps", type=int, help="SeLaVi's updates (default: 3x --steps; at 200 its audio "
+                    "stays at raw log-mel: its labels settle late, and its audio learns them after)")
     ap.add_argument("--batch", type=int, default=24, help="clips per update (MCN: a third as many videos of 3 "
                     "clips); 24 fits the benchmark in 15 min on 2 CPU cores with --selavi-steps 200, 48 learns "
                     "more (README)")
