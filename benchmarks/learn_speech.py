@@ -42,10 +42,11 @@ from pipeline.demo import write_video  # noqa: E402
 from pipeline.extract import ExtractConfig, extract  # noqa: E402
 from pipeline.store import FeatureStore  # noqa: E402
 from trainers.evaluate import evaluate  # noqa: E402
-from trainers.mcn import MCNConfig, train as train_mcn  # noqa: E402
-from trainers.mmv import MMVConfig, train as train_mmv  # noqa: E402
-from trainers.selavi import SeLaViConfig, train as train_selavi  # noqa: E402
-from trainers.xdc import XDCConfig, train as train_xdc  # noqa: E402
+from trainers.methods.mcn import MCNConfig  # noqa: E402
+from trainers.methods.mmv import MMVConfig  # noqa: E402
+from trainers.methods.selavi import SeLaViConfig  # noqa: E402
+from trainers.methods.xdc import XDCConfig  # noqa: E402
+from trainers.train import train  # noqa: E402
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 E2E = dict(end_to_end_audio=True, checkpoint_every=10**6)
@@ -61,12 +62,12 @@ RUNS = {"MCN full loss (defaults)": ("mcn", MCN),
         "MCN, MMS only": ("mcn", {**MCN, "no_cluster": True, "no_recon": True}),
         "MMV (FAC), NCE + MIL-NCE": ("mmv", dict(lr=2e-3, warmup=20, candidates=1, dim_va=128, dim_vat=64,
                                                   text_dim=256)),
-        "XDC": ("xdc", dict(k=10, lr=0.05, feat_dim=128, pca=32, epochs=1, **E2E_VIDEO)),
-        "SeLaVi": ("selavi", dict(k=10, heads=3, lr=0.1, feat_dim=128, label_updates=10,
+        "XDC": ("xdc", dict(clusters=10, lr=0.05, dim=128, pca=32, epochs=1, **E2E_VIDEO)),
+        "SeLaVi": ("selavi", dict(clusters=10, heads=3, lr=0.1, dim=128, label_updates=10,
                                   audio_gain_db=20.0, distribution="gauss", bn_warmup=20, **E2E_VIDEO))}
 GROUPS = ["resnet152", "logmel", "word2vec", "frames"]  # frames: 48-pixel JPEGs, for end-to-end video
-TRAINERS = {"mcn": (MCNConfig, train_mcn), "mmv": (MMVConfig, train_mmv), "xdc": (XDCConfig, train_xdc),
-            "selavi": (SeLaViConfig, train_selavi)}
+TRAINERS = {"mcn": (MCNConfig, train), "mmv": (MMVConfig, train), "xdc": (XDCConfig, train),
+            "selavi": (SeLaViConfig, train)}
 
 
 def length(method: str, steps: int, clips: int, batch: int) -> dict:

@@ -111,7 +111,7 @@ def main():
           f"{at:10.1f} MB")
 
     from train import bare_rate  # the same measurement as benchmarks/train.py, on the smallest store
-    from trainers.mcn import MCNConfig
+    from trainers.methods.mcn import MCNConfig
 
     small = root / f"v{args.videos[0]}"
     cfg = MCNConfig(store=str(small / "features.zarr"), out=str(small / "rate"), combo="va+all", dim=1024,

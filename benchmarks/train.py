@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from synthetic import planted_store  # noqa: E402  (the planted synthetic store of the tests)
 
 from trainers.data import ClipReader  # noqa: E402
-from trainers.loop import autocast  # noqa: E402
-from trainers.mcn import Clusterer, MCNConfig, MCNSampler, build_model, clip_spec, losses_for, train  # noqa: E402
+from trainers.run import autocast  # noqa: E402
+from trainers.methods.mcn import Clusterer, MCNConfig, MCNSampler, build_model, clip_spec, losses_for  # noqa: E402
+from trainers.train import train  # noqa: E402
 
 WARM = 5
 

@@ -8,7 +8,8 @@ import pytest
 from pipeline.store import FeatureStore
 from trainers.crosstask import align, crosstask, ground_truth, recall, summarise
 from trainers.evaluate import evaluate
-from trainers.mcn import MCNConfig, train
+from trainers.methods.mcn import MCNConfig
+from trainers.train import train
 
 
 def small(store, out, **kw):

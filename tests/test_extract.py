@@ -194,6 +194,7 @@ def test_retry_failed_picks_up_a_video_that_arrived(odd_dataset, weights, tmp_pa
     assert "missing" not in summary["status"]["logmel"] and summary["status"]["logmel"]["ok"] == 4
 
 
+@pytest.mark.slow
 def test_dask_workers_give_the_same_store(odd_dataset, weights, odd_store, tmp_path):
     store = tmp_path / "dask.zarr"
     extract(config(odd_dataset, store, weights, workers=2))
@@ -206,6 +207,7 @@ def test_dask_workers_give_the_same_store(odd_dataset, weights, odd_store, tmp_p
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_then_rerun_gives_the_same_store(odd_dataset, weights, tmp_path):
     cmd = [sys.executable, "-m", "pipeline.cli", "extract", "--manifest", odd_dataset["manifest"],
            "--captions", odd_dataset["captions"], "--video-root", odd_dataset["video_root"],
@@ -493,7 +495,8 @@ def test_3d_and_hf_groups_extract_in_the_same_decode_as_direct_calls(odd_dataset
 @pytest.mark.parametrize("fmt", ["npy", "h5"])
 def test_export_import_round_trip_then_train_and_eval(odd_store, odd_dataset, weights, tmp_path, fmt):
     from trainers.evaluate import evaluate
-    from trainers.mcn import MCNConfig, train
+    from trainers.methods.mcn import MCNConfig
+    from trainers.train import train
 
     out = tmp_path / ("feats" if fmt == "npy" else "feats.h5")
     r = run_cli("export", "--store", str(odd_store[0]), "--group", "resnet152", "--format", fmt, "--out", str(out),
@@ -585,6 +588,7 @@ def test_precision_is_recorded_and_a_store_never_mixes_precisions(odd_dataset, w
         extract(config(odd_dataset, store, weights, groups=["resnet152"], precision="fp32"))
 
 
+@pytest.mark.slow
 def test_dashboard_is_started_and_its_address_printed(odd_dataset, weights, tmp_path, capsys):
     import urllib.request
 
@@ -647,6 +651,7 @@ def test_cuda_extraction_on_a_gpu_worker_gives_the_cpu_store(odd_dataset, weight
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_decode_workers_on_daemonic_scheduler_workers_say_how_to_start_them(odd_dataset, weights, tmp_path):
     from dask.distributed import LocalCluster
 

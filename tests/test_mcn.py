@@ -15,7 +15,8 @@ import zarr
 from pipeline.store import FeatureStore
 from trainers.data import MERGE_CAP, ClipReader, ClipSpec, merge_captions, step_loader
 from trainers.evaluate import evaluate
-from trainers.mcn import MCNConfig, MCNSampler, clip_spec, train
+from trainers.methods.mcn import MCNConfig, MCNSampler, clip_spec
+from trainers.train import train
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 
@@ -158,24 +159,6 @@ def class_level_v_to_t(run: Path, store: Path) -> float:
     return float((label[top] == label).mean())
 
 
-@pytest.fixture(scope="module")
-def framed(tmp_path_factory):
-    """Planted 4-class stores (train 32 videos, eval 12) with a frames group: each second's JPEG shows the
-    video's class (a colour and a bar; features/jpeg.py's encoder), its captions name the class's words."""
-    from synthetic import add_frames, planted_store
-
-    rng = np.random.default_rng(0)
-    words = rng.normal(size=(48, 300))
-    mixers = rng.normal(size=(300, 64)) / 10, rng.normal(size=(300, 1024)) / 10
-    d = tmp_path_factory.mktemp("framed")
-    out = []
-    for name, n, seed in (("train", 32, 5), ("eval", 12, 6)):
-        store = planted_store(d / f"{name}.zarr", n, seed, words, mixers, classes=4)
-        add_frames(store, [[v % 4] * 8 for v in range(n)], seed=seed)  # 4 clips of 2 s: 8 frames per video
-        out.append(store)
-    return out
-
-
 def test_end_to_end_video_trains_a_cnn_on_the_cached_jpeg_frames(framed, tmp_path, device):
     """--end-to-end-video ARCH: a torchvision CNN reads each clip's cached JPEG frames (decoded, scaled,
     cropped in the loader) and learns the planted class structure with the MCN losses; frames are the
@@ -184,7 +167,7 @@ def test_end_to_end_video_trains_a_cnn_on_the_cached_jpeg_frames(framed, tmp_pat
 
     from PIL import Image
 
-    from trainers.mcn import build_model
+    from trainers.methods.mcn import build_model
 
     train_store, eval_store = framed
     cfg = small(train_store, tmp_path / "run", combo="vt", end_to_end_video="resnet18", video_frames=2,
@@ -212,6 +195,7 @@ def test_end_to_end_video_trains_a_cnn_on_the_cached_jpeg_frames(framed, tmp_pat
         build_model(replace(cfg, end_to_end_video="nonet"), 2, 300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["xdc", "selavi"])
 def test_pseudo_label_methods_train_a_video_cnn_on_the_cached_frames(framed, tmp_path, method, device):
     """--end-to-end-video for XDC and SeLaVi: the CNN under the video encoder reads each clip's cached JPEG
@@ -219,14 +203,15 @@ def test_pseudo_label_methods_train_a_video_cnn_on_the_cached_frames(framed, tmp
     from sklearn.cluster import KMeans
     from sklearn.metrics import normalized_mutual_info_score
 
-    from trainers.selavi import SeLaViConfig, train as train_selavi
-    from trainers.xdc import XDCConfig, train as train_xdc
+    from trainers.methods.selavi import SeLaViConfig
+    from trainers.train import train
+    from trainers.methods.xdc import XDCConfig
 
     train_store, eval_store = framed
     common = dict(store=str(train_store), end_to_end_video="resnet18", video_frames=2, frame_size=32, crop_size=28,
-                  k=4, batch_size=16, feat_dim=32, loader_workers=0, device=device)
-    cfg, fit = {"xdc": (XDCConfig(**common, out="", iterations=3, epochs=2, pca=8), train_xdc),
-                "selavi": (SeLaViConfig(**common, out="", heads=2, epochs=6, label_updates=4), train_selavi)}[method]
+                  clusters=4, batch_size=16, dim=32, loader_workers=0, device=device)
+    cfg, fit = {"xdc": (XDCConfig(**common, out="", iterations=3, epochs=2, pca=8), train),
+                "selavi": (SeLaViConfig(**common, out="", heads=2, epochs=6, label_updates=4), train)}[method]
 
     def video_nmi(run):
         fit(replace(cfg, out=str(run), **run_flags), progress=False)
@@ -249,6 +234,7 @@ def test_pseudo_label_methods_train_a_video_cnn_on_the_cached_frames(framed, tmp
     assert after > 0.95 and after >= before, (before, after)
 
 
+@pytest.mark.slow
 def test_end_to_end_towers_combine_with_combos_and_a_killed_run_resumes_bit_identically(framed, tmp_path):
     """--combo va+all with end-to-end audio, video and text at once: every tower trains, and a run stopped
     right after a checkpoint resumes (augmentations, k-means, loader workers included) to the same weights."""
@@ -257,7 +243,7 @@ def test_end_to_end_towers_combine_with_combos_and_a_killed_run_resumes_bit_iden
     from synthetic import add_hf_text, tiny_text_model
 
     from pipeline.store import write_part
-    from trainers import loop
+    from trainers import run as loop
 
     store = tmp_path / "all.zarr"
     shutil.copytree(framed[0], store)
@@ -294,7 +280,7 @@ def test_end_to_end_towers_combine_with_combos_and_a_killed_run_resumes_bit_iden
     a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    from trainers.mcn import build_model
+    from trainers.methods.mcn import build_model
 
     torch.manual_seed(cfg.seed)
     init = build_model(cfg, 2, 300).state_dict()
@@ -305,6 +291,7 @@ def test_end_to_end_towers_combine_with_combos_and_a_killed_run_resumes_bit_iden
     assert r["retrieval"]["t->v"]["N"] == s.n_clips
 
 
+@pytest.mark.slow
 def test_end_to_end_text_trains_a_hugging_face_encoder_on_the_cached_token_ids(planted, tmp_path, capsys, device):
     """--end-to-end-text FOLDER: the encoder (a tiny BERT here) reads the hf_text group's tokenizer ids of each
     clip's merged captions, is trained with the MCN losses, and learns the planted text-video structure."""
@@ -313,7 +300,7 @@ def test_end_to_end_text_trains_a_hugging_face_encoder_on_the_cached_token_ids(p
     from synthetic import add_hf_text, tiny_text_model
     from transformers import AutoTokenizer
 
-    from trainers.mcn import build_model
+    from trainers.methods.mcn import build_model
 
     folder = tmp_path / "bert"
     start = tiny_text_model(folder, [f"w{i}" for i in range(48)])
@@ -396,17 +383,19 @@ def test_every_trainer_flag_says_what_it_does_and_its_default(capsys):
     and its default."""
     from dataclasses import fields
 
-    from trainers.cli import METHODS, field_comments, main
+    from pipeline.config import field_comments
+    from trainers.cli import main
+    from trainers.methods import methods
 
-    for name, (cls, _) in METHODS.items():
+    for name, cls in ((name, m.Config) for name, m in methods().items()):
         comments = field_comments(cls)
         assert all(comments.get(f.name) for f in fields(cls)), (name, [f.name for f in fields(cls)
                                                                        if not comments.get(f.name)])
         with pytest.raises(SystemExit):
             main([name, "--help"])
         text = " ".join(capsys.readouterr().out.split())
-        assert text.count("(default") == sum(f.type not in (bool, "bool") and f.name not in ("store", "out")
-                                              for f in fields(cls)), name
+        assert text.count("(default") == sum(f.name not in ("store", "out") for f in fields(cls)), name
+        assert text.count("(required)") == 2, name
         if name == "mcn":
             assert ("--margin MARGIN MMS and clustering margin delta, on raw dot products (MCN: 0.001) "
                     "(default 0.001)") in text
@@ -416,8 +405,9 @@ def test_a_store_without_usable_clips_says_what_is_missing(planted, tmp_path):
     import shutil
 
     from pipeline.store import write_part
-    from trainers.mmv import MMVConfig, train as train_mmv
-    from trainers.xdc import XDCConfig, train as train_xdc
+    from trainers.methods.mmv import MMVConfig
+    from trainers.train import train
+    from trainers.methods.xdc import XDCConfig
 
     store = tmp_path / "broken.zarr"
     shutil.copytree(planted[0], store)
@@ -425,8 +415,8 @@ def test_a_store_without_usable_clips_says_what_is_missing(planted, tmp_path):
     write_part(store, 0, "resnet152", [None] * n, ["decode_error"] * n, ["corrupt"] * n, [0.0] * n, 64,
                replace=True)
     for train_fn, cfg in ((train, small(store, tmp_path / "mcn")),
-                          (train_mmv, MMVConfig(store=str(store), out=str(tmp_path / "mmv"), batch_size=8)),
-                          (train_xdc, XDCConfig(store=str(store), out=str(tmp_path / "xdc"), k=4))):
+                          (train, MMVConfig(store=str(store), out=str(tmp_path / "mmv"), batch_size=8)),
+                          (train, XDCConfig(store=str(store), out=str(tmp_path / "xdc"), clusters=4))):
         with pytest.raises(ValueError, match=r"0 have resnet152 ok.*pipeline status"):
             train_fn(cfg, progress=False)
 
@@ -441,7 +431,7 @@ def test_resume_with_other_settings_is_refused_naming_them(planted, tmp_path):
 
 def test_clips_outside_the_video_are_dropped_and_counted_never_zero_features(odd_dataset, weights, tmp_path):
     from pipeline.extract import ExtractConfig, extract
-    from trainers.mmv import MMVConfig, clip_spec as mmv_spec
+    from trainers.methods.mmv import MMVConfig, clip_spec as mmv_spec
 
     rows = tmp_path / "clips.csv"
     rows.write_text("video_id,start,end,text\ngood0,0,2,cut the onion\ngood0,100,200,knead dough\n"
@@ -463,7 +453,7 @@ def test_clips_outside_the_video_are_dropped_and_counted_never_zero_features(odd
 def test_training_stops_on_a_non_finite_loss(planted, tmp_path):
     import shutil
 
-    from trainers.loop import NonFiniteLoss
+    from trainers.run import NonFiniteLoss
 
     store = tmp_path / "nan.zarr"
     shutil.copytree(planted[0], store)
@@ -495,6 +485,7 @@ def with_3d_group(src, dst, dim=32):
     return dst
 
 
+@pytest.mark.slow
 def test_several_video_groups_are_pooled_per_group_and_concatenated(planted, tmp_path):
     store = with_3d_group(planted[0], tmp_path / "train.zarr")
     cfg = small(str(store), tmp_path / "run", video_groups="resnet152,r3d_18", min_time=3.0)
@@ -524,13 +515,13 @@ def test_several_video_groups_are_pooled_per_group_and_concatenated(planted, tmp
 
 def test_mcn_fidelity_warmup_refit_period_and_eval_audio_pooling():
     """Three details pinned against the MCN authors' code (spec: shared/spec/mcn.md)."""
-    from trainers.loop import warmup_cosine
+    from trainers.run import warmup_cosine
     from trainers.model import MCN
 
     f = warmup_cosine(10, 110)  # get_cosine_schedule_with_warmup: step / warmup, the first update at lr 0
     assert (f(0), f(5), f(10), f(60), f(110)) == (0.0, 0.5, 1.0, pytest.approx(0.5), pytest.approx(0.0))
     # k-means refits when the batch index within the epoch is a multiple of the period: 7 steps/epoch, period 5
-    from trainers.mcn import losses_for
+    from trainers.methods.mcn import losses_for
 
     class Recorder:
         centroids, refits = torch.zeros(2, 8), []
@@ -566,7 +557,7 @@ def test_end_to_end_audio_detached_recon_targets_silence_padding_and_pooling_of_
     floor, pooled over the clip's own frames; MCN's behaviour stays behind --recon-targets mcn
     --audio-padding mcn."""
     from trainers.data import LOGMEL_FLOOR
-    from trainers.mcn import build_model
+    from trainers.methods.mcn import build_model
 
     torch.manual_seed(0)
     cfg = MCNConfig(store="x", out="y", combo="va+all", dim=8, end_to_end_audio=True, recon_targets="detached")
@@ -594,7 +585,7 @@ def test_input_recon_targets_are_fixed_summaries_of_each_towers_input():
     """--recon-targets input: a trainable tower reconstructs its input, not its output. Audio: the clip's
     log-mel mean and std per band over its own frames, on [0, 1]; text: the mean of the caption's word vectors
     (padding rows left out); video: its features, as before. Each target L2-normalised, none a lever."""
-    from trainers.mcn import build_model
+    from trainers.methods.mcn import build_model
 
     torch.manual_seed(0)
     cfg = MCNConfig(store="x", out="y", combo="va+at", dim=8, end_to_end_audio=True, recon_targets="input")
@@ -704,13 +695,14 @@ def test_unnormalised_frozen_audio_is_named_and_normalize_audio_fixes_it(planted
     assert "frozen audio features" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_end_to_end_audio_on_real_speech_collapses_with_mcns_settings_and_not_with_the_defaults(tmp_path):
     """Real recordings (FSDD). MCN's settings (reconstruction targets not detached, 0 dB padding pooled):
     the reconstruction loss falls by collapsing the DAVEnet tower, every clip's audio embedding is the same
     vector. The defaults (input summaries as targets, silence padding, the clip's own frames pooled) keep them
     apart."""
     from synthetic import recordings, speech_store
-    from trainers.mcn import build_model
+    from trainers.methods.mcn import build_model
 
     store = speech_store(tmp_path / "s.zarr", recordings(FSDD, range(0, 6)), 40, clips_per_video=2, lead=0.1)
     cos = {}
@@ -735,6 +727,7 @@ def test_end_to_end_audio_on_real_speech_collapses_with_mcns_settings_and_not_wi
     assert cos["defaults"] < 0.9 and cos["defaults recon"] > 0.3, cos
 
 
+@pytest.mark.slow
 def test_end_to_end_audio_learns_the_spoken_digit_with_the_full_loss(tmp_path, device):
     """benchmarks/learn_speech.py in small: DAVEnet trained end to end on real recordings (FSDD, three digits)
     with MCN's full loss at the defaults; on held-out recordings its audio embeddings cluster by the spoken digit

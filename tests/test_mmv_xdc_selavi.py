@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -6,9 +7,10 @@ import torch
 
 from trainers.evaluate import evaluate
 from trainers.losses import milnce, sinkhorn_labels
-from trainers.mmv import MMV, MMVConfig, train as train_mmv
-from trainers.selavi import SeLaViConfig, hungarian_alignment, marginals, train as train_selavi, update_steps
-from trainers.xdc import TARGETS, XDCConfig, balanced_sample, cluster, train as train_xdc
+from trainers.methods.mmv import MMV, MMVConfig
+from trainers.methods.selavi import SeLaViConfig, hungarian_alignment, marginals, update_steps
+from trainers.methods.xdc import TARGETS, XDCConfig, balanced_sample, cluster
+from trainers.train import train
 
 
 # ---- losses: the spec's hand-computed values (B=2, tau=1, z_v = z_a = I) ---------------------------
@@ -113,7 +115,7 @@ def test_balanced_sampler_draws_clusters_equally():
 def test_mmv_fac_learns_retrieval(stores, tmp_path, device):
     cfg = MMVConfig(store=str(stores["train"]), out=str(tmp_path / "mmv"), batch_size=64, steps=150, warmup=10,
                     lr=2e-3, candidates=3, dim_va=64, dim_vat=32, text_dim=128, device=device)
-    train_mmv(cfg, progress=False)
+    train(cfg, progress=False)
     r = evaluate(tmp_path / "mmv", str(stores["eval"]))
     chance = 1 / r["retrieval"]["t->v"]["N"]
     assert r["retrieval"]["t->v"]["R@1"] > 10 * chance, r["retrieval"]["t->v"]
@@ -124,7 +126,7 @@ def test_mmv_fac_learns_retrieval(stores, tmp_path, device):
 def test_mmv_graphs_and_fac_shares_the_va_to_vat_head(graph, stores, tmp_path):
     cfg = MMVConfig(store=str(stores["train"]), out=str(tmp_path / graph), graph=graph, batch_size=32, steps=3,
                     warmup=1, dim_va=16, dim_vat=8, text_dim=16, loss="paper")
-    assert train_mmv(cfg, progress=False)["steps"] == 3
+    assert train(cfg, progress=False)["steps"] == 3
     fac = MMV("fac", 64, 1024, 300, 16, 8, 16).eval()
     video = torch.randn(2, 64)
     spaces = fac.embed(video, torch.randn(2, 1024), torch.randn(2, 5, 300))
@@ -136,18 +138,18 @@ def test_mmv_graphs_and_fac_shares_the_va_to_vat_head(graph, stores, tmp_path):
 
 def test_xdc_clusters_recover_the_planted_classes(stores, tmp_path, device):
     # 192 clips: PCA-whitening to many dims would amplify noise directions, so L2 only (--pca 0)
-    cfg = XDCConfig(store=str(stores["classes"]), out=str(tmp_path / "xdc"), k=4, iterations=4, epochs=2,
+    cfg = XDCConfig(store=str(stores["classes"]), out=str(tmp_path / "xdc"), clusters=4, iterations=4, epochs=2,
                     batch_size=32, pca=0, device=device)
-    out = train_xdc(cfg, progress=False)
+    out = train(cfg, progress=False)
     for source in ("cluster_v", "cluster_a"):  # chance NMI here is ~0.02
         assert out["metrics"]["task"][source]["NMI"] > 0.8, out["metrics"]["task"]
     assert (tmp_path / "xdc" / "labels.csv").read_text().count("\n") == 193
 
 
 def test_selavi_heads_recover_the_planted_classes(stores, tmp_path, device):
-    cfg = SeLaViConfig(store=str(stores["classes"]), out=str(tmp_path / "selavi"), heads=3, k=4, epochs=15,
+    cfg = SeLaViConfig(store=str(stores["classes"]), out=str(tmp_path / "selavi"), heads=3, clusters=4, epochs=15,
                        batch_size=32, label_updates=10, distribution="gauss", device=device)
-    out = train_selavi(cfg, progress=False)
+    out = train(cfg, progress=False)
     # best head over seeds 0-2 (chance ~0.02): CPU 0.31 / 0.56 / 0.54; H200, bf16 0.38 / 0.46 / 0.48, fp32 0.37 /
     # 0.41 / 0.47. The CPU run at the default seed is deterministic; a GPU's sums run in another order.
     assert out["best_head"]["task"]["NMI"] > (0.5 if device == "cpu" else 0.3), out["best_head"]
@@ -156,46 +158,54 @@ def test_selavi_heads_recover_the_planted_classes(stores, tmp_path, device):
 
 
 def test_xdc_resumes_at_iteration_boundaries(stores, tmp_path):
-    base = dict(store=str(stores["classes"]), k=4, epochs=1, batch_size=32, pca=0)
-    full = train_xdc(XDCConfig(out=str(tmp_path / "full"), iterations=3, **base), progress=False)
-    train_xdc(XDCConfig(out=str(tmp_path / "cut"), iterations=2, **base), progress=False)
-    resumed = train_xdc(XDCConfig(out=str(tmp_path / "cut"), iterations=3, resume=True, **base), progress=False)
+    base = dict(store=str(stores["classes"]), clusters=4, epochs=1, batch_size=32, pca=0)
+    full = train(XDCConfig(out=str(tmp_path / "full"), iterations=3, **base), progress=False)
+    train(XDCConfig(out=str(tmp_path / "cut"), iterations=2, **base), progress=False)
+    resumed = train(XDCConfig(out=str(tmp_path / "cut"), iterations=3, resume=True, **base), progress=False)
     assert full["metrics"] == resumed["metrics"]
     assert (tmp_path / "full" / "labels.csv").read_text() == (tmp_path / "cut" / "labels.csv").read_text()
 
 
 def test_xdc_resumes_inside_an_iteration_to_the_same_weights(stores, tmp_path, monkeypatch):
     """An iteration is an epoch of the whole dataset: a run killed inside one resumes from its last
-    --checkpoint-every step (heads, their optimiser, the losses so far), not from the iteration's start."""
-    import trainers.xdc
+    --checkpoint-every step (heads, their optimiser, the labels), not from the iteration's start."""
+    import trainers.methods.xdc
+    import trainers.train
 
-    base = dict(store=str(stores["classes"]), k=4, epochs=2, batch_size=16, pca=0, iterations=2, checkpoint_every=2,
+    base = dict(store=str(stores["classes"]), clusters=4, epochs=2, batch_size=16, pca=0, iterations=2, checkpoint_every=2,
                 loader_workers=0)
-    full = train_xdc(XDCConfig(out=str(tmp_path / "full"), **base), progress=False)
-    steps = []
-    real_check = trainers.xdc.check_finite
+    full = train(XDCConfig(out=str(tmp_path / "full"), **base), progress=False)
+    real_check = trainers.train.check_finite
+    per_iteration = 2 * (192 // 16)
 
-    def dies_at_step_5_of_iteration_1(loss, it, store):
-        steps.append(it)
-        if steps.count(1) == 5:
+    def dies_at_step_5_of_iteration_1(loss, step, store):
+        if step == per_iteration + 4:
             raise KeyboardInterrupt
-        real_check(loss, it, store)
+        real_check(loss, step, store)
 
-    monkeypatch.setattr(trainers.xdc, "check_finite", dies_at_step_5_of_iteration_1)
+    monkeypatch.setattr(trainers.train, "check_finite", dies_at_step_5_of_iteration_1)
     with pytest.raises(KeyboardInterrupt):
-        train_xdc(XDCConfig(out=str(tmp_path / "cut"), **base), progress=False)
-    monkeypatch.setattr(trainers.xdc, "check_finite", real_check)
+        train(XDCConfig(out=str(tmp_path / "cut"), **base), progress=False)
+    monkeypatch.setattr(trainers.train, "check_finite", real_check)
     relabel_calls = []
-    real_relabel = trainers.xdc.relabel
-    monkeypatch.setattr(trainers.xdc, "relabel", lambda *a: relabel_calls.append(a[-1]) or real_relabel(*a))
-    resumed = train_xdc(XDCConfig(out=str(tmp_path / "cut"), resume=True, **base), progress=False)
+    real_relabel = trainers.methods.xdc.relabel
+    monkeypatch.setattr(trainers.methods.xdc, "relabel", lambda *a: relabel_calls.append(a[-1]) or real_relabel(*a))
+    resumed = train(XDCConfig(out=str(tmp_path / "cut"), resume=True, **base), progress=False)
     assert relabel_calls == []  # iteration 1's labels came from the checkpoint at its step 4
     assert full["metrics"] == resumed["metrics"]
-    assert (tmp_path / "full" / "metrics.jsonl").read_text().count("\n") == 2
+
+    def log(run):
+        rows = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("time", "input_wait")} for r in rows]
+    # every --log-every (10) steps, the last, and each relabelling (steps 0 and 24) with its NMI to the last one
+    assert [r["step"] for r in log("full")] == [0, 10, 20, 24, 30, 40, 47]
+    assert "nmi_prev_v" in log("full")[3] and "clusters_a" in log("full")[0]
+    assert log("full") == log("cut")
     for name in ("labels.csv", "model.pt"):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes(), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mmv", "xdc", "selavi"])
 def test_every_method_trains_the_end_to_end_audio_tower_on_real_speech(method, tmp_path, monkeypatch, device):
     """--end-to-end-audio for MMV, XDC and SeLaVi: DAVEnet on the cached log-mel of real recordings (FSDD) is
@@ -223,9 +233,9 @@ def test_every_method_trains_the_end_to_end_audio_tower_on_real_speech(method, t
     common = dict(store=store, out=out, end_to_end_audio=True, audio_frames=128, batch_size=16, loader_workers=0,
                   device=device)
     cfg = {"mmv": lambda: MMVConfig(**common, steps=4, warmup=1, candidates=1, dim_va=16, dim_vat=8, text_dim=16),
-           "xdc": lambda: XDCConfig(**common, k=4, iterations=2, pca=0, feat_dim=16),
-           "selavi": lambda: SeLaViConfig(**common, k=4, heads=2, epochs=2, label_updates=2, feat_dim=16)}[method]()
-    {"mmv": train_mmv, "xdc": train_xdc, "selavi": train_selavi}[method](cfg, progress=False)
+           "xdc": lambda: XDCConfig(**common, clusters=4, iterations=2, pca=0, dim=16),
+           "selavi": lambda: SeLaViConfig(**common, clusters=4, heads=2, epochs=2, label_updates=2, dim=16)}[method]()
+    {"mmv": train, "xdc": train, "selavi": train}[method](cfg, progress=False)
     _, _, model = load_run(out)
     tower = [m for m in model.modules() if isinstance(m, DAVEnet)]
     assert len(tower) == 1 and len(made) == 2  # the run's, and the one load_run built
@@ -241,18 +251,18 @@ def test_selavi_first_labels_see_batchnorm_statistics_of_the_data(stores, tmp_pa
     data, so each modality's encoder output has the unit scale its final BatchNorm gives it in training. At
     their initial (0, 1) the scales follow the raw inputs instead (here the video encoder's outputs have std 0.03
     and the audio's 0.18), and the joint p_v * p_a follows whichever modality happens to be larger."""
-    import trainers.selavi
+    import trainers.methods.selavi
 
     scales = []
-    real = trainers.selavi.features
+    real = trainers.methods.selavi.features
 
     def first_pass(model, clips, cfg):
         feats = real(model, clips, cfg)
         scales.append({m: float(x.std(0).mean()) for m, x in feats.items()})
         return feats
 
-    monkeypatch.setattr(trainers.selavi, "features", first_pass)
-    train_selavi(SeLaViConfig(store=str(stores["classes"]), out=str(tmp_path / "s"), heads=1, k=4, epochs=1,
+    monkeypatch.setattr(trainers.methods.selavi, "features", first_pass)
+    train(SeLaViConfig(store=str(stores["classes"]), out=str(tmp_path / "s"), heads=1, clusters=4, epochs=1,
                               batch_size=8, label_updates=1, bn_warmup=warmup, loader_workers=0), progress=False)
     first = scales[0]
     if warmup:

@@ -159,9 +159,10 @@ def test_open_is_lazy_and_old_layouts_name_the_rebuild_command(tmp_path):
 
 
 def test_xdc_fitted_on_a_sample_assigns_every_clip(stores, tmp_path):
-    from trainers.xdc import XDCConfig, train
+    from trainers.methods.xdc import XDCConfig
+    from trainers.train import train
 
-    cfg = XDCConfig(store=str(stores["classes"]), out=str(tmp_path / "xdc"), k=4, iterations=4, epochs=2,
+    cfg = XDCConfig(store=str(stores["classes"]), out=str(tmp_path / "xdc"), clusters=4, iterations=4, epochs=2,
                     batch_size=32, pca=0, fit_points=96, loader_workers=0)
     out = train(cfg, progress=False)  # 192 clips, k-means fitted on 96 of them each iteration
     for source in ("cluster_v", "cluster_a"):

@@ -1,58 +1,26 @@
-"""`trainers` command line: mcn, eval, report."""
+"""`trainers` command line: one subcommand per registered method, then eval, compare, crosstask, probe,
+report, map, demo."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 
-from . import mcn, mmv, selavi, xdc
-from .mcn import MCNConfig
-from .mmv import MMVConfig
-from .selavi import SeLaViConfig
-from .xdc import XDCConfig
+from pipeline.config import add_dataclass_args, config_from_args
+
+from .method import RENAMED
+from .methods import methods
 
 
-def field_comments(cls) -> dict[str, str]:
-    """Each field's comment in the dataclass source: the ``#`` lines right above it and the one after it."""
-    import inspect
-    import re
-
-    out, above = {}, []
-    lines = [line for klass in cls.__mro__[:-1] for line in inspect.getsource(klass).splitlines()]  # bases too
-    for line in lines:
-        text = line.strip()
-        if text.startswith("#"):
-            above.append(text.lstrip("# "))
-        elif m := re.match(r"(\w+): [^=#]+(?:=[^#]*)?(?:#\s*(.*))?$", text):
-            out[m.group(1)] = " ".join([*above, m.group(2) or ""]).strip()
-            above = []
-        else:
-            above = []
-    return out
-
-
-def add_dataclass_args(p: argparse.ArgumentParser, cls) -> None:
-    """One --flag per dataclass field (bools become switches), its help the field's comment and default."""
-    notes = field_comments(cls)
-    for f in sorted(fields(cls), key=lambda f: f.name not in cls.__annotations__):  # its own first, then bases
-        flag, note = "--" + f.name.replace("_", "-"), notes.get(f.name, "")
-        if f.type in (bool, "bool"):
-            p.add_argument(flag, action="store_true", help=note or None)
-        elif f.default is MISSING:
-            p.add_argument(flag, required=True, help=note or None)
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), type(f.default) if f.default is not None else str)
-            p.add_argument(flag, type=kind, default=f.default,
-                           help=f"{note} (default {f.default if f.default != '' else 'none'})".lstrip())
-
-
-def trainer(name: str):
-    """`trainers <method>`: fill the method's config dataclass from the flags and train."""
+def trainer(name: str, cls, parser: argparse.ArgumentParser):
+    """`trainers <method>`: the method's config from the flags (over a --config file) and train."""
     def run(args) -> int:
-        cls, train = METHODS[name]
-        cfg = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        from .train import train
+
+        if args.config and (was := json.loads(Path(args.config).read_text()).get("method", name)) != name:
+            parser.error(f"--config {args.config} is a {was} run's; use `trainers {was} --config ...`")
+        cfg = config_from_args(cls, args, parser, RENAMED)
         out = train(cfg, progress=not args.no_progress)
         print(json.dumps({k: v for k, v in out.items() if k not in ("metrics", "best_head", "mean_over_heads")}))
         if "metrics" in out:
@@ -62,13 +30,6 @@ def trainer(name: str):
         return 0
     return run
 
-
-METHODS = {"mcn": (MCNConfig, mcn.train), "mmv": (MMVConfig, mmv.train), "xdc": (XDCConfig, xdc.train),
-           "selavi": (SeLaViConfig, selavi.train)}
-HELP = {"mcn": "MCN heads (MMS + clustering + reconstruction) over cached features",
-        "mmv": "MMV FAC/shared/disjoint heads with NCE (video-audio) and MIL-NCE (video-text)",
-        "xdc": "XDC / MDC / CDC / SDC: k-means pseudo-labels from one modality supervise the other",
-        "selavi": "SeLaVi: Sinkhorn-Knopp pseudo-labels shared by video and audio, several heads"}
 
 
 def cmd_eval(args) -> int:
@@ -149,11 +110,12 @@ def cmd_map(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainers", description="Train and evaluate models on a feature store.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name, help_text in HELP.items():
-        p = sub.add_parser(name, help=help_text)
-        add_dataclass_args(p, METHODS[name][0])
+    for name, method in methods().items():
+        p = sub.add_parser(name, help=method.help, description=method.help)
+        add_dataclass_args(p, method.Config, {new: [old] for old, new in RENAMED.items()
+                                              if new in method.Config.__dataclass_fields__})
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.set_defaults(fn=trainer(name))
+        p.set_defaults(fn=trainer(name, method.Config, p))
     p = sub.add_parser("eval", help="retrieval and clustering on a held-out store; exports embeddings")
     p.add_argument("--run", required=True, help="a run folder (`trainers <method> --out`)")
     p.add_argument("--store", required=True, help="the held-out feature store to embed and score")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .data import FRAMES_GROUP, ClipReader, ClipSpec, check_augment, step_loader, video_groups
-from .loop import autocast
+from .run import autocast
 from .metrics import clustering_metrics
 from .towers import VideoTower, audio_head, encode_audio
 

@@ -130,20 +130,18 @@ def crosstask(run: str | Path, store: str, steps_path: str, annotations_path: st
               chance_draws: int = 20) -> dict:
     from pipeline.store import FeatureStore
 
-    from .data import ClipReader
-    from .evaluate import load_run
-    from .mcn import MCNConfig, clip_spec, video_input
-    from .mmv import MMVConfig, clip_spec as mmv_spec
+    from .data import ClipReader, video_input
+    from .evaluate import eval_spec, load_run
     from .texts import embed_texts
 
-    cfg, _, model = load_run(run)
-    if not isinstance(cfg, (MCNConfig, MMVConfig)):
+    cfg, raw, model = load_run(run)
+    spec = eval_spec(cfg)
+    if "t" not in spec.modalities:
         raise ValueError(f"{run}: CrossTask scores seconds against step texts: it needs a run with a text space "
-                         "(MCN or MMV)")
+                         f"(MCN or MMV; this is a {raw.get('method')} run)")
     steps = read_steps(steps_path)
     notes = read_annotations(annotations_path, steps)
     s = FeatureStore(store)
-    spec = clip_spec(cfg, min_time=0.0) if isinstance(cfg, MCNConfig) else mmv_spec(cfg, "va", 0.0, 0)
     reader = ClipReader(s, replace(spec, modalities="".join(m for m in "va" if m in spec.modalities)))
     texts = {task: embed_texts(model, cfg, s, words, word2vec) for task, words in steps.items()}
     index, rng = s.video_index, np.random.default_rng(0)

@@ -426,3 +426,20 @@ def step_loader(store: str, spec: ClipSpec, sample, first: int, last: int, worke
 def default_workers() -> int:
     """Loader processes: one beside the training process where there is a spare core."""
     return 1 if (os.cpu_count() or 1) > 1 else 0
+
+
+# ---- a batch as a model takes it ------------------------------------------------------------
+
+def video_input(b: dict, device, spec: ClipSpec):
+    """A batch's video as the model takes it: pooled features, or (frames, count) for a video tower."""
+    video = torch.as_tensor(b["video"]).to(device, non_blocking=True)
+    return (video, torch.as_tensor(b["video_count"]).to(device)) if spec.frames_group else video
+
+
+def text_input(b: dict, vectors: torch.Tensor, device, spec: ClipSpec):
+    """A batch's text as the model takes it: word vectors, or (token ids, mask) for a text tower."""
+    if spec.text_tokens:
+        return (torch.as_tensor(b["words"]).to(device, non_blocking=True),
+                torch.as_tensor(b["word_mask"]).to(device, non_blocking=True))
+    # ``vectors`` lives on the model's device: a GPU gathers there, not from RAM (MCN's sizes: 98 MB a step)
+    return vectors[torch.as_tensor(b["words"]).to(vectors.device, non_blocking=True)].to(device)

@@ -50,7 +50,8 @@ def demo(out: str | Path = "demo", steps: int = SHARED["steps"], workers: int | 
 
     from .compare import compare, text
     from .evaluate import evaluate
-    from .mcn import MCNConfig, train
+    from .methods.mcn import MCNConfig
+    from .train import train
     from .report import plot
 
     t0 = time.time()

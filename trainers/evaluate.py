@@ -10,45 +10,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import clustering, mmv
-from .clustering import Embedder, encoders
-from .data import ClipReader, ClipSpec
-from .mcn import MCNConfig, build_model, clip_spec, text_input, video_input
+from .data import ClipReader, ClipSpec, text_input, video_input
+from .method import RENAMED
+from .methods import method_of, methods
 from .metrics import class_retrieval_metrics, clustering_metrics, retrieval_metrics
 from .towers import check_tokenizer
 
 
 def load_run(run: str | Path):
-    """(config, raw config dict, model in eval mode) of a trained MCN or MMV run."""
+    """(config, raw config dict, model in eval mode) of a trained run of any method."""
     run = Path(run)
     if not (run / "model.pt").is_file():
         raise FileNotFoundError(f"{run} has no model.pt (train it first, e.g. `trainers mcn --out {run}`)")
     raw = json.loads((run / "config.json").read_text())
-    method = raw.get("method", "mcn")
-    if method == "mcn":
-        # runs from before these settings existed were trained MCN's way
-        old = {"recon_targets": "mcn", "audio_padding": "mcn", "normalize_audio": False, "clip_population": "strict"}
-        cfg = MCNConfig(**{**old, **{k: v for k, v in raw.items() if k in MCNConfig.__dataclass_fields__}})
-        model = build_model(cfg, raw["video_dim"], raw["we_dim"])
-    elif method == "mmv":
-        cfg = mmv.MMVConfig(**{k: v for k, v in raw.items() if k in mmv.MMVConfig.__dataclass_fields__})
-        model = mmv.build(cfg, raw["video_dim"], raw["audio_dim"], raw["we_dim"])
-    elif method in ("xdc", "selavi") and "video_dim" in raw:
-        from .selavi import SeLaViConfig
-        from .xdc import XDCConfig
-
-        cls = XDCConfig if method == "xdc" else SeLaViConfig
-        cfg = cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
-        enc = encoders(raw["video_dim"], raw["audio_dim"], cfg.feat_dim, cfg.end_to_end_audio, cfg.end_to_end_video)
-        state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
-        if method == "selavi":  # the whole model: encoders and the clustering heads
-            state = {k.removeprefix("encoders."): v for k, v in state.items() if k.startswith("encoders.")}
-        enc.load_state_dict(state)
-        return cfg, raw, Embedder(enc).eval()
-    else:
-        raise ValueError(f"{run}: a {method} run from before `trainers eval` read them (no video_dim in its "
+    name, known = raw.get("method", "mcn"), methods()
+    if name not in known:
+        raise ValueError(f"{run} was trained by {name!r}, which this mmcache does not have ({sorted(known)})")
+    cls = known[name]
+    if "video_dim" not in raw:
+        raise ValueError(f"{run}: a {name} run from before `trainers eval` read them (no video_dim in its "
                          "config.json); retrain it, or read its own clustering metrics (results.json)")
-    model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
+    saved = {RENAMED.get(k, k): v for k, v in raw.items()}
+    cfg = cls.Config(**{**cls.legacy, **{k: v for k, v in saved.items() if k in cls.Config.__dataclass_fields__}})
+    model = cls.rebuild(cfg, raw, torch.load(run / "model.pt", map_location="cpu", weights_only=True))
     return cfg, raw, model.eval()
 
 
@@ -88,17 +72,10 @@ def embed(model, reader: ClipReader, clips: np.ndarray, path: Path, keep: bool,
 
 
 def eval_spec(cfg, audio_frames: int | None = None) -> ClipSpec:
-    """How a run's clips are read for evaluation: as trained, each caption alone (no merging), and for every
-    method the same clips: those with a known caption word (strict)."""
-    if isinstance(cfg, MCNConfig):
-        spec = replace(clip_spec(cfg, min_time=0.0, audio_frames=audio_frames), clip_population="strict")
-    elif isinstance(cfg, mmv.MMVConfig):
-        spec = mmv.clip_spec(cfg, "vat", 0.0, 0)
-    else:  # pseudo-label methods: video and audio clips, as they train
-        spec = clustering.clip_spec(cfg)
+    """How ``cfg``'s run reads clips for evaluation (its method's ``eval_spec``), with ``audio_frames`` per
+    end-to-end audio window if given (else the run's own)."""
+    spec = method_of(cfg).eval_spec(cfg)
     return replace(spec, audio_frames=audio_frames or spec.audio_frames)
-
-
 
 
 def similarities(emb: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, list[str], str]]:

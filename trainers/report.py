@@ -46,7 +46,7 @@ def plot(run: str | Path) -> Path:
     # log scale: a loss of 0.05 stays visible beside one of 50 (a term that is 0, e.g. switched off, is dropped)
     if any(y > 0 for line in axes[0].lines for y in line.get_ydata()):
         axes[0].set_yscale("log")
-    axes[0].set(xlabel="step (iteration for xdc)", title=f"{run.name}: losses (log scale)")
+    axes[0].set(xlabel="step", title=f"{run.name}: losses (log scale)")
     axes[1].set(xlabel="step", title="NMI between consecutive labellings")
     if any("lr" in r for r in rows):
         axes[1].plot([r["step"] for r in rows if "lr" in r], [r["lr"] for r in rows if "lr" in r], label="lr")

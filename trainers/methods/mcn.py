@@ -1,32 +1,28 @@
-"""`trainers mcn`: MCN training over the feature cache (MMS + clustering + reconstruction).
+"""`trainers mcn`: MCN (Chen et al. 2021) heads over the feature cache: MMS + clustering + reconstruction.
 
-Readable loop in the nanoGPT manner. Every batch is a pure function of (seed, step), so a run resumed
-from a checkpoint continues exactly as an uninterrupted run would (on CPU).
+Spec: shared/spec/mcn.md. The loop is trainers/train.py; this file is MCN's config, model, sampler and loss.
 """
 from __future__ import annotations
 
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
 
-from .data import (FRAMES_GROUP, LOGMEL_FLOOR, ClipReader, ClipSpec, check_augment, default_workers, step_loader,
-                   video_groups)
-from .loop import InputWait, RunDir, autocast, check_finite, warmup_cosine
-from .losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
-from .model import MCN, parse_combo
-from .towers import VideoTowerOptions, check_tokenizer
+from ..data import (FRAMES_GROUP, LOGMEL_FLOOR, ClipReader, ClipSpec, check_augment, text_input, video_groups,
+                    video_input)
+from ..losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
+from ..method import Method, TrainConfig
+from ..model import MCN, parse_combo
+from ..run import warmup_cosine
+from ..towers import VideoTowerOptions, check_tokenizer
+from . import register
 
 
 @dataclass
-class MCNConfig(VideoTowerOptions):
-    store: str  # the feature store to train on (`pipeline extract --store`)
-    out: str  # run folder: config.json, checkpoint.pt, metrics.jsonl, model.pt
-    # video groups, comma-separated: each max-pooled over the clip, L2-normalised, concatenated (MCN: 2D|3D,
-    # e.g. resnet152,r2plus1d_18)
-    video_groups: str = "resnet152"
+class MCNConfig(TrainConfig, VideoTowerOptions):
     combo: str = "all"  # embedding spaces joined by '+': pairs va, vt, at or all (MCN's one space: all)
     dim: int = 6144  # joint embedding size D (MCN's README run: 6144; its argument default 2048)
     videos_per_batch: int = 128  # videos per step (MCN: 128)
@@ -58,20 +54,14 @@ class MCNConfig(VideoTowerOptions):
     # audio: the clip's log-mel mean and std per band; text: the mean word vector); detached = its own output,
     # detached; mcn = its own output, not detached (MCN's code: the end-to-end tower collapses). Frozen
     # features are their own input in every mode.
-    recon_targets: str = "input"
+    recon_targets: Literal["input", "detached", "mcn"] = "input"
     # end-to-end audio windows shorter than --audio-frames: silence = padded with the log-mel floor (-80 dB),
     # only the clip's own frames pooled; mcn = padded with 0 dB (the loudest value) and the padding pooled
-    audio_padding: str = "silence"
+    audio_padding: Literal["silence", "mcn"] = "silence"
     normalize_audio: bool = False  # L2-normalise pooled frozen audio features (random-init DAVEnet's have norm ~900)
     # mcn = every caption is a clip (one with no known word takes its merged neighbours' words; MCN); strict =
     # such clips, and those starting before 12.5 ms, are left out. Evaluation always scores the strict set.
-    clip_population: str = "mcn"
-    checkpoint_every: int = 100  # steps between atomic checkpoints (--resume continues from the last)
-    seed: int = 1  # batches and initialisation are a function of the seed (MCN: 1)
-    device: str = "cpu"  # cpu or cuda[:N] (bf16 autocast on CUDA)
-    resume: bool = False  # continue the run in --out from its last checkpoint, to the same weights
-    log_every: int = 10  # steps between lines of metrics.jsonl
-    loader_workers: int = default_workers()  # processes forming batches beside training (0: in-process)
+    clip_population: Literal["mcn", "strict"] = "mcn"
 
 def modalities_of(combo: str) -> str:
     return "".join(sorted(set("".join(parse_combo(combo).values())), key="vat".index))
@@ -103,21 +93,6 @@ def clip_spec(cfg: MCNConfig, min_time: float | None = None, audio_frames: int |
 
 
 TEXT_GROUP = "hf_text"  # the per-clip text group whose tokenizer ids end-to-end text reads
-
-
-def video_input(b: dict, device, spec: ClipSpec):
-    """A batch's video as the model takes it: pooled features, or (frames, count) for a video tower."""
-    video = torch.as_tensor(b["video"]).to(device, non_blocking=True)
-    return (video, torch.as_tensor(b["video_count"]).to(device)) if spec.frames_group else video
-
-
-def text_input(b: dict, vectors: torch.Tensor, device, spec: ClipSpec):
-    """A batch's text as the model takes it: word vectors, or (token ids, mask) for a text tower."""
-    if spec.text_tokens:
-        return (torch.as_tensor(b["words"]).to(device, non_blocking=True),
-                torch.as_tensor(b["word_mask"]).to(device, non_blocking=True))
-    # ``vectors`` lives on the model's device: a GPU gathers there, not from RAM (MCN's sizes: 98 MB a step)
-    return vectors[torch.as_tensor(b["words"]).to(vectors.device, non_blocking=True)].to(device)
 
 
 class MCNSampler:
@@ -209,76 +184,73 @@ def warn_audio_scale(audio: torch.Tensor, cfg: MCNConfig) -> None:
               "--normalize-audio to L2-normalise them, as the video groups are", file=sys.stderr)
 
 
-def train(cfg: MCNConfig, progress: bool = True) -> dict:
-    from tqdm import tqdm
+@register
+class MCNMethod(Method):
+    name, Config = "mcn", MCNConfig
+    help = "MCN heads (MMS + clustering + reconstruction) over cached features"
+    # runs from before these settings existed were trained MCN's way
+    legacy = {"recon_targets": "mcn", "audio_padding": "mcn", "normalize_audio": False, "clip_population": "strict"}
 
-    run = RunDir(cfg)
-    torch.manual_seed(cfg.seed)
-    t0 = time.time()
-    reader = ClipReader(cfg.store, clip_spec(cfg))
-    if cfg.end_to_end_text:
-        check_tokenizer(cfg.end_to_end_text, reader.store, reader.spec.text_tokens)
-    reader.require_usable(f"clip with all of {modalities_of(cfg.combo)}")
-    videos = reader.usable_videos()
-    if len(videos) < cfg.videos_per_batch:
-        raise ValueError(f"{len(videos)} usable videos but --videos-per-batch {cfg.videos_per_batch}; "
-                         f"lower it (dropped clips: {reader.dropped()})")
-    sampler = MCNSampler(videos, cfg.videos_per_batch, cfg.clips_per_video, cfg.seed)
-    steps_per_epoch = sampler.steps_per_epoch
-    vectors = reader.vectors.to(cfg.device)
-    model = build_model(cfg, reader.video_dim, vectors.shape[1]).to(cfg.device)
-    # fused: one kernel over all parameters (a DAVEnet update: 0.19 -> 0.03 s on 2 CPU cores)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))
-    clusterers = {name: Clusterer(cfg.queue_steps * cfg.videos_per_batch * max(1, cfg.clips_per_video // 2),
-                                  cfg.dim, cfg.clusters) for name in model.spaces}
-    step = 0
-    if (state := run.load()) is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        for k, c in clusterers.items():
+    def setup(self) -> dict:
+        cfg = self.cfg
+        self.spec = clip_spec(cfg)
+        reader = ClipReader(cfg.store, self.spec)
+        if cfg.end_to_end_text:
+            check_tokenizer(cfg.end_to_end_text, reader.store, reader.spec.text_tokens)
+        reader.require_usable(f"clip with all of {modalities_of(cfg.combo)}")
+        self.videos, self.dropped = reader.usable_videos(), reader.dropped()
+        if len(self.videos) < cfg.videos_per_batch:
+            raise ValueError(f"{len(self.videos)} usable videos but --videos-per-batch {cfg.videos_per_batch}; "
+                             f"lower it (dropped clips: {self.dropped})")
+        self._sampler = MCNSampler(self.videos, cfg.videos_per_batch, cfg.clips_per_video, cfg.seed)
+        self.steps = cfg.steps
+        self.vectors = reader.vectors.to(cfg.device)
+        self.model = build_model(cfg, reader.video_dim, self.vectors.shape[1]).to(cfg.device)
+        # fused: one kernel over all parameters (a DAVEnet update: 0.19 -> 0.03 s on 2 CPU cores)
+        opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
+        self.optimizers = [opt]
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))]
+        self.clusterers = {name: Clusterer(cfg.queue_steps * cfg.videos_per_batch * max(1, cfg.clips_per_video // 2),
+                                           cfg.dim, cfg.clusters) for name in self.model.spaces}
+        self._first = None
+        return {"video_dim": reader.video_dim, "we_dim": int(self.vectors.shape[1])}
+
+    def describe(self, step: int) -> str:
+        return (f"mcn {self.cfg.combo}: {len(self.videos)} usable videos (dropped clips: {self.dropped or 'none'}), "
+                f"{self._sampler.steps_per_epoch} steps/epoch, starting at step {step}")
+
+    def sampler(self, step: int):
+        return self._sampler, self.steps
+
+    def forward(self, b: dict, step: int):
+        cfg, dev = self.cfg, self.cfg.device
+        if self._first is None:
+            self._first = step
+            if "a" in modalities_of(cfg.combo) and not cfg.end_to_end_audio:
+                warn_audio_scale(b["audio"][b["valid_a"]], cfg)
+        video, audio = video_input(b, dev, self.spec), b["audio"].to(dev, non_blocking=True).float()
+        return self.model(video, audio, text_input(b, self.vectors, dev, self.spec), b["nframes"].to(dev))
+
+    def loss(self, out, b: dict, step: int) -> dict:
+        terms = losses_for(out, self.clusterers, self.cfg, step, self._sampler.steps_per_epoch, self.cfg.device)
+        return {"loss": terms["mms"] + self.cfg.cluster_weight * terms["cluster"] + terms["recon"], **terms}
+
+    def state_dict(self) -> dict:
+        return {"clusterers": {k: c.state() for k, c in self.clusterers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, c in self.clusterers.items():
             c.load(state["clusterers"][k])
-        step = int(state["step"])
-        if "rng" in state:  # dropout (a Hugging Face text tower's) draws from it: the same draws after the resume
-            torch.set_rng_state(state["rng"])
-    run.open_log(step)
-    run.write_config(cfg, method="mcn", video_dim=reader.video_dim, we_dim=int(vectors.shape[1]))
-    print(f"mcn {cfg.combo}: {len(videos)} usable videos (dropped clips: {reader.dropped() or 'none'}), "
-          f"{steps_per_epoch} steps/epoch, ready in {time.time() - t0:.1f}s, starting at step {step}")
-    model.train()
-    spec = clip_spec(cfg)
-    loader = step_loader(cfg.store, spec, sampler, step, cfg.steps, cfg.loader_workers,
-                         cfg.device.startswith("cuda"), cfg.seed)
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
-    first = step
-    wait = InputWait()
-    for step, b in zip(range(step, cfg.steps), wait.wrap(loader)):
-        if step == first and "a" in modalities_of(cfg.combo) and not cfg.end_to_end_audio:
-            warn_audio_scale(b["audio"][b["valid_a"]], cfg)
-        dev = cfg.device
-        video, audio = video_input(b, dev, spec), b["audio"].to(dev, non_blocking=True).float()
-        nframes, words = b["nframes"].to(dev), text_input(b, vectors, dev, spec)
-        with autocast(dev):
-            out = model(video, audio, words, nframes)
-        out = {k: ({m: e.float() for m, e in emb.items()}, [(p.float(), t.float()) for p, t in rec])
-               for k, (emb, rec) in out.items()}
-        terms = losses_for(out, clusterers, cfg, step, steps_per_epoch, cfg.device)
-        loss = terms["mms"] + cfg.cluster_weight * terms["cluster"] + terms["recon"]
-        check_finite(loss, step, cfg.store)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            run.log({"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
-                     "lr": sched.get_last_lr()[0], "input_wait": wait.share(), "time": round(time.time() - t0, 3)})
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            run.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                      "step": torch.tensor(step + 1), "clusterers": {k: c.state() for k, c in clusterers.items()},
-                      "rng": torch.get_rng_state()})
-        bar.update()
-    bar.close()
-    run.close()
-    torch.save(model.state_dict(), run.path / "model.pt")
-    return {"steps": cfg.steps, "videos": len(videos), "seconds": time.time() - t0}
+
+    def finish(self, run) -> dict:
+        return {"videos": len(self.videos)}
+
+    @classmethod
+    def eval_spec(cls, cfg: MCNConfig) -> ClipSpec:
+        return replace(clip_spec(cfg, min_time=0.0), clip_population="strict")
+
+    @classmethod
+    def rebuild(cls, cfg: MCNConfig, raw: dict, state: dict) -> MCN:
+        model = build_model(cfg, raw["video_dim"], raw["we_dim"])
+        model.load_state_dict(state)
+        return model

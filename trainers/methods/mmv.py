@@ -6,31 +6,28 @@ normalised by the sum of weights. Clips missing a modality are masked (never neg
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import ClipReader, ClipSpec, default_workers, step_loader, video_groups
-from .loop import InputWait, RunDir, autocast, check_finite, warmup_cosine
-from .losses import milnce
-from .model import SentenceMaxpool
-from .towers import audio_head, encode_audio
+from ..data import ClipReader, ClipSpec, video_groups
+from ..losses import milnce
+from ..method import Method, TrainConfig
+from ..model import SentenceMaxpool
+from ..run import warmup_cosine
+from ..towers import audio_head, encode_audio
+from . import register
 
 GRAPHS = ("fac", "shared", "disjoint")
 
 
 @dataclass
-class MMVConfig:
-    store: str  # the feature store to train on (`pipeline extract --store`)
-    out: str  # run folder: config.json, checkpoint.pt, metrics.jsonl, model.pt
-    # video groups, comma-separated: each max-pooled over the clip, L2-normalised, concatenated
-    # (e.g. resnet152,r2plus1d_18)
-    video_groups: str = "resnet152"
-    graph: str = "fac"  # how the spaces connect: fac (MMV's best: text meets video through the va space), shared, disjoint
+class MMVConfig(TrainConfig):
+    graph: Literal["fac", "shared", "disjoint"] = "fac"  # how the spaces connect: fac (MMV's best: text meets video through the va space), shared, disjoint
     dim_va: int = 512  # fine video-audio space size (MMV: 512)
     dim_vat: int = 256  # coarse space shared with text, FAC (MMV: 256)
     text_dim: int = 2048  # text backbone width: word2vec -> Conv1D(1x1) -> ReLU -> max over words (MMV: 2048)
@@ -40,19 +37,13 @@ class MMVConfig:
     temperature: float = 0.07  # NCE / MIL-NCE temperature on L2-normalised embeddings (MMV: 0.07)
     weight_va: float = 1.0  # weight of the video-audio NCE (normalised by the sum of weights)
     weight_vt: float = 1.0  # weight of the video-text MIL-NCE
-    loss: str = "code"  # code = the released loss (positives counted twice); paper = the paper's formula
+    loss: Literal["code", "paper"] = "code"  # code = the released loss (positives counted twice); paper = the paper's formula
     end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
     audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second
     batch_size: int = 256  # clips per step; negatives are the rest of the batch (MMV: thousands on TPUs)
     steps: int = 1000  # optimiser steps (MMV: ~500k)
     lr: float = 2e-3  # Adam learning rate (MMV: 0.002)
     warmup: int = 5000  # linear warm-up steps before the cosine decay (MMV: 5000)
-    checkpoint_every: int = 100  # steps between atomic checkpoints (--resume continues from the last)
-    log_every: int = 10  # steps between lines of metrics.jsonl
-    seed: int = 1  # batches and initialisation are a function of the seed
-    device: str = "cpu"  # cpu or cuda[:N]
-    resume: bool = False  # continue the run in --out from its last checkpoint, to the same result
-    loader_workers: int = default_workers()  # processes forming batches beside training (0: in-process)
 
 
 def mlp_bn(d_in: int, d_out: int) -> nn.Sequential:
@@ -125,73 +116,64 @@ class MMVSampler:
         return np.random.default_rng([self.seed, step]).choice(self.n, self.size, replace=False)
 
 
-def mmv_loss(model: MMV, b: dict, vectors: torch.Tensor, cfg: MMVConfig) -> dict[str, torch.Tensor]:
-    """``b``: a ClipReader batch with candidates; clips missing a modality are masked."""
-    dev = cfg.device
-    video, audio = b["video"].to(dev), b["audio"].to(dev).float()
-    cand_ok = b["cand_ok"]  # (B, K): a narration with known words in that slot
-    words = vectors[torch.as_tensor(b["cand_words"]).to(vectors.device)].to(dev)  # (B, K, W, 300)
-    v, a = b["valid_v"], b["valid_a"]
-    with autocast(dev):
+@register
+class MMVMethod(Method):
+    """Clips missing a modality are masked: never negatives, not averaged."""
+    name, Config = "mmv", MMVConfig
+    help = "MMV FAC/shared/disjoint heads with NCE (video-audio) and MIL-NCE (video-text)"
+
+    def setup(self) -> dict:
+        cfg = self.cfg
+        self.spec = clip_spec(cfg)
+        reader = ClipReader(cfg.store, self.spec)
+        for pair in ("va", "vt"):  # MMV masks a missing modality, but each pair needs clips that have both
+            ClipReader(reader.store, clip_spec(cfg, pair, candidates=0)).require_usable(
+                f"clip with both {pair[0]} and {pair[1]}")
+        self.n = reader.store.n_clips
+        if self.n < cfg.batch_size:
+            raise ValueError(f"{self.n} clips but --batch-size {cfg.batch_size}; lower it")
+        self.missing = {m: int(reader.counts[~ok].sum()) for m, ok in reader.ok.items()}
+        self.steps = cfg.steps
+        self.vectors = reader.vectors.to(cfg.device)
+        self.model = build(cfg, reader.video_dim, reader.audio_dim, self.vectors.shape[1]).to(cfg.device)
+        opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
+        self.optimizers = [opt]
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))]
+        return {"video_dim": reader.video_dim, "audio_dim": reader.audio_dim, "we_dim": int(self.vectors.shape[1])}
+
+    def describe(self, step: int) -> str:
+        return (f"mmv {self.cfg.graph}: {self.n} clips (clips of videos missing a modality, masked: {self.missing}), "
+                f"loss variant {self.cfg.loss}, starting at step {step}")
+
+    def sampler(self, step: int):
+        return MMVSampler(self.n, self.cfg.batch_size, self.cfg.seed), self.steps
+
+    def forward(self, b: dict, step: int):
+        dev, model = self.cfg.device, self.model
+        video = b["video"].to(dev)
+        words = self.vectors[torch.as_tensor(b["cand_words"]).to(self.vectors.device)].to(dev)  # (B, K, W, 300)
         z_v_va = model.v_va(video)
-        z = (z_v_va, encode_audio(model.a_va, audio, b["nframes"].to(dev)), model.video_text(video, z_v_va),
-             model.text(words))
-    z_v_va, z_a, z_vt, z_t = (x.float() for x in z)
-    nce = milnce(z_v_va, z_a, (v & a).to(dev), None, cfg.temperature, cfg.loss)
-    mil = milnce(z_vt, z_t, (v & cand_ok.any(1)).to(dev), cand_ok.to(dev), cfg.temperature, cfg.loss)
-    total = (cfg.weight_va * nce + cfg.weight_vt * mil) / (cfg.weight_va + cfg.weight_vt)
-    return {"loss": total, "nce_va": nce, "milnce_vt": mil}
+        return (z_v_va, encode_audio(model.a_va, b["audio"].to(dev).float(), b["nframes"].to(dev)),
+                model.video_text(video, z_v_va), model.text(words))
 
+    def loss(self, out, b: dict, step: int) -> dict:
+        cfg, dev = self.cfg, self.cfg.device
+        z_v_va, z_a, z_vt, z_t = out
+        cand_ok, v, a = b["cand_ok"], b["valid_v"], b["valid_a"]  # cand_ok (B, K): a narration with known words
+        nce = milnce(z_v_va, z_a, (v & a).to(dev), None, cfg.temperature, cfg.loss)
+        mil = milnce(z_vt, z_t, (v & cand_ok.any(1)).to(dev), cand_ok.to(dev), cfg.temperature, cfg.loss)
+        total = (cfg.weight_va * nce + cfg.weight_vt * mil) / (cfg.weight_va + cfg.weight_vt)
+        return {"loss": total, "nce_va": nce, "milnce_vt": mil}
 
-def train(cfg: MMVConfig, progress: bool = True) -> dict:
-    from tqdm import tqdm
+    def finish(self, run) -> dict:
+        return {"clips": self.n}
 
-    run = RunDir(cfg)
-    torch.manual_seed(cfg.seed)
-    t0 = time.time()
-    reader = ClipReader(cfg.store, clip_spec(cfg))
-    for pair in ("va", "vt"):  # MMV masks a missing modality, but each pair needs clips that have both
-        ClipReader(reader.store, clip_spec(cfg, pair, candidates=0)).require_usable(
-            f"clip with both {pair[0]} and {pair[1]}")
-    n = reader.store.n_clips
-    if n < cfg.batch_size:
-        raise ValueError(f"{n} clips but --batch-size {cfg.batch_size}; lower it")
-    vectors = reader.vectors.to(cfg.device)
-    model = build(cfg, reader.video_dim, reader.audio_dim, vectors.shape[1]).to(cfg.device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))
-    step = 0
-    if (state := run.load()) is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        step = int(state["step"])
-    run.open_log(step)
-    run.write_config(cfg, method="mmv", video_dim=reader.video_dim, audio_dim=reader.audio_dim,
-                     we_dim=int(vectors.shape[1]))
-    missing = {m: int(reader.counts[~ok].sum()) for m, ok in reader.ok.items()}
-    print(f"mmv {cfg.graph}: {n} clips (clips of videos missing a modality, masked: {missing}), "
-          f"loss variant {cfg.loss}, starting at step {step}")
-    model.train()
-    loader = step_loader(cfg.store, clip_spec(cfg), MMVSampler(n, cfg.batch_size, cfg.seed), step, cfg.steps,
-                         cfg.loader_workers, cfg.device.startswith("cuda"))
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
-    wait = InputWait()
-    for step, b in zip(range(step, cfg.steps), wait.wrap(loader)):
-        terms = mmv_loss(model, b, vectors, cfg)
-        check_finite(terms["loss"], step, cfg.store)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        sched.step()
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            run.log({"step": step, **{k: v.item() for k, v in terms.items()}, "lr": sched.get_last_lr()[0],
-                     "input_wait": wait.share(), "time": round(time.time() - t0, 3)})
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            run.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                      "step": torch.tensor(step + 1)})
-        bar.update()
-    bar.close()
-    run.close()
-    torch.save(model.state_dict(), run.path / "model.pt")
-    return {"steps": cfg.steps, "clips": n, "seconds": time.time() - t0}
+    @classmethod
+    def eval_spec(cls, cfg: MMVConfig) -> ClipSpec:
+        return clip_spec(cfg, "vat", 0.0, 0)
+
+    @classmethod
+    def rebuild(cls, cfg: MMVConfig, raw: dict, state: dict) -> MMV:
+        model = build(cfg, raw["video_dim"], raw["audio_dim"], raw["we_dim"])
+        model.load_state_dict(state)
+        return model

@@ -7,8 +7,8 @@ matching); both modalities are trained on the *same* label (modality splicing): 
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,29 +17,27 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
-from .clustering import ClipSet, encode, export_labels, forward
-from .data import default_workers, step_loader
-from .loop import InputWait, RunDir, check_finite
-from .losses import sinkhorn_labels
-from .towers import VideoTowerOptions
+from .. import clustering
+from ..clustering import ClipSet, Embedder, encoders, encode, export_labels, forward
+from ..data import ClipSpec, step_loader
+from ..losses import sinkhorn_labels
+from ..method import Method, TrainConfig
+from ..towers import VideoTowerOptions
+from . import register
 
 
 @dataclass
-class SeLaViConfig(VideoTowerOptions):
-    store: str  # the feature store to train on (`pipeline extract --store`)
-    out: str  # run folder: config.json, checkpoint.pt, metrics.jsonl, model.pt
-    # video groups, comma-separated: each max-pooled over the clip, L2-normalised, concatenated
-    # (e.g. resnet152,r2plus1d_18)
-    video_groups: str = "resnet152"
+class SeLaViConfig(TrainConfig, VideoTowerOptions):
     heads: int = 10  # clustering heads, each with its own labels (SeLaVi: 10)
-    k: int = 32  # clusters per head (SeLaVi: the dataset's class count, e.g. 309 for VGG-Sound)
+    clusters: int = 32  # clusters K per head (SeLaVi: the dataset's class count, e.g. 309 for VGG-Sound)
     lam: float = 20.0  # Sinkhorn-Knopp lambda: sharpness of the optimal-transport labels (SeLaVi: 20)
     epochs: int = 20  # passes over the clips (SeLaVi: 200)
+    steps: int = 0  # optimiser steps of the run (0: --epochs passes over the clips)
     batch_size: int = 256  # clips per step (SeLaVi: 1024 over 64 GPUs)
     lr: float = 1e-2  # SGD learning rate, momentum 0.9, weight decay 1e-5 (SeLaVi: 0.01 per 16-clip GPU batch)
     label_updates: int = 100  # Sinkhorn-Knopp relabellings over the run, dense early (SeLaVi: 100)
     schedule_power: float = 1.5  # relabel at step total * t^power for t in [0, 1] (SeLaVi: 1.5)
-    distribution: str = "uniform"  # cluster-size prior: uniform or gauss (SeLaVi's best: gauss)
+    distribution: Literal["uniform", "gauss"] = "uniform"  # cluster-size prior: uniform or gauss (SeLaVi's best: gauss)
     gauss_sd: float = 0.1  # relative spread of the gauss cluster sizes (SeLaVi: 0.1)
     end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
     audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second
@@ -51,14 +49,9 @@ class SeLaViConfig(VideoTowerOptions):
     # BatchNorm's running statistics (used by the eval-mode label pass) are the data's (SeLaVi's utils.py has
     # it, spec 4.3: 20; its released main.py does not call it; see the README for what it did here)
     bn_warmup: int = 0
-    align: str = "hungarian"  # audio head aligned to the video head at the first update: hungarian (exact) or none
-    feat_dim: int = 512  # encoder output size (SeLaVi: 512)
+    align: Literal["hungarian", "none"] = "hungarian"  # audio head aligned to the video head at the first update: hungarian (exact) or none
+    dim: int = 512  # encoder output size (SeLaVi: 512)
     dropout: float = 0.3  # dropout in the heads (SeLaVi: 0.3)
-    checkpoint_every: int = 100  # steps between atomic checkpoints (--resume continues from the last)
-    seed: int = 1  # batches and initialisation are a function of the seed
-    device: str = "cpu"  # cpu or cuda[:N]
-    resume: bool = False  # continue the run in --out from its last checkpoint, to the same result
-    loader_workers: int = default_workers()  # processes forming batches beside training (0: in-process)
 
 
 def mlp_head(dim: int, k: int, dropout: float) -> nn.Sequential:
@@ -99,8 +92,8 @@ def marginals(sizes: np.ndarray | None, mass: torch.Tensor, compat: bool) -> tor
 class SeLaVi(nn.Module):
     def __init__(self, clips: ClipSet, cfg: SeLaViConfig):
         super().__init__()
-        self.encoders = clips.encoders(cfg.feat_dim)
-        self.heads = nn.ModuleDict({m: nn.ModuleList([mlp_head(cfg.feat_dim, cfg.k, cfg.dropout)
+        self.encoders = clips.encoders(cfg.dim)
+        self.heads = nn.ModuleDict({m: nn.ModuleList([mlp_head(cfg.dim, cfg.clusters, cfg.dropout)
                                                       for _ in range(cfg.heads)]) for m in "va"})
 
     @torch.no_grad()
@@ -162,103 +155,115 @@ def warm_up_batchnorm(model: SeLaVi, batches, device) -> None:
 
 def features(model: SeLaVi, clips: ClipSet, cfg: SeLaViConfig) -> dict[str, torch.Tensor]:
     """Every clip's encoder outputs; float16 once float32 would pass 4 GB (1M clips at 512-d: 4 GB)."""
-    big = len(clips) * cfg.feat_dim * 2 * 4 > 4 << 30
+    big = len(clips) * cfg.dim * 2 * 4 > 4 << 30
     return encode(model.encoders, clips, device=cfg.device, dtype=torch.float16 if big else torch.float32)
 
 
-def train(cfg: SeLaViConfig, progress: bool = True) -> dict:
-    from tqdm import tqdm
+@register
+class SeLaViMethod(Method):
+    name, Config = "selavi", SeLaViConfig
+    help = "SeLaVi: Sinkhorn-Knopp pseudo-labels shared by video and audio, several heads"
 
-    run = RunDir(cfg)
-    t0 = time.time()
-    clips = ClipSet(cfg)
-    n = len(clips)
-    if n < max(cfg.batch_size, cfg.k):
-        raise ValueError(f"{n} clips: lower --batch-size / --k")
-    torch.manual_seed(cfg.seed)
-    model = SeLaVi(clips, cfg).to(cfg.device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5, fused=True)
-    sampler = SeLaViSampler(clips.clips, cfg.batch_size, cfg.seed)
-    steps_per_epoch = sampler.steps_per_epoch
-    total = cfg.epochs * steps_per_epoch
-    updates = update_steps(total, cfg.label_updates, cfg.schedule_power)
-    rng_sizes = np.random.default_rng([cfg.seed, 7])
-    sizes = [np.maximum(1.0, (1 + cfg.gauss_sd * rng_sizes.normal(size=cfg.k)) * n / cfg.k)
-             if cfg.distribution == "gauss" else None for _ in range(cfg.heads)]  # one sample per head, kept
-    if cfg.distribution not in ("uniform", "gauss"):
-        raise ValueError(f"unknown --distribution {cfg.distribution!r} (uniform, gauss)")
-    labels = torch.zeros(cfg.heads, n, dtype=torch.long)
-    step, aligned = 0, False
-    if (state := run.load()) is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        labels, step, aligned = state["labels"], int(state["step"]), bool(state["aligned"])
-    run.open_log(step)
-    run.write_config(cfg, method="selavi", video_dim=clips.video_dim, audio_dim=clips.audio_dim)
-    print(f"selavi: {n} clips, {cfg.heads} heads, k={cfg.k}, {total} steps, {len(updates)} label updates, "
-          f"{cfg.distribution} marginals, starting at step {step}")
-    model.train()
-    if step == 0 and cfg.bn_warmup:
-        warm_up_batchnorm(model, step_loader(cfg.store, clips.spec, sampler, 0, min(cfg.bn_warmup, total), 0),
-                          cfg.device)
-    record: dict = {}
-    loader = step_loader(cfg.store, clips.spec, sampler, step, total, cfg.loader_workers)
-    bar = tqdm(total=total, initial=step, disable=not progress, desc="train")
-    wait = InputWait()
-    for step, b in zip(range(step, total), wait.wrap(loader)):
-        if step in updates:  # one head at a time: RAM holds the features and one head's N x K log-probs
-            feats = features(model, clips, cfg)
-            old = labels.clone()
-            iters = []
-            for h in range(cfg.heads):
-                logp = model.head_log_probs(feats, h)
-                if not aligned and cfg.align == "hungarian":
-                    perm = hungarian_alignment(logp["v"], logp["a"], log=True)
-                    last = model.heads["a"][h][-1]
-                    with torch.no_grad():  # output k of the audio head now predicts what its output perm[k] did
-                        last.weight.copy_(last.weight[perm])
-                        last.bias.copy_(last.bias[perm])
-                    logp["a"] = logp["a"][:, perm]
-                joint = logp["v"].add_(logp["a"]).div_(2)  # in place: RAM holds one N x K at a time
-                del logp
-                mass = sum(torch.exp(cfg.lam * joint[i:i + (1 << 16)]).sum(0) for i in range(0, n, 1 << 16))
-                r = marginals(sizes[h], mass, cfg.compat_marginals)
-                labels[h], it = sinkhorn_labels(joint, cfg.lam, r)
-                iters.append(it)
-                del joint
-            aligned = True
-            del feats
-            record = {"nmi_prev": float(np.mean([normalized_mutual_info_score(old[h], labels[h])
-                                                 for h in range(cfg.heads)])),
-                      "sk_iterations": float(np.mean(iters)),
-                      "clusters_used": float(np.mean([len(torch.unique(labels[h])) for h in range(cfg.heads)]))}
-        idx = torch.from_numpy(sampler.positions(step))
-        z = forward(model.encoders, b, cfg.device)
-        y = labels[:, idx].to(cfg.device)
+    def setup(self) -> dict:
+        cfg = self.cfg
+        if cfg.distribution not in ("uniform", "gauss"):
+            raise ValueError(f"unknown --distribution {cfg.distribution!r} (uniform, gauss)")
+        self.clips = clips = ClipSet(cfg)
+        self.spec, n = clips.spec, len(clips)
+        if n < max(cfg.batch_size, cfg.clusters):
+            raise ValueError(f"{n} clips: lower --batch-size / --clusters")
+        self.model = SeLaVi(clips, cfg).to(cfg.device)
+        self.optimizers = [torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5,
+                                           fused=True)]
+        self._sampler = SeLaViSampler(clips.clips, cfg.batch_size, cfg.seed)
+        self.steps = cfg.steps or cfg.epochs * self._sampler.steps_per_epoch
+        self.updates = update_steps(self.steps, cfg.label_updates, cfg.schedule_power)
+        rng_sizes = np.random.default_rng([cfg.seed, 7])
+        self.sizes = [np.maximum(1.0, (1 + cfg.gauss_sd * rng_sizes.normal(size=cfg.clusters)) * n / cfg.clusters)
+                      if cfg.distribution == "gauss" else None for _ in range(cfg.heads)]  # one sample per head, kept
+        self.labels = torch.zeros(cfg.heads, n, dtype=torch.long)
+        self.aligned = False
+        return {"video_dim": clips.video_dim, "audio_dim": clips.audio_dim}
+
+    def describe(self, step: int) -> str:
+        cfg = self.cfg
+        return (f"selavi: {len(self.clips)} clips, {cfg.heads} heads, k={cfg.clusters}, {self.steps} steps, "
+                f"{len(self.updates)} label updates, {cfg.distribution} marginals, starting at step {step}")
+
+    def sampler(self, step: int):
+        return self._sampler, self.steps
+
+    def schedule(self, step: int) -> dict:
+        cfg = self.cfg
+        if step == 0 and cfg.bn_warmup:
+            warm_up_batchnorm(self.model, step_loader(cfg.store, self.spec, self._sampler, 0,
+                                                      min(cfg.bn_warmup, self.steps), 0), cfg.device)
+        if step in self.updates:
+            return self.relabel()
+        return {}
+
+    def relabel(self) -> dict:
+        """Sinkhorn-Knopp labels for every clip, one head at a time (RAM: the features and one head's N x K)."""
+        cfg, model, n = self.cfg, self.model, len(self.clips)
+        feats = features(model, self.clips, cfg)
+        old = self.labels.clone()
+        iters = []
+        for h in range(cfg.heads):
+            logp = model.head_log_probs(feats, h)
+            if not self.aligned and cfg.align == "hungarian":
+                perm = hungarian_alignment(logp["v"], logp["a"], log=True)
+                last = model.heads["a"][h][-1]
+                with torch.no_grad():  # output k of the audio head now predicts what its output perm[k] did
+                    last.weight.copy_(last.weight[perm])
+                    last.bias.copy_(last.bias[perm])
+                logp["a"] = logp["a"][:, perm]
+            joint = logp["v"].add_(logp["a"]).div_(2)  # in place: RAM holds one N x K at a time
+            del logp
+            mass = sum(torch.exp(cfg.lam * joint[i:i + (1 << 16)]).sum(0) for i in range(0, n, 1 << 16))
+            r = marginals(self.sizes[h], mass, cfg.compat_marginals)
+            self.labels[h], it = sinkhorn_labels(joint, cfg.lam, r)
+            iters.append(it)
+            del joint
+        self.aligned = True
+        return {"nmi_prev": float(np.mean([normalized_mutual_info_score(old[h], self.labels[h])
+                                           for h in range(cfg.heads)])),
+                "sk_iterations": float(np.mean(iters)),
+                "clusters_used": float(np.mean([len(torch.unique(self.labels[h])) for h in range(cfg.heads)]))}
+
+    def forward(self, b: dict, step: int):
+        return forward(self.model.encoders, b, self.cfg.device)
+
+    def loss(self, z, b: dict, step: int) -> dict:
+        y = self.labels[:, torch.from_numpy(self._sampler.positions(step))].to(self.cfg.device)
         ce = {m: torch.stack([F.cross_entropy(head(torch.relu(z[m])), y[h])
-                              for h, head in enumerate(model.heads[m])]).mean() for m in "va"}
-        loss = 0.5 * ce["v"] + 0.5 * ce["a"]
-        check_finite(loss, step, cfg.store)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 10 == 0 or step == total - 1 or record:
-            run.log({"step": step, "loss": loss.item(), "ce_v": ce["v"].item(), "ce_a": ce["a"].item(), **record,
-                     "input_wait": wait.share(), "time": round(time.time() - t0, 3)})
-            record = {}
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
-            run.save({"model": model.state_dict(), "opt": opt.state_dict(), "labels": labels,
-                      "step": torch.tensor(step + 1), "aligned": torch.tensor(aligned)})
-        bar.update()
-    bar.close()
-    run.close()
-    torch.save(model.state_dict(), run.path / "model.pt")
-    # test-time clusters: argmax of p_v * p_a per head, no Sinkhorn (SeLaVi's get_clusters)
-    feats = features(model, clips, cfg)
-    predicted = {}
-    for h in range(cfg.heads):
-        logp = model.head_log_probs(feats, h)
-        predicted[f"head{h}"] = logp["v"].add_(logp["a"]).argmax(1).numpy()
-    pseudo = {f"pseudo_head{h}": labels[h].numpy() for h in range(cfg.heads)}
-    results = export_labels(run.path, clips, {**predicted, **pseudo}, best_of="head")
-    return {"steps": total, "clips": n, "seconds": time.time() - t0, **results}
+                              for h, head in enumerate(self.model.heads[m])]).mean() for m in "va"}
+        return {"loss": 0.5 * ce["v"] + 0.5 * ce["a"], "ce_v": ce["v"], "ce_a": ce["a"]}
+
+    def state_dict(self) -> dict:
+        return {"labels": self.labels, "aligned": torch.tensor(self.aligned)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.labels, self.aligned = state["labels"], bool(state["aligned"])
+
+    def finish(self, run) -> dict:
+        """Test-time clusters: argmax of p_v * p_a per head, no Sinkhorn (SeLaVi's get_clusters)."""
+        feats = features(self.model, self.clips, self.cfg)
+        predicted = {}
+        for h in range(self.cfg.heads):
+            logp = self.model.head_log_probs(feats, h)
+            predicted[f"head{h}"] = logp["v"].add_(logp["a"]).argmax(1).numpy()
+        pseudo = {f"pseudo_head{h}": self.labels[h].numpy() for h in range(self.cfg.heads)}
+        return {"clips": len(self.clips), **export_labels(run, self.clips, {**predicted, **pseudo}, best_of="head")}
+
+    @classmethod
+    def eval_spec(cls, cfg) -> ClipSpec:
+        return clustering.clip_spec(cfg)  # video and audio clips, as they train
+
+    @classmethod
+    def rebuild(cls, cfg, raw: dict, state: dict) -> nn.Module:
+        """The encoders, each modality in its own space (no cross-modal retrieval to score, only clustering)."""
+        enc = encoders(raw["video_dim"], raw["audio_dim"], cfg.dim, cfg.end_to_end_audio, cfg.end_to_end_video)
+        # model.pt holds the whole model: the encoders and the clustering heads
+        state = {k.removeprefix("encoders."): v for k, v in state.items() if k.startswith("encoders.")}
+        enc.load_state_dict(state)
+        return Embedder(enc)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .method import RENAMED
+
 
 # flags a resumed run may change: how it runs, not what it computes (the length extends or shortens the run)
 RESUMABLE = {"resume", "loader_workers", "device", "log_every", "checkpoint_every", "steps", "iterations", "epochs"}
@@ -25,7 +27,7 @@ class RunDir:
         if (self.ckpt.exists() or self.log_path.exists()) and not cfg.resume:
             raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it or choose a new --out")
         if cfg.resume and (self.path / "config.json").exists():
-            saved = json.loads((self.path / "config.json").read_text())
+            saved = {RENAMED.get(k, k): v for k, v in json.loads((self.path / "config.json").read_text()).items()}
             new = asdict(cfg)
             changed = {k: (saved[k], v) for k, v in new.items() if k not in RESUMABLE and k in saved and saved[k] != v}
             if changed:

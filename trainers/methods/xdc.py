@@ -1,0 +1,225 @@
+"""`trainers xdc`: cross-modal deep clustering (Alwassel et al. 2020) and its SDC / MDC / CDC baselines.
+
+Spec: shared/spec/mmv_xdc_selavi.md section 3 (DeepCluster's loop). Each iteration: encode every clip
+(eval mode) -> PCA-whiten + L2 -> k-means (scikit-learn) per source -> fresh linear heads -> train the
+encoders with cross-entropy on the pseudo-labels, sampling clusters uniformly. NMI between consecutive
+labellings is logged. An iteration is --epochs passes over the clips, counted in steps like every method's
+run (trainers/train.py): a checkpoint at each iteration's end and every --checkpoint-every steps inside it, and
+a resumed run continues from the step it stopped at, to the same weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import normalized_mutual_info_score
+from torch import nn
+
+from .. import clustering
+from ..clustering import ClipSet, Embedder, encoders, encode, encode_chunks, export_labels, forward
+from ..data import ClipSpec
+from ..method import Method, TrainConfig
+from ..towers import VideoTowerOptions
+from . import register
+
+# which clustering supervises each encoder: sources are 'v', 'a' or 'cat' (concatenated features)
+TARGETS = {"sdc": {"v": ["v"], "a": ["a"]}, "xdc": {"v": ["a"], "a": ["v"]},
+           "mdc": {"v": ["v", "a"], "a": ["a", "v"]}, "cdc": {"v": ["cat"], "a": ["cat"]}}
+
+
+@dataclass
+class XDCConfig(TrainConfig, VideoTowerOptions):
+    variant: Literal["xdc", "sdc", "mdc", "cdc"] = "xdc"  # xdc (each modality learns the other's clusters), sdc (its own), mdc (both), cdc (joint)
+    clusters: int = 64  # k-means clusters K per clustering (XDC: 64 to 1024, by dataset)
+    iterations: int = 10  # re-clusterings, each followed by an equal share of the run's steps
+    epochs: int = 1  # passes over the cluster-balanced data per iteration (unless --steps is given)
+    # optimiser steps of the whole run, split into --iterations equal parts (0: --epochs passes per iteration;
+    # XDC trains each iteration until a held-out loss stops falling)
+    steps: int = 0
+    batch_size: int = 256  # clips per step (XDC: 256)
+    lr: float = 0.05  # SGD learning rate, momentum 0.9, weight decay 1e-5 (DeepCluster: 0.05)
+    dim: int = 512  # encoder output size (the trainable encoder on each cached clip feature)
+    pca: int = 256  # PCA-whitening dims before k-means, as DeepCluster (0 = L2 only; small sets want few)
+    fit_points: int = 200_000  # PCA and k-means are fitted on at most this many clips, then every clip is assigned
+    end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
+    audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second
+
+
+def fit_cluster(x: torch.Tensor, k: int, pca: int, seed: int):
+    """DeepCluster preprocessing (PCA with whitening, row L2) then k-means (empty clusters are relocated
+    by scikit-learn). Returns (labels of x, assign: features -> labels with the same PCA and centroids)."""
+    x = x.double().numpy()
+    p = PCA(n_components=min(pca, *x.shape), whiten=True, random_state=seed) if pca else None
+
+    def l2(z):
+        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    km = KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=seed).fit(l2(p.fit_transform(x) if p else x))
+
+    def assign(z: torch.Tensor) -> np.ndarray:
+        z = z.double().numpy()
+        return km.predict(l2(p.transform(z) if p else z))
+    return km.labels_, assign
+
+
+def cluster(x: torch.Tensor, k: int, pca: int, seed: int) -> np.ndarray:
+    return fit_cluster(x, k, pca, seed)[0]
+
+
+def relabel(encoders: nn.ModuleDict, clips: ClipSet, sources: list[str], cfg: XDCConfig, it: int) -> dict:
+    """One clustering of every clip per source: fit on all clips, or on a random ``fit_points`` of them
+    (faiss's k-means samples too) and assign the rest a chunk at a time. RAM: the fitted clips' features."""
+    n = len(clips)
+    fit = np.arange(n) if n <= cfg.fit_points else np.sort(
+        np.random.default_rng([cfg.seed, it, 2]).choice(n, cfg.fit_points, replace=False))
+    feats = encode(encoders, clips, fit, cfg.device)
+    feats["cat"] = torch.cat([feats["v"], feats["a"]], dim=1)
+    fitted = {s: fit_cluster(feats[s], cfg.clusters, cfg.pca, cfg.seed * 1000 + it) for s in sources}
+    if len(fit) == n:
+        return {s: f[0] for s, f in fitted.items()}
+    labels = {s: np.empty(n, np.int64) for s in sources}
+    for pos, z in encode_chunks(encoders, clips, None, cfg.device):
+        z["cat"] = torch.cat([z["v"], z["a"]], dim=1)
+        for s in sources:
+            labels[s][pos] = fitted[s][1](z[s])
+    return labels
+
+
+def balanced_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """DeepCluster's UnifLabelSampler: the same number of items from every non-empty cluster."""
+    clusters = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    per = -(-n // len(clusters))
+    idx = np.concatenate([rng.choice(c, per, replace=len(c) < per) for c in clusters])
+    return rng.permutation(idx)[:n]
+
+
+def new_heads(targets: dict[str, list[str]], dim: int, k: int, generator: torch.Generator) -> nn.ModuleDict:
+    heads = nn.ModuleDict()
+    for m, sources in targets.items():
+        for s in sources:
+            head = nn.Linear(dim, k)
+            with torch.no_grad():
+                head.weight.normal_(0, 0.01, generator=generator)
+                head.bias.zero_()
+            heads[f"{m}_from_{s}"] = head
+    return heads
+
+
+class XDCSampler:
+    """The steps of one iteration: per epoch, DeepCluster's cluster-balanced order of the clips (positions drawn
+    from ``labels``), ``size`` at a time. A pure function of (seed, iteration, labels, step)."""
+
+    def __init__(self, clips: np.ndarray, labels: np.ndarray, it: int, epochs: int, size: int, seed: int, first: int):
+        rng = np.random.default_rng([seed, it])
+        self.orders = [balanced_sample(labels, len(clips), rng) for _ in range(epochs)]
+        self.clips, self.size, self.first, self.per_epoch = clips, size, first, len(clips) // size
+
+    def positions(self, step: int) -> np.ndarray:
+        epoch, i = divmod(step - self.first, self.per_epoch)
+        return self.orders[epoch][i * self.size:(i + 1) * self.size]
+
+    def __call__(self, reader, step: int) -> np.ndarray:
+        return self.clips[self.positions(step)]
+
+
+@register
+class XDCMethod(Method):
+    name, Config = "xdc", XDCConfig
+    help = "XDC / MDC / CDC / SDC: k-means pseudo-labels from one modality supervise the other"
+
+    def setup(self) -> dict:
+        cfg = self.cfg
+        if cfg.variant not in TARGETS:
+            raise ValueError(f"unknown variant {cfg.variant!r}; choose from {sorted(TARGETS)}")
+        self.clips = clips = ClipSet(cfg)
+        self.spec, n = clips.spec, len(clips)
+        if n < cfg.clusters:
+            raise ValueError(f"{n} clips cannot make {cfg.clusters} clusters; lower --clusters")
+        if n < cfg.batch_size:
+            raise ValueError(f"{n} clips but --batch-size {cfg.batch_size}; lower it")
+        self.model = clips.encoders(cfg.dim).to(cfg.device)
+        self.encoder_opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5,
+                                           fused=True)
+        self.optimizers = [self.encoder_opt]
+        self.targets = TARGETS[cfg.variant]
+        self.sources = sorted({s for ss in self.targets.values() for s in ss})
+        self.per_epoch = n // cfg.batch_size
+        self.iteration_steps = cfg.steps // cfg.iterations if cfg.steps else cfg.epochs * self.per_epoch
+        if self.iteration_steps < 1:
+            raise ValueError(f"--steps {cfg.steps} cannot make --iterations {cfg.iterations}; raise it")
+        self.steps = cfg.iterations * self.iteration_steps
+        self.labels: dict[str, np.ndarray] = {}
+        self.iteration, self._sampler = -1, None
+        return {"video_dim": clips.video_dim, "audio_dim": clips.audio_dim}
+
+    def describe(self, step: int) -> str:
+        return (f"xdc {self.cfg.variant}: {len(self.clips)} clips, k={self.cfg.clusters}, targets {self.targets}, "
+                f"{self.cfg.iterations} iterations of {self.iteration_steps} steps, starting at step {step}")
+
+    def new_heads(self, it: int) -> None:
+        """Fresh linear heads for iteration ``it`` (DeepCluster), with their own optimiser."""
+        cfg = self.cfg
+        self.heads = new_heads(self.targets, cfg.dim, cfg.clusters,
+                               torch.Generator().manual_seed(cfg.seed * 1000 + it)).to(cfg.device)
+        self.optimizers = [self.encoder_opt, torch.optim.SGD(self.heads.parameters(), lr=cfg.lr, fused=True)]
+        self.iteration = it
+
+    def schedule(self, step: int) -> dict:
+        if step % self.iteration_steps:
+            return {}
+        self.new_heads(step // self.iteration_steps)
+        new = relabel(self.model, self.clips, self.sources, self.cfg, self.iteration)
+        record = {f"nmi_prev_{s}": float(normalized_mutual_info_score(self.labels[s], new[s]))
+                  for s in self.sources if s in self.labels}
+        self.labels = new
+        return {**record, **{f"clusters_{s}": int(len(np.unique(new[s]))) for s in self.sources}}
+
+    def sampler(self, step: int):
+        cfg, it = self.cfg, step // self.iteration_steps
+        first = it * self.iteration_steps
+        epochs = -(-self.iteration_steps // self.per_epoch)
+        self._sampler = XDCSampler(self.clips.clips, self.labels[self.targets["v"][0]], it, epochs,
+                                   cfg.batch_size, cfg.seed, first)
+        return self._sampler, first + self.iteration_steps
+
+    def forward(self, b: dict, step: int):
+        return forward(self.model, b, self.cfg.device)
+
+    def loss(self, z, b: dict, step: int) -> dict:
+        idx = torch.from_numpy(self._sampler.positions(step))
+        loss = sum(F.cross_entropy(self.heads[f"{m}_from_{s}"](torch.relu(z[m])),
+                                   torch.from_numpy(self.labels[s][idx]).long().to(self.cfg.device))
+                   for m, ss in self.targets.items() for s in ss)
+        return {"loss": loss}
+
+    def checkpoint_due(self, step: int) -> bool:
+        return (step + 1) % self.iteration_steps == 0
+
+    def state_dict(self) -> dict:
+        return {"iteration": torch.tensor(self.iteration), "heads": self.heads.state_dict(),
+                **{f"labels_{s}": torch.from_numpy(v) for s, v in self.labels.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.new_heads(int(state["iteration"]))
+        self.heads.load_state_dict(state["heads"])
+        self.labels = {s: state[f"labels_{s}"].numpy() for s in self.sources}
+
+    def finish(self, run) -> dict:
+        labels = {f"cluster_{s}": self.labels[s] for s in self.sources}
+        return {"iterations": self.cfg.iterations, "clips": len(self.clips),
+                **export_labels(run, self.clips, labels)}
+
+    @classmethod
+    def eval_spec(cls, cfg) -> ClipSpec:
+        return clustering.clip_spec(cfg)  # video and audio clips, as they train
+
+    @classmethod
+    def rebuild(cls, cfg, raw: dict, state: dict) -> nn.Module:
+        """The encoders, each modality in its own space (no cross-modal retrieval to score, only clustering)."""
+        enc = encoders(raw["video_dim"], raw["audio_dim"], cfg.dim, cfg.end_to_end_audio, cfg.end_to_end_video)
+        enc.load_state_dict(state)
+        return Embedder(enc)

@@ -1,0 +1,97 @@
+"""The one training loop of every method: run folder, seeding, resume, the step, logging, checkpoints.
+
+Top to bottom, in the nanoGPT manner. What differs between MCN, MMV, XDC and SeLaVi is in their Method
+(trainers/methods/); nothing here names one. Every batch, augmentation included, is a pure function of
+(seed, step), and a checkpoint holds the model, optimisers, schedulers, the method's state and the RNG, so a
+resumed run continues exactly as an uninterrupted run would (on a CPU).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .data import step_loader
+from .methods import method_of
+from .run import InputWait, RunDir, autocast, check_finite
+
+
+def as_fp32(x):
+    """Floating tensors in ``x`` (nested dicts, lists, tuples) as fp32: losses are computed in fp32."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: as_fp32(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(as_fp32(v) for v in x)
+    return x
+
+
+def train(cfg, progress: bool = True) -> dict:
+    """Train ``cfg``'s method (its Config dataclass) into ``cfg.out``; returns a summary."""
+    from tqdm import tqdm
+
+    method = method_of(cfg)(cfg)
+    run = RunDir(cfg)  # refuses an existing run unless --resume, and a resume with other settings
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    dims = method.setup()
+    model, dev = method.model, cfg.device
+
+    step = 0
+    if (state := run.load()) is not None:
+        method.load_state_dict(state["method"])
+        model.load_state_dict(state["model"])
+        for o, s in zip(method.optimizers, state["opt"]):
+            o.load_state_dict(s)
+        for sch, s in zip(method.schedulers, state["sched"]):
+            sch.load_state_dict(s)
+        torch.set_rng_state(state["rng"])  # dropout draws from it: the same draws after the resume
+        step = int(state["step"])
+    run.open_log(step)
+    run.write_config(cfg, method=method.name, **dims)
+    print(f"{method.describe(step)} (ready in {time.time() - t0:.1f}s)")
+
+    def checkpoint(next_step: int) -> None:
+        run.save({"model": model.state_dict(), "opt": [o.state_dict() for o in method.optimizers],
+                  "sched": [s.state_dict() for s in method.schedulers], "method": method.state_dict(),
+                  "step": torch.tensor(next_step), "rng": torch.get_rng_state()})
+
+    model.train()
+    bar = tqdm(total=method.steps, initial=step, disable=not progress, desc="train")
+    wait, record = InputWait(), {}
+    while step < method.steps:  # a segment: the steps one sampler serves (a relabelling may end it)
+        start = step
+        record.update(method.schedule(start))  # before the sampler: it may read the new labels
+        sample, end = method.sampler(start)
+        loader = step_loader(cfg.store, method.spec, sample, start, end, cfg.loader_workers, dev.startswith("cuda"),
+                             cfg.seed)
+        for step, b in zip(range(start, end), wait.wrap(loader)):
+            if step > start:
+                record.update(method.schedule(step))
+            with autocast(dev):
+                out = method.forward(b, step)
+            terms = method.loss(as_fp32(out), b, step)
+            check_finite(terms["loss"], step, cfg.store)
+            for o in method.optimizers:
+                o.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            for o in method.optimizers:
+                o.step()
+            for s in method.schedulers:
+                s.step()
+            if step % cfg.log_every == 0 or step == method.steps - 1 or record:
+                lr = {"lr": method.schedulers[0].get_last_lr()[0]} if method.schedulers else {}
+                run.log({"step": step, **{k: v.item() for k, v in terms.items()}, **lr, **record,
+                         "input_wait": wait.share(), "time": round(time.time() - t0, 3)})
+                record = {}
+            every = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
+            if every or method.checkpoint_due(step) or step + 1 == method.steps:
+                checkpoint(step + 1)
+            bar.update()
+        step = end
+    bar.close()
+    run.close()
+    torch.save(model.state_dict(), run.path / "model.pt")
+    results = method.finish(run.path)
+    return {"steps": method.steps, **results, "seconds": time.time() - t0}
