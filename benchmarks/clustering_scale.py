@@ -10,7 +10,6 @@ Usage: python benchmarks/clustering_scale.py [--clips 50000 100000 200000] [--ra
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path

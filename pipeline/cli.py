@@ -6,7 +6,6 @@ import json
 import logging
 import sys
 from dataclasses import fields
-from pathlib import Path
 
 from .extract import ALL_GROUPS, ExtractConfig, ExtractError
 from .store import DiskFull
@@ -187,7 +186,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .integrity import repair, verify
+    from .store.verify import repair, verify
     from .store import FeatureStore, StoreLock
 
     store = FeatureStore(args.store)

@@ -21,7 +21,8 @@ from manifests.read import index_video_root
 
 from .part import PartJob, run_part
 from .plan import plan_checksum, plan_store
-from .store import CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries, write_clip_text, write_text
+from .store import (CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries, write_clip_text,
+                    write_status_index, write_text)
 
 ALL_GROUPS = tuple(EXTRACTORS)
 log = logging.getLogger("mmcache")
@@ -242,7 +243,7 @@ def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool
         _run(jobs, cfg, summary)
     with lock.attrs():  # one writer of the status index at a time
         for g in video_groups:
-            store.write_status_index(g)
+            write_status_index(store, g)
     summary["status"] = {g: dict(Counter(store.video_status(g)[0])) for g in video_groups}
     summary["problems"] = store.meta.get("manifest_problems", 0)
     return summary

@@ -16,8 +16,8 @@ import zarr
 
 from manifests.read import ManifestError, Problems, iter_clips, read_videos
 
-from .integrity import seal
 from .store import FORMAT_VERSION, TMP_PREFIX, ColumnWriter, ensure_group, scratch, write_unit
+from .store.seal import seal
 
 MAX_PART = 64  # videos per part by default: ~100 MB of ResNet-152 rows for 64 HowTo100M videos
 

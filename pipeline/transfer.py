@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .plan import plan_checksum, plan_store
-from .store import TMP_PREFIX, FeatureStore, StoreLock, add_groups, write_part
+from .store import TMP_PREFIX, FeatureStore, StoreLock, add_groups, write_part, write_status_index
 
 log = logging.getLogger("mmcache")
 
@@ -122,7 +122,7 @@ def import_features(cfg: ImportConfig) -> dict:
             write_part(store.path, p, cfg.group, rows, status, error, duration, dim,
                        {"videos": [str(v) for v in store.videos["video_id"][a:b]]})
         with lock.attrs():
-            store.write_status_index(cfg.group)
+            write_status_index(store, cfg.group)
         return {"store": str(store.path), "group": cfg.group, "videos": store.n_videos, "parts_run": len(todo),
                 "status": dict(Counter(store.video_status(cfg.group)[0]))}
     finally:

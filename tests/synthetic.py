@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.plan import plan_store
-from pipeline.store import CLIP_CHUNK, FeatureStore, add_groups, write_part, write_text
+from pipeline.store import CLIP_CHUNK, FeatureStore, add_groups, write_part, write_status_index, write_text
 
 CLIP_S = 2.0
 
@@ -125,7 +125,7 @@ def build_store(path: Path, manifest: Path, captions: Path, seconds: float = 12.
     add_groups(path, {g: {"dim": d} for g, d in DIMS.items()} | {"word2vec": {"dim": 300}})
     store = FeatureStore(path)
     for g in DIMS:
-        store.write_status_index(g)
+        write_status_index(store, g)
     return store
 
 
@@ -312,5 +312,5 @@ def add_frames(store: Path, labels_of_video, seed: int = 0, size: int = 32, qual
     n = len(rows)
     write_part(store, 0, "frames", rows, ["ok"] * n, [""] * n, [len(r) for r in rows], ext.dim)
     add_groups(store, {"frames": ext.provenance()})
-    s.write_status_index("frames")
+    write_status_index(s, "frames")
     return ext.provenance()

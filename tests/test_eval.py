@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.store import FeatureStore
 from trainers.crosstask import align, crosstask, ground_truth, recall, summarise
 from trainers.evaluate import evaluate
 from trainers.methods.mcn import MCNConfig

@@ -82,7 +82,7 @@ def test_frames_group_stores_each_decoded_frame_as_a_jpeg(odd_store, odd_dataset
 
     from PIL import Image
 
-    from pipeline.integrity import seal
+    from pipeline.store.seal import seal
 
     store = tmp_path / "frames.zarr"
     shutil.copytree(odd_store[0], store)

@@ -1,7 +1,6 @@
 """docs/adding-an-extractor.md's example, loaded from the document itself: one file and one registry line give
 a group that `pipeline extract` writes in the same decode, that equals a direct torchvision call, and that a
 trainer reads by name."""
-import importlib.util
 import os
 import re
 import sys

@@ -250,10 +250,10 @@ def test_end_to_end_towers_combine_with_combos_and_a_killed_run_resumes_bit_iden
     s = FeatureStore(store)
     mel = np.random.default_rng(0).uniform(-80, 0, (s.n_videos, 800, 40))  # 8 s at 100 frames per second
     write_part(store, 0, "logmel", list(mel), ["ok"] * s.n_videos, [""] * s.n_videos, [8.0] * s.n_videos, 40)
-    from pipeline.store import add_groups
+    from pipeline.store import add_groups, write_status_index
 
     add_groups(store, {"logmel": {"dim": 40, "rate": 100.0}})
-    FeatureStore(store).write_status_index("logmel")
+    write_status_index(FeatureStore(store), "logmel")
     folder = tmp_path / "bert"
     tiny_text_model(folder, [f"w{i}" for i in range(48)])
     add_hf_text(store, folder)
@@ -469,7 +469,7 @@ def with_3d_group(src, dst, dim=32):
     """A copy of a planted store plus a 'r3d_18' group at 1.5 rows/s carrying the same signal as its frames."""
     import shutil
 
-    from pipeline.store import add_groups, write_part
+    from pipeline.store import add_groups, write_part, write_status_index
 
     shutil.copytree(src, dst)
     s = FeatureStore(dst)
@@ -481,7 +481,7 @@ def with_3d_group(src, dst, dim=32):
     n = s.n_videos
     write_part(dst, 0, "r3d_18", rows, ["ok"] * n, [""] * n, list(s.video_duration("resnet152")), dim)
     add_groups(dst, {"r3d_18": {"dim": dim, "rate": 1.5}})
-    FeatureStore(dst).write_status_index("r3d_18")
+    write_status_index(FeatureStore(dst), "r3d_18")
     return dst
 
 
