@@ -5,92 +5,12 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import fields
 
-from .extract import ALL_GROUPS, ExtractConfig, ExtractError
+from .config import add_dataclass_args, config_from_args
+from .extract import ExtractConfig, ExtractError
 from .store import DiskFull
 
 DESCRIPTION = "Decode each video once, run frozen extractors, write a resumable Zarr feature store."
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _pair(value: str) -> tuple[str, str]:
-    group, sep, path = value.partition("=")
-    if not sep or not group or not path:
-        raise argparse.ArgumentTypeError(f"expected GROUP=PATH, got {value!r}")
-    return group.strip(), path
-
-
-def add_extract_args(p: argparse.ArgumentParser, manifest_required: bool = True) -> None:
-    p.add_argument("--manifest", required=manifest_required,
-                   help="HowTo100M-style CSV (video_id, ...; clips from --captions) or one clip per row (video_id or "
-                        "path, start, end, text, extra columns kept as labels); .csv, .jsonl or .parquet")
-    p.add_argument("--store", required=manifest_required, help="the Zarr feature store to write (a directory)")
-    p.add_argument("--captions", help="captions JSON {video_id: {start, end, text}} (HowTo100M manifests)")
-    p.add_argument("--video-root", help="folder searched for <video_id>.<ext> (default: the manifest's folder)")
-    p.add_argument("--strict", action="store_true",
-                   help="abort on any bad manifest row (default: report it, keep it in the store, go on)")
-    p.add_argument("--allow-outside-root", action="store_true",
-                   help="let the manifest's path column name files outside --video-root (default: reported, skipped)")
-    p.add_argument("--groups", type=_csv, help=f"feature groups to extract, from {','.join(ALL_GROUPS)} "
-                   "(default: resnet152,logmel, plus every group given weights or --random-init)")
-    p.add_argument("--resnet152-weights", help="torchvision ResNet-152 state_dict (.pth; HowTo100M: the "
-                                               "ImageNet weights)")
-    p.add_argument("--davenet", help="DAVEnet checkpoint (state_dict .pth) for frozen audio features")
-    p.add_argument("--word2vec", help="GoogleNews-style word2vec .bin (gensim binary format)")
-    p.add_argument("--weights", type=_pair, action="append", default=[], metavar="GROUP=PATH",
-                   help="weights of any group: a torchvision state_dict .pth (r2plus1d_18, r3d_18, ...), a local "
-                        "Hugging Face folder (hf_vision); repeat per group")
-    p.add_argument("--random-init", type=_csv, default=[],
-                   help="run these extractors untrained (e.g. resnet152,davenet); recorded in the store")
-    p.add_argument("--workers", type=int,
-                   help="local Dask worker processes (0 = no Dask, run in this process; default: one per core, "
-                        "with --device cuda one per GPU)")
-    p.add_argument("--threads-per-worker", type=int, help="torch threads per worker (default: cores // workers)")
-    p.add_argument("--decode-workers", type=int,
-                   help="decoding processes per worker feeding its models frames from several videos at once "
-                        "(default: 0 on CPU, where each worker decodes for itself; with --device cuda the host's "
-                        "cores // its GPUs). Dask workers of --scheduler then need DASK_DISTRIBUTED__WORKER__DAEMON=False")
-    p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
-    p.add_argument("--part-size", type=int, help="videos per part = one task, one commit "
-                   "(default: at least 4 parts per worker, at most 64 videos; fixed when the store is planned)")
-    p.add_argument("--device", default="cpu",
-                   help="torch device for the extractors (cpu, cuda). cuda: one local worker per GPU, each holding "
-                        "a Dask resource GPU=1 (start --scheduler workers with --resources GPU=1), decoding in "
-                        "--decode-workers processes (default cpu)")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="frames per CNN forward; 3D groups take 4 clips (default 32; a GPU wants e.g. 128)")
-    p.add_argument("--short-side", type=int, default=224,
-                   help="decoded frame short side in pixels, long side truncated (default 224, the HowTo100M recipe)")
-    p.add_argument("--jpeg-quality", type=int, default=90,
-                   help="frames group: JPEG quality of the stored frames, 1-100 (default 90)")
-    p.add_argument("--jpeg-short-side", type=int, default=0,
-                   help="frames group: short side of the stored frames in pixels, scaled down from the decode "
-                        "(default 0: as decoded, --short-side)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="frozen extractors' precision; auto: bf16 on CPUs with native bf16 where a probe confirms "
-                        "it is faster, bf16/fp16 on CUDA, else fp32 (recorded per group; a store never mixes; "
-                        "default auto; HowTo100M: fp32)")
-    p.add_argument("--decoder", choices=["pyav", "ffmpeg"], default="pyav",
-                   help="pyav: in-process (default); ffmpeg: the HowTo100M extractor's ffmpeg CLI recipe through "
-                        "ffmpeg-python (imageio-ffmpeg's binary or ffmpeg on PATH); the same frames, bit for bit "
-                        "(default pyav)")
-    p.add_argument("--hwaccel", help="ffmpeg -hwaccel method for --decoder ffmpeg (cuda, vaapi, ...)")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="recompute parts holding failed or truncated videos (default: committed parts are kept)")
-    p.add_argument("--dashboard", action="store_true",
-                   help="start Dask's diagnostic dashboard on the local cluster (or use the scheduler's) and print it")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def config_from(args: argparse.Namespace) -> ExtractConfig:
-    names = {f.name for f in fields(ExtractConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values["weights"] = dict(values.get("weights") or [])
-    return ExtractConfig(**values)
 
 
 def print_summary(summary: dict) -> None:
@@ -112,7 +32,7 @@ EXIT_FAILURES = 1  # extraction finished, but some videos or parts failed (exit 
 def cmd_extract(args) -> int:
     from .extract import extract
 
-    summary = extract(config_from(args))
+    summary = extract(config_from_args(ExtractConfig, args, args.parser))
     print_summary(summary)
     failed = {g: sum(n for k, n in counts.items() if k != "ok") for g, counts in summary.get("status", {}).items()}
     if summary.get("failed_parts") or any(failed.values()):
@@ -241,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("extract", help="extract features into a store (resumes; idempotent)")
-    add_extract_args(p)
-    p.set_defaults(fn=cmd_extract)
+    add_dataclass_args(p, ExtractConfig)
+    p.set_defaults(fn=cmd_extract, parser=p)
     p = sub.add_parser("status", help="counts and failures per feature group")
     p.add_argument("--store", required=True, help="the feature store")
     p.add_argument("--show", type=int, default=20, help="failures to list per group (default 20)")

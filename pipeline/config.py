@@ -67,8 +67,8 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls, aliases: dict[str, list[
         names = [flag, *("--" + a.replace("_", "-") for a in aliases.get(f.name, []))]
         kw: dict = {"dest": f.name, "default": argparse.SUPPRESS}
         if t is bool:
-            p.add_argument(*names, action="store_true", help=f"{note} (default {'on' if default else 'off'}; "
-                                                             f"--no-{flag[2:]} turns it off)".lstrip(), **kw)
+            when = f"default on; --no-{flag[2:]} turns it off" if default else "default off"
+            p.add_argument(*names, action="store_true", help=f"{note} ({when})".lstrip(), **kw)
             p.add_argument(f"--no-{flag[2:]}", action="store_false", help=argparse.SUPPRESS, **kw)
             continue
         args = typing.get_args(t)
@@ -81,7 +81,8 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls, aliases: dict[str, list[
         else:
             kw["type"] = next((a for a in (t, *args) if a in (int, float, str)), str)
         when = "required" if default is MISSING else f"default {_shown(default)}"
-        p.add_argument(*names, help=f"{note} ({when})".lstrip(), **kw)
+        said = "(default" in note or "default:" in note  # the comment says what the default means
+        p.add_argument(*names, help=note if said and default is not MISSING else f"{note} ({when})".lstrip(), **kw)
 
 
 def config_from_args(cls, args: argparse.Namespace, parser: argparse.ArgumentParser, renamed: dict | None = None):

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -34,34 +35,55 @@ class ExtractError(RuntimeError):
 
 @dataclass
 class ExtractConfig:
+    """Every flag of `pipeline extract` (pipeline/config.py makes the command line from these comments)."""
+    # HowTo100M-style CSV (video_id, ...; clips from --captions) or one clip per row (video_id or path, start,
+    # end, text, extra columns kept as labels); .csv, .jsonl or .parquet
     manifest: str
-    store: str
-    captions: str | None = None
-    video_root: str | None = None
-    strict: bool = False
-    allow_outside_root: bool = False  # manifest paths may point outside --video-root
-    groups: list[str] | None = None  # default: resnet152, logmel (+ every group given weights)
-    resnet152_weights: str | None = None
-    davenet: str | None = None
-    word2vec: str | None = None
-    weights: dict[str, str] = field(default_factory=dict)  # any group: --weights GROUP=PATH
-    random_init: list[str] = field(default_factory=list)
-    workers: int | None = None  # 0 = run in this process, no Dask; None: one per core (CPU) or per GPU (CUDA)
-    threads_per_worker: int | None = None  # torch threads per worker; default: cores // workers
-    decode_workers: int | None = None  # decoding processes per worker (pipeline/part.py); None: 0 on CPU, cores // GPUs on CUDA
-    scheduler: str | None = None
-    part_size: int | None = None  # videos per part; default: at least 4 parts per worker, at most 64 videos
+    store: str  # the Zarr feature store to write (a directory)
+    captions: str | None = None  # captions JSON {video_id: {start, end, text}} or a caption table (HowTo100M manifests)
+    video_root: str | None = None  # folder searched for <video_id>.<ext> (default: the manifest's folder)
+    strict: bool = False  # abort on any bad manifest row (off: report it, keep it in the store, go on)
+    allow_outside_root: bool = False  # let the manifest's path column name files outside --video-root
+    # feature groups to extract, comma-separated (default: resnet152,logmel, plus every group given weights or
+    # --random-init)
+    groups: list[str] | None = None
+    resnet152_weights: str | None = None  # torchvision ResNet-152 state_dict (.pth; HowTo100M: the ImageNet weights)
+    davenet: str | None = None  # DAVEnet checkpoint (state_dict .pth) for frozen audio features
+    word2vec: str | None = None  # GoogleNews-style word2vec .bin (gensim binary format)
+    # weights of any group, repeated per group: a torchvision state_dict .pth (r2plus1d_18, r3d_18, ...), a local
+    # Hugging Face folder (hf_vision, hf_text)
+    weights: dict[str, str] = field(default_factory=dict)
+    random_init: list[str] = field(default_factory=list)  # run these extractors untrained (recorded in the store)
+    # local Dask worker processes (0: no Dask, run in this process; default: one per core, with --device cuda
+    # one per GPU)
+    workers: int | None = None
+    threads_per_worker: int | None = None  # torch threads per worker (default: cores // workers)
+    # decoding processes per worker feeding its models frames from several videos at once (default: 0 on CPU,
+    # where each worker decodes for itself; with --device cuda the host's cores // its GPUs); Dask workers of
+    # --scheduler then need DASK_DISTRIBUTED__WORKER__DAEMON=False
+    decode_workers: int | None = None
+    scheduler: str | None = None  # address of an existing Dask scheduler (tcp://host:8786)
+    # videos per part = one task, one commit (default: at least 4 parts per worker, at most 64 videos; fixed when
+    # the store is planned)
+    part_size: int | None = None
+    # torch device for the extractors (cpu, cuda); cuda: one local worker per GPU, each holding a Dask resource
+    # GPU=1 (start --scheduler workers with --resources GPU=1), decoding in --decode-workers processes
     device: str = "cpu"
-    batch_size: int = 32
-    short_side: int = 224
-    jpeg_quality: int = 90  # the frames group (JPEG files of the decoded frames)
-    jpeg_short_side: int = 0  # the frames group's short side (0: --short-side)
-    precision: str = "auto"  # fp32, bf16, fp16 or auto (this machine's fastest; features/precision.py)
-    decoder: str = "pyav"  # or ffmpeg: the CLI recipe through ffmpeg-python (bit-identical frames, see README)
-    hwaccel: str | None = None  # passed to ffmpeg -hwaccel (decoder ffmpeg)
-    retry_failed: bool = False
-    dashboard: bool = False  # Dask's diagnostic dashboard (bokeh) on the local cluster; its address is printed
-    progress: bool = True
+    batch_size: int = 32  # frames per CNN forward; 3D groups take 4 clips (a GPU wants e.g. 128)
+    short_side: int = 224  # decoded frame short side in pixels, long side truncated (the HowTo100M recipe: 224)
+    jpeg_quality: int = 90  # frames group: JPEG quality of the stored frames, 1-100
+    jpeg_short_side: int = 0  # frames group: short side of the stored frames in pixels (0: as decoded, --short-side)
+    # frozen extractors' precision; auto: bf16 on CPUs with native bf16 where a probe confirms it is faster,
+    # bf16/fp16 on CUDA, else fp32 (recorded per group; a store never mixes; HowTo100M: fp32)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # pyav: in-process; ffmpeg: the HowTo100M extractor's ffmpeg CLI recipe through ffmpeg-python (imageio-ffmpeg's
+    # binary or ffmpeg on PATH): the same frames, bit for bit
+    decoder: Literal["pyav", "ffmpeg"] = "pyav"
+    hwaccel: str | None = None  # ffmpeg -hwaccel method for --decoder ffmpeg (cuda, vaapi, ...)
+    retry_failed: bool = False  # recompute parts holding failed or truncated videos (off: committed parts are kept)
+    # Dask's diagnostic dashboard (bokeh) on the local cluster (or the scheduler's); its address is printed
+    dashboard: bool = False
+    progress: bool = True  # a progress bar
 
     def options(self) -> Options:
         named = {"resnet152": self.resnet152_weights, "davenet": self.davenet, "word2vec": self.word2vec}
