@@ -346,7 +346,8 @@ def test_cleanup_waits_while_another_extraction_runs(tmp_path):
 def test_truncated_video_keeps_its_decodable_part(real_videos, weights, tmp_path):
     import json
 
-    from trainers.data import ClipReader, ClipSpec
+    from trainers.clips import ClipSpec
+    from trainers.data import ClipReader
 
     v = tmp_path / "videos"
     v.mkdir()
@@ -687,3 +688,30 @@ def test_batcher_fills_every_forward_across_videos_in_frame_order():
     for i, v in enumerate(videos):
         frames = np.concatenate([x.reshape(len(x), -1) for x in (v if isinstance(v, list) else [v])])
         np.testing.assert_allclose(b.result("g", i)[:, 0], frames.mean(1).astype(np.float16), rtol=1e-3)
+
+
+def test_extract_flags_are_the_config_dataclass(tmp_path):
+    """`pipeline extract` builds its flags from ExtractConfig, as the trainers do from theirs
+    (pipeline/config.py): lists, GROUP=PATH pairs, choices, --no-x, --config with flags over it."""
+    import json
+    from dataclasses import fields
+
+    from pipeline.cli import build_parser
+    from pipeline.config import config_from_args, field_comments
+
+    p = build_parser()
+    sub = p._subparsers._group_actions[0].choices["extract"]
+    args = p.parse_args(["extract", "--manifest", "m.csv", "--store", "s.zarr", "--groups", "resnet152,frames",
+                         "--weights", "hf_text=/x", "--weights", "r3d_18=/y.pth", "--no-progress", "--precision", "fp32"])
+    cfg = config_from_args(ExtractConfig, args, sub)
+    assert (cfg.groups, cfg.weights, cfg.progress, cfg.precision, cfg.batch_size) == (
+        ["resnet152", "frames"], {"hf_text": "/x", "r3d_18": "/y.pth"}, False, "fp32", 32)
+    assert all(field_comments(ExtractConfig).get(f.name) for f in fields(ExtractConfig))
+    saved = tmp_path / "extract.json"
+    saved.write_text(json.dumps({"manifest": "a.csv", "store": "b.zarr", "batch_size": 64, "weights": {"x": "1"}}))
+    cfg = config_from_args(ExtractConfig, p.parse_args(["extract", "--config", str(saved), "--batch-size", "8",
+                                                        "--weights", "y=2"]), sub)
+    assert (cfg.manifest, cfg.store, cfg.batch_size, cfg.weights) == ("a.csv", "b.zarr", 8, {"x": "1", "y": "2"})
+    for bad in (["--manifest", "m", "--store", "s", "--precision", "fp64"], ["--store", "s"]):
+        with pytest.raises(SystemExit):
+            config_from_args(ExtractConfig, p.parse_args(["extract", *bad]), sub)
