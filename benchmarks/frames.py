@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from extract import workload  # noqa: E402  (benchmarks/extract.py: the real encodes, remuxed)
 from PIL import Image
 
-from extract import workload  # noqa: E402  (benchmarks/extract.py: the real encodes, remuxed)
 from pipeline.decode import decode
 from pipeline.extract import ExtractConfig, extract
 from pipeline.store import FeatureStore
-from trainers.data import ClipSpec, frame_crops
+from trainers.clips import ClipSpec, frame_crops
 
 
 def store_bytes(store: FeatureStore) -> int:

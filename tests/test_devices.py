@@ -58,7 +58,7 @@ def test_towers_run_in_bf16_on_a_gpu_and_fp32_on_a_cpu(method, device, stores, t
 def test_every_trainer_logs_the_share_of_time_it_waited_for_batches(method, stores, tmp_path, monkeypatch):
     """`input_wait` in metrics.jsonl: the share of wall time a trainer spent waiting for its loader. A store
     that takes 0.2 s to form each batch (in-process loading) makes it most of the time."""
-    from trainers.data import StepBatches
+    from trainers.loader import StepBatches
 
     form = StepBatches.__getitem__
 
@@ -80,7 +80,7 @@ def test_every_trainer_draws_its_augmentation_from_the_run_seed(method, framed, 
     can differ (XDC and SeLaVi drew theirs from seed 0 whatever --seed said, the same every epoch)."""
     import numpy as np
 
-    from trainers.data import StepBatches
+    from trainers.loader import StepBatches
 
     form, seen = StepBatches.__getitem__, []
 

@@ -52,9 +52,9 @@ def crosstask_store(path, seed: int):
     """Videos of 12 s whose seconds inside each annotated step segment carry the step text's planted video
     features (the stores fixture's mixing), noise elsewhere; the word2vec .bin its texts are tokenised with."""
     from gensim.models import KeyedVectors
-    from synthetic import write_clip_store
 
     from features.weights import sha256
+    from synthetic import write_clip_store
 
     rng0 = np.random.default_rng(0)  # the stores fixture's words and mixers
     words = rng0.normal(size=(48, 300))

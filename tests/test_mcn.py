@@ -13,8 +13,10 @@ import torch
 import zarr
 
 from pipeline.store import FeatureStore
-from trainers.data import MERGE_CAP, ClipReader, ClipSpec, merge_captions, step_loader
+from trainers.clips import MERGE_CAP, ClipSpec, merge_captions
+from trainers.data import ClipReader
 from trainers.evaluate import evaluate
+from trainers.loader import step_loader
 from trainers.methods.mcn import MCNConfig, MCNSampler, clip_spec
 from trainers.train import train
 
@@ -204,8 +206,8 @@ def test_pseudo_label_methods_train_a_video_cnn_on_the_cached_frames(framed, tmp
     from sklearn.metrics import normalized_mutual_info_score
 
     from trainers.methods.selavi import SeLaViConfig
-    from trainers.train import train
     from trainers.methods.xdc import XDCConfig
+    from trainers.train import train
 
     train_store, eval_store = framed
     common = dict(store=str(train_store), end_to_end_video="resnet18", video_frames=2, frame_size=32, crop_size=28,
@@ -240,9 +242,8 @@ def test_end_to_end_towers_combine_with_combos_and_a_killed_run_resumes_bit_iden
     right after a checkpoint resumes (augmentations, k-means, loader workers included) to the same weights."""
     import shutil
 
-    from synthetic import add_hf_text, tiny_text_model
-
     from pipeline.store import write_part
+    from synthetic import add_hf_text, tiny_text_model
     from trainers import run as loop
 
     store = tmp_path / "all.zarr"
@@ -297,9 +298,9 @@ def test_end_to_end_text_trains_a_hugging_face_encoder_on_the_cached_token_ids(p
     clip's merged captions, is trained with the MCN losses, and learns the planted text-video structure."""
     import shutil
 
-    from synthetic import add_hf_text, tiny_text_model
     from transformers import AutoTokenizer
 
+    from synthetic import add_hf_text, tiny_text_model
     from trainers.methods.mcn import build_model
 
     folder = tmp_path / "bert"
@@ -406,8 +407,8 @@ def test_a_store_without_usable_clips_says_what_is_missing(planted, tmp_path):
 
     from pipeline.store import write_part
     from trainers.methods.mmv import MMVConfig
-    from trainers.train import train
     from trainers.methods.xdc import XDCConfig
+    from trainers.train import train
 
     store = tmp_path / "broken.zarr"
     shutil.copytree(planted[0], store)
@@ -431,7 +432,8 @@ def test_resume_with_other_settings_is_refused_naming_them(planted, tmp_path):
 
 def test_clips_outside_the_video_are_dropped_and_counted_never_zero_features(odd_dataset, weights, tmp_path):
     from pipeline.extract import ExtractConfig, extract
-    from trainers.methods.mmv import MMVConfig, clip_spec as mmv_spec
+    from trainers.methods.mmv import MMVConfig
+    from trainers.methods.mmv import clip_spec as mmv_spec
 
     rows = tmp_path / "clips.csv"
     rows.write_text("video_id,start,end,text\ngood0,0,2,cut the onion\ngood0,100,200,knead dough\n"
@@ -515,8 +517,8 @@ def test_several_video_groups_are_pooled_per_group_and_concatenated(planted, tmp
 
 def test_mcn_fidelity_warmup_refit_period_and_eval_audio_pooling():
     """Three details pinned against the MCN authors' code (spec: shared/spec/mcn.md)."""
-    from trainers.run import warmup_cosine
     from trainers.model import MCN
+    from trainers.run import warmup_cosine
 
     f = warmup_cosine(10, 110)  # get_cosine_schedule_with_warmup: step / warmup, the first update at lr 0
     assert (f(0), f(5), f(10), f(60), f(110)) == (0.0, 0.5, 1.0, pytest.approx(0.5), pytest.approx(0.0))
@@ -556,7 +558,7 @@ def test_end_to_end_audio_detached_recon_targets_silence_padding_and_pooling_of_
     --recon-targets detached keeps those targets out of the gradient; the default padding is the log-mel
     floor, pooled over the clip's own frames; MCN's behaviour stays behind --recon-targets mcn
     --audio-padding mcn."""
-    from trainers.data import LOGMEL_FLOOR
+    from trainers.clips import LOGMEL_FLOOR
     from trainers.methods.mcn import build_model
 
     torch.manual_seed(0)

@@ -12,7 +12,6 @@ from trainers.methods.selavi import SeLaViConfig, hungarian_alignment, marginals
 from trainers.methods.xdc import TARGETS, XDCConfig, balanced_sample, cluster
 from trainers.train import train
 
-
 # ---- losses: the spec's hand-computed values (B=2, tau=1, z_v = z_a = I) ---------------------------
 
 @pytest.mark.parametrize("variant,expected", [("v2a", math.log(1 + 1 / math.e)),
@@ -213,10 +212,9 @@ def test_every_method_trains_the_end_to_end_audio_tower_on_real_speech(method, t
     each modality for the pseudo-label methods, which align no spaces). That they learn: benchmarks/learn_speech.py."""
     from pathlib import Path
 
-    from synthetic import recordings, speech_store
-
     import trainers.towers
     from features.davenet import DAVEnet
+    from synthetic import recordings, speech_store
     from trainers.evaluate import load_run
 
     made = []

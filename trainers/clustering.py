@@ -11,9 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import FRAMES_GROUP, ClipReader, ClipSpec, check_augment, step_loader, video_groups
-from .run import autocast
+from .clips import FRAMES_GROUP, ClipSpec, check_augment, video_groups
+from .data import ClipReader
+from .loader import step_loader
 from .metrics import clustering_metrics
+from .run import autocast
 from .towers import VideoTower, audio_head, encode_audio
 
 

@@ -130,8 +130,9 @@ def crosstask(run: str | Path, store: str, steps_path: str, annotations_path: st
               chance_draws: int = 20) -> dict:
     from pipeline.store import FeatureStore
 
-    from .data import ClipReader, video_input
+    from .data import ClipReader
     from .evaluate import eval_spec, load_run
+    from .loader import video_input
     from .texts import embed_texts
 
     cfg, raw, model = load_run(run)

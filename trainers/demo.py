@@ -32,7 +32,8 @@ def raw_nmi(store: str, label: str = "task") -> float:
     """k-means NMI of the held-out clips' raw frozen ResNet-152 features (pooled as the trainers read them)."""
     from sklearn.cluster import KMeans
 
-    from .data import ClipReader, ClipSpec
+    from .clips import ClipSpec
+    from .data import ClipReader
     from .metrics import clustering_metrics
 
     reader = ClipReader(store, ClipSpec("v", 0.0))
@@ -51,8 +52,8 @@ def demo(out: str | Path = "demo", steps: int = SHARED["steps"], workers: int | 
     from .compare import compare, text
     from .evaluate import evaluate
     from .methods.mcn import MCNConfig
-    from .train import train
     from .report import plot
+    from .train import train
 
     t0 = time.time()
     out = Path(out)

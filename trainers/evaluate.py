@@ -10,7 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import ClipReader, ClipSpec, text_input, video_input
+from .clips import ClipSpec
+from .data import ClipReader
+from .loader import text_input, video_input
 from .method import RENAMED
 from .methods import method_of, methods
 from .metrics import class_retrieval_metrics, clustering_metrics, retrieval_metrics

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .data import ClipSpec, default_workers
-
+from .clips import ClipSpec
+from .loader import default_workers
 
 # flags renamed so that one idea has one name in every trainer: old name -> new (older config.json files and
 # the old flags still work)

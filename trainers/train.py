@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from .data import step_loader
+from .loader import step_loader
 from .methods import method_of
 from .run import InputWait, RunDir, autocast, check_finite
 

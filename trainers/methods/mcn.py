@@ -11,8 +11,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..data import (FRAMES_GROUP, LOGMEL_FLOOR, ClipReader, ClipSpec, check_augment, text_input, video_groups,
-                    video_input)
+from ..clips import FRAMES_GROUP, LOGMEL_FLOOR, ClipSpec, check_augment, video_groups
+from ..data import ClipReader
+from ..loader import text_input, video_input
 from ..losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
 from ..method import Method, TrainConfig
 from ..model import MCN, parse_combo

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import ClipReader, ClipSpec, video_groups
+from ..clips import ClipSpec, video_groups
+from ..data import ClipReader
 from ..losses import milnce
 from ..method import Method, TrainConfig
 from ..model import SentenceMaxpool

@@ -18,8 +18,9 @@ from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
 from .. import clustering
-from ..clustering import ClipSet, Embedder, encoders, encode, export_labels, forward
-from ..data import ClipSpec, step_loader
+from ..clips import ClipSpec
+from ..clustering import ClipSet, Embedder, encode, encoders, export_labels, forward
+from ..loader import step_loader
 from ..losses import sinkhorn_labels
 from ..method import Method, TrainConfig
 from ..towers import VideoTowerOptions

@@ -21,8 +21,8 @@ from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
 from .. import clustering
-from ..clustering import ClipSet, Embedder, encoders, encode, encode_chunks, export_labels, forward
-from ..data import ClipSpec
+from ..clips import ClipSpec
+from ..clustering import ClipSet, Embedder, encode, encode_chunks, encoders, export_labels, forward
 from ..method import Method, TrainConfig
 from ..towers import VideoTowerOptions
 from . import register
