@@ -107,3 +107,19 @@ def test_every_trainer_draws_its_augmentation_from_the_run_seed(method, framed, 
     assert len(crops["a"]) >= 2 and len({v for _, v in crops["a"]}) == len(crops["a"])  # each step its own draws
     assert crops["a"] == crops["b"]
     assert all(x != y for (_, x), (_, y) in zip(crops["a"], crops["c"])), "seed 2 drew seed 1's crops"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a CUDA device")
+def test_a_run_that_cannot_start_says_why_and_leaves_no_run_folder(stores, tmp_path, capsys):
+    """--device cuda without a GPU, or a store that is not there: one line naming the fix, exit 2, no traceback,
+    and no empty --out folder left behind (for every method)."""
+    from trainers.cli import main
+
+    for method in METHODS:
+        assert main([method, "--store", str(stores["classes"]), "--out", str(tmp_path / method), "--device", "cuda",
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "0 visible CUDA device(s)" in err and "--device cpu" in err and "Traceback" not in err, err
+        assert not (tmp_path / method).exists()
+        assert main([method, "--store", str(tmp_path / "nowhere.zarr"), "--out", str(tmp_path / method)]) == 2
+        assert "no feature store" in capsys.readouterr().err and not (tmp_path / method).exists()

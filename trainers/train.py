@@ -8,6 +8,7 @@ resumed run continues exactly as an uninterrupted run would (on a CPU).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,15 +28,35 @@ def as_fp32(x):
     return x
 
 
+def check_device(device: str) -> None:
+    """One clear line, before anything is written, for a device this machine does not have."""
+    if device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise ValueError(f"--device {device!r}: choose cpu or cuda[:N]")
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= have:
+        raise ValueError(f"--device {device}: this machine has {have} visible CUDA device(s) (torch "
+                         f"{torch.__version__}); use --device cpu" + (f" or cuda:0..{have - 1}" if have else ""))
+
+
 def train(cfg, progress: bool = True) -> dict:
     """Train ``cfg``'s method (its Config dataclass) into ``cfg.out``; returns a summary."""
     from tqdm import tqdm
 
     method = method_of(cfg)(cfg)
+    check_device(cfg.device)
+    fresh = not Path(cfg.out).exists()
     run = RunDir(cfg)  # refuses an existing run unless --resume, and a resume with other settings
     t0 = time.time()
     torch.manual_seed(cfg.seed)
-    dims = method.setup()
+    try:
+        dims = method.setup()
+    except BaseException:  # a bad store or flag: no empty run folder is left behind
+        if fresh and not any(run.path.iterdir()):
+            run.path.rmdir()
+        raise
     model, dev = method.model, cfg.device
 
     step = 0
