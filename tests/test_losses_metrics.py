@@ -70,6 +70,15 @@ def test_retrieval_ties_count_against_the_query():
     assert m["tied queries"] == 1 and m["chance R@1"] == pytest.approx(1 / 3)
 
 
+def test_a_nan_similarity_is_never_a_hit():
+    nan = float("nan")
+    sim = np.array([[nan, 0.0, 0.0],   # the true score is NaN: a miss, ranked last (before: rank 0, an R@1 hit)
+                    [nan, 2.0, 1.0],   # a NaN candidate does not rank above the true item: rank 1
+                    [0.0, 1.0, 3.0]])  # rank 1
+    assert retrieval_ranks(sim).tolist() == [3, 1, 1]
+    assert retrieval_metrics(sim)["R@1"] == pytest.approx(2 / 3)
+
+
 def test_class_level_retrieval_by_hand():
     sim = np.array([[0.1, 0.9, 0.0, 0.2],   # best: clip 1 (label a, as the query): hit at 1
                     [0.8, 0.1, 0.9, 0.0],   # best: clip 2 (b), then clip 0 (a): hit at 2

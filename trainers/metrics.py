@@ -10,11 +10,13 @@ def retrieval_ranks(sim: np.ndarray) -> np.ndarray:
     """1-based rank of the true item (the diagonal) for each query row.
 
     Ties are counted pessimistically: every other candidate scoring >= the true one ranks above it.
-    (MCN's compute_metrics counts a tie as a hit instead, which inflates R@k.)
+    (MCN's compute_metrics counts a tie as a hit instead, which inflates R@k.) A NaN true score ranks last
+    (a miss, never a hit); a NaN candidate never ranks above the true item.
     """
     sim = np.asarray(sim, dtype=np.float64)
     true = np.diag(sim)[:, None]
-    return (sim >= true).sum(axis=1)  # the true item itself is one of them
+    ranks = (sim >= true).sum(axis=1)  # the true item itself is one of them
+    return np.where(np.isnan(true[:, 0]), sim.shape[1], ranks)
 
 
 def retrieval_metrics(sim: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
