@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .config import add_dataclass_args, config_from_args
@@ -49,10 +50,11 @@ def cmd_status(args) -> int:
     from .store import FeatureStore
 
     store = FeatureStore(args.store)
-    print(f"{store.path}: {store.n_videos} videos, {store.n_clips} clips, {store.n_parts} parts; "
+    emit = print if not args.json else (lambda line: None)  # --json: stdout is the JSON object alone
+    emit(f"{store.path}: {store.n_videos} videos, {store.n_clips} clips, {store.n_parts} parts; "
           f"{store.meta.get('manifest_problems', 0)} manifest problems")
     for line in store.problems(args.problems):
-        print(f"    {line}")
+        emit(f"    {line}")
     out = {"videos": store.n_videos, "clips": store.n_clips, "groups": {}}
     for g, meta in store.groups.items():
         if g == "word2vec":
@@ -61,13 +63,13 @@ def cmd_status(args) -> int:
             counts = store.text_status_counts()
             vocab = len(store.word_vectors())
             out["groups"][g] = {"status": counts, "vocab": vocab}
-            print(f"  word2vec   vocab {vocab}; " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            emit(f"  word2vec   vocab {vocab}; " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
             continue
         if store.rate(g) is None:  # a per-clip text group (text/<group>)
             if (store.path / "text" / g).is_dir():
                 counts = store.text_status_counts(g)
                 out["groups"][g] = {"status": counts}
-                print(f"  {g:10s} per clip; " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+                emit(f"  {g:10s} per clip; " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
             continue
         status, error = store.video_status(g)
         vals, counts = np.unique(status.astype(str), return_counts=True)
@@ -76,11 +78,11 @@ def cmd_status(args) -> int:
         out["groups"][g] = {"status": dict(zip(vals.tolist(), counts.tolist())), "failures": fails,
                             "random_init": meta.get("random_init"), "weights_sha256": meta.get("weights_sha256")}
         tag = " (RANDOM-INIT weights)" if meta.get("random_init") else ""
-        print(f"  {g:10s} " + ", ".join(f"{k}={v}" for k, v in zip(vals, counts)) + tag)
+        emit(f"  {g:10s} " + ", ".join(f"{k}={v}" for k, v in zip(vals, counts)) + tag)
         for vid, st, err in fails[: args.show]:
-            print(f"      {vid}: {st}: {err}")
+            emit(f"      {vid}: {st}: {err}")
         if len(fails) > args.show:
-            print(f"      ... {len(fails) - args.show} more (--show N)")
+            emit(f"      ... {len(fails) - args.show} more (--show N)")
     if args.json:
         print(json.dumps(out, indent=1))
     return 0
@@ -166,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="counts and failures per feature group")
     p.add_argument("--store", required=True, help="the feature store")
     p.add_argument("--show", type=int, default=20, help="failures to list per group (default 20)")
-    p.add_argument("--json", action="store_true", help="also print the counts as one JSON object")
+    p.add_argument("--json", action="store_true", help="print the counts as one JSON object, nothing else")
     p.add_argument("--problems", type=int, default=10, help="manifest/caption problems to list (default 10)")
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("import", help="released pre-extracted features (<video_id>.npy files or an .h5) into a "
@@ -214,11 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_broken_pipe() -> int:
+    """`pipeline status | head`: the reader has what it wanted; no traceback (stdout goes to devnull so that
+    Python's final flush does not raise again)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.fn(args)
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     except DiskFull as e:  # the environment, not the input: rerunning resumes
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILURES

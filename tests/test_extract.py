@@ -1,4 +1,5 @@
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -715,3 +716,19 @@ def test_extract_flags_are_the_config_dataclass(tmp_path):
     for bad in (["--manifest", "m", "--store", "s", "--precision", "fp64"], ["--store", "s"]):
         with pytest.raises(SystemExit):
             config_from_args(ExtractConfig, p.parse_args(["extract", *bad]), sub)
+
+
+def test_status_json_is_json_alone_and_a_closed_pipe_is_no_traceback(odd_store, tmp_path):
+    import json
+
+    store, _ = odd_store
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", "--store", str(store), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and json.loads(done.stdout)["groups"]["resnet152"]["status"]["ok"] == 4
+    # a reader that stops early (`| head -1`) while the command still writes: exit 0, nothing on stderr
+    script = ("import pipeline.cli as c\n"
+              "c.cmd_status = lambda args: [print('x' * 100) for _ in range(20000)] and 0\n"
+              f"raise SystemExit(c.main(['status', '--store', {str(store)!r}]))\n")
+    done = subprocess.run(f"{sys.executable} -c {shlex.quote(script)} | head -1", shell=True, capture_output=True,
+                          text=True, timeout=120, executable="/bin/bash")
+    assert done.stdout == "x" * 100 + "\n" and "Traceback" not in done.stderr and done.stderr == "", done.stderr

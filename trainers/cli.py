@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.cli import quiet_broken_pipe
 from pipeline.config import add_dataclass_args, config_from_args
 
 from .method import RENAMED
@@ -184,6 +185,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
+    except BrokenPipeError:  # `trainers ... | head`
+        return quiet_broken_pipe()
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
