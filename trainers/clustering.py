@@ -14,6 +14,7 @@ from torch import nn
 from .clips import FRAMES_GROUP, ClipSpec, check_augment, video_groups
 from .data import ClipReader
 from .loader import step_loader
+from .method import Method
 from .metrics import clustering_metrics
 from .run import autocast
 from .towers import VideoTower, audio_head, encode_audio
@@ -83,6 +84,27 @@ def encoders(video_dim: int, audio_dim: int, feat_dim: int, end_to_end_audio: bo
         video = encoder(video_dim, feat_dim)
     return nn.ModuleDict({"v": video,
                           "a": audio_head(encoder(1024 if end_to_end_audio else audio_dim, feat_dim), end_to_end_audio)})
+
+
+class PseudoLabelMethod(Method):
+    """What XDC and SeLaVi share as methods: they read video and audio at each caption's span, and `trainers
+    eval` embeds with their encoders, each modality in its own space (no cross-modal retrieval to score, only
+    clustering per modality)."""
+
+    @classmethod
+    def eval_spec(cls, cfg) -> ClipSpec:
+        return clip_spec(cfg)
+
+    @classmethod
+    def encoder_state(cls, state: dict) -> dict:
+        """The encoders' weights in model.pt's state."""
+        return state
+
+    @classmethod
+    def rebuild(cls, cfg, raw: dict, state: dict) -> nn.Module:
+        enc = encoders(raw["video_dim"], raw["audio_dim"], cfg.dim, cfg.end_to_end_audio, cfg.end_to_end_video)
+        enc.load_state_dict(cls.encoder_state(state))
+        return Embedder(enc)
 
 
 class Embedder(nn.Module):

@@ -17,12 +17,10 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
-from .. import clustering
-from ..clips import ClipSpec
-from ..clustering import ClipSet, Embedder, encode, encoders, export_labels, forward
+from ..clustering import ClipSet, PseudoLabelMethod, encode, export_labels, forward
 from ..loader import step_loader
 from ..losses import sinkhorn_labels
-from ..method import Method, TrainConfig
+from ..method import TrainConfig
 from ..towers import VideoTowerOptions
 from . import register
 
@@ -161,7 +159,7 @@ def features(model: SeLaVi, clips: ClipSet, cfg: SeLaViConfig) -> dict[str, torc
 
 
 @register
-class SeLaViMethod(Method):
+class SeLaViMethod(PseudoLabelMethod):
     name, Config = "selavi", SeLaViConfig
     help = "SeLaVi: Sinkhorn-Knopp pseudo-labels shared by video and audio, several heads"
 
@@ -257,14 +255,6 @@ class SeLaViMethod(Method):
         return {"clips": len(self.clips), **export_labels(run, self.clips, {**predicted, **pseudo}, best_of="head")}
 
     @classmethod
-    def eval_spec(cls, cfg) -> ClipSpec:
-        return clustering.clip_spec(cfg)  # video and audio clips, as they train
-
-    @classmethod
-    def rebuild(cls, cfg, raw: dict, state: dict) -> nn.Module:
-        """The encoders, each modality in its own space (no cross-modal retrieval to score, only clustering)."""
-        enc = encoders(raw["video_dim"], raw["audio_dim"], cfg.dim, cfg.end_to_end_audio, cfg.end_to_end_video)
-        # model.pt holds the whole model: the encoders and the clustering heads
-        state = {k.removeprefix("encoders."): v for k, v in state.items() if k.startswith("encoders.")}
-        enc.load_state_dict(state)
-        return Embedder(enc)
+    def encoder_state(cls, state: dict) -> dict:
+        """model.pt holds the whole model: the encoders and the clustering heads."""
+        return {k.removeprefix("encoders."): v for k, v in state.items() if k.startswith("encoders.")}

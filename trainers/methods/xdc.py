@@ -20,10 +20,8 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
-from .. import clustering
-from ..clips import ClipSpec
-from ..clustering import ClipSet, Embedder, encode, encode_chunks, encoders, export_labels, forward
-from ..method import Method, TrainConfig
+from ..clustering import ClipSet, PseudoLabelMethod, encode, encode_chunks, export_labels, forward
+from ..method import TrainConfig
 from ..towers import VideoTowerOptions
 from . import register
 
@@ -127,7 +125,7 @@ class XDCSampler:
 
 
 @register
-class XDCMethod(Method):
+class XDCMethod(PseudoLabelMethod):
     name, Config = "xdc", XDCConfig
     help = "XDC / MDC / CDC / SDC: k-means pseudo-labels from one modality supervise the other"
 
@@ -212,14 +210,3 @@ class XDCMethod(Method):
         labels = {f"cluster_{s}": self.labels[s] for s in self.sources}
         return {"iterations": self.cfg.iterations, "clips": len(self.clips),
                 **export_labels(run, self.clips, labels)}
-
-    @classmethod
-    def eval_spec(cls, cfg) -> ClipSpec:
-        return clustering.clip_spec(cfg)  # video and audio clips, as they train
-
-    @classmethod
-    def rebuild(cls, cfg, raw: dict, state: dict) -> nn.Module:
-        """The encoders, each modality in its own space (no cross-modal retrieval to score, only clustering)."""
-        enc = encoders(raw["video_dim"], raw["audio_dim"], cfg.dim, cfg.end_to_end_audio, cfg.end_to_end_video)
-        enc.load_state_dict(state)
-        return Embedder(enc)
