@@ -22,9 +22,9 @@ from scale import measure  # noqa: E402  (peak RSS of a command and its loader w
 from synthetic import build_store, write_inputs  # noqa: E402
 
 RUNS = {
-    "xdc": ["xdc", "--variant", "xdc", "--k", "256", "--iterations", "1", "--epochs", "1", "--batch-size", "4096",
+    "xdc": ["xdc", "--variant", "xdc", "--clusters", "256", "--iterations", "1", "--epochs", "1", "--batch-size", "4096",
             "--pca", "256", "--fit-points", "20000"],
-    "selavi": ["selavi", "--heads", "10", "--k", "256", "--epochs", "1", "--batch-size", "4096",
+    "selavi": ["selavi", "--heads", "10", "--clusters", "256", "--epochs", "1", "--batch-size", "4096",
                "--label-updates", "2"],
 }
 
