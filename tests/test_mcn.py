@@ -428,6 +428,10 @@ def test_resume_with_other_settings_is_refused_naming_them(planted, tmp_path):
         train(small(planted[0], tmp_path / "r", steps=6, lr=1e-2, clusters=8, resume=True), progress=False)
     out = train(small(planted[0], tmp_path / "r", steps=6, resume=True, loader_workers=0), progress=False)
     assert out["steps"] == 6  # a longer run and another loader are fine
+    ckpt = tmp_path / "r" / "checkpoint.pt"  # a checkpoint of the per-method loops before trainers/train.py
+    torch.save({k: v for k, v in torch.load(ckpt, weights_only=True).items() if k != "method"}, ckpt)
+    with pytest.raises(ValueError, match="written by an older mmcache"):
+        train(small(planted[0], tmp_path / "r", steps=9, resume=True), progress=False)
 
 
 def test_clips_outside_the_video_are_dropped_and_counted_never_zero_features(odd_dataset, weights, tmp_path):

@@ -61,6 +61,9 @@ def train(cfg, progress: bool = True) -> dict:
 
     step = 0
     if (state := run.load()) is not None:
+        if "method" not in state:
+            raise ValueError(f"{run.ckpt} was written by an older mmcache, before the one training loop: finish "
+                             "that run with the version that started it, or start a new --out")
         method.load_state_dict(state["method"])
         model.load_state_dict(state["model"])
         for o, s in zip(method.optimizers, state["opt"]):
