@@ -103,10 +103,16 @@ class ExtractConfig:
         return groups
 
 
-def _same(a: dict, b: dict) -> bool:
-    """Provenance a rerun must match: same extractor, weights, random-init and preprocessing."""
-    keys = ("extractor", "weights_sha256", "random_init", "params")
-    return all(a.get(k) == b.get(k) for k in keys)
+def _differences(stored: dict, now: dict) -> list[str]:
+    """The provenance a rerun must match (extractor, weights, random-init, preprocessing), as
+    'key: stored -> now' for each key that differs (``params`` key by key)."""
+    out = []
+    for k in ("extractor", "weights_sha256", "random_init"):
+        if stored.get(k) != now.get(k):
+            out.append(f"{k}: {stored.get(k)!r} -> {now.get(k)!r}")
+    a, b = stored.get("params") or {}, now.get("params") or {}
+    out += [f"params.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,12 +188,9 @@ def _check_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str]) ->
     metas = {}
     for g in groups:
         meta = extractor(g, cfg.options()).provenance()
-        if g in known and not _same(known[g], meta):
-            raise ExtractError(
-                f"group {g!r} in {store.path} was made with different settings:\n  store: "
-                f"{ {k: known[g].get(k) for k in ('weights_sha256', 'random_init', 'params')} }\n  now:   "
-                f"{ {k: meta.get(k) for k in ('weights_sha256', 'random_init', 'params')} }\n"
-                "Use a new --store, or the same settings.")
+        if g in known and (diff := _differences(known[g], meta)):
+            raise ExtractError(f"group {g!r} in {store.path} was made with different settings (store -> now): "
+                               + "; ".join(diff) + ". Use a new --store, or the store's settings")
         metas[g] = meta
     return metas
 
@@ -223,6 +226,9 @@ def _jobs(cfg: ExtractConfig, store: FeatureStore, groups: list[str], threads: i
 
 def extract(cfg: ExtractConfig) -> dict:
     """Run (or resume) an extraction. Returns a summary dict."""
+    if cfg.hwaccel and cfg.decoder != "ffmpeg":
+        raise ExtractError(f"--hwaccel {cfg.hwaccel} is an ffmpeg CLI option: pass --decoder ffmpeg with it (the "
+                           "default decoder, PyAV in-process, decodes on the CPU)")
     if cfg.workers is None:
         cfg = replace(cfg, workers=_gpus() if cfg.device.startswith("cuda") else os.cpu_count() or 1)
     groups = cfg.wanted_groups()

@@ -548,8 +548,12 @@ def test_ffmpeg_decoder_extracts_the_same_store(odd_store, odd_dataset, weights,
     a, b = store_arrays(store), store_arrays(odd_store[0])
     for k in [k for k in a if k.startswith("parts/") and k.rsplit("/", 1)[1] in ("data", "offsets", "status")]:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    with pytest.raises(ExtractError, match="different settings"):  # one decoder per store: it is recorded
+    # one decoder per store: it is recorded, and the refusal names the one setting that differs
+    with pytest.raises(ExtractError, match=r"different settings \(store -> now\): params.decoder: 'ffmpeg' -> "
+                                           r"'pyav'\. Use a new --store"):
         extract(config(odd_dataset, store, weights, groups=["resnet152"]))
+    with pytest.raises(ExtractError, match="--hwaccel cuda is an ffmpeg CLI option: pass --decoder ffmpeg"):
+        extract(config(odd_dataset, tmp_path / "hw.zarr", weights, hwaccel="cuda"))
 
 
 def test_hf_text_group_embeds_every_caption_as_transformers_does(odd_dataset, weights, tmp_path):
