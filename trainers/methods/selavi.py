@@ -45,8 +45,9 @@ class SeLaViConfig(TrainConfig, VideoTowerOptions):
     audio_gain_db: float = 0.9
     compat_marginals: bool = False  # reproduce the released code's r ~ 1/d (see spec 4.5)
     # batches run through the model in training mode, without updates, before the first labelling, so that
-    # BatchNorm's running statistics (used by the eval-mode label pass) are the data's (SeLaVi's utils.py has
-    # it, spec 4.3: 20; its released main.py does not call it; see the README for what it did here)
+    # BatchNorm's running statistics (used by the eval-mode label pass) are the data's, averaged with equal
+    # weights (SeLaVi's released main.py: 20, warmup_batchnorm at the first epoch, with BatchNorm's momentum 0.1;
+    # our default 0 differs: on the planted-class test it lowered the best head's NMI, docs/training.md)
     bn_warmup: int = 0
     align: Literal["hungarian", "none"] = "hungarian"  # audio head aligned to the video head at the first update: hungarian (exact) or none
     dim: int = 512  # encoder output size (SeLaVi: 512)
