@@ -57,13 +57,13 @@ def test_towers_run_in_bf16_on_a_gpu_and_fp32_on_a_cpu(method, device, stores, t
 @pytest.mark.parametrize("method", METHODS)
 def test_every_trainer_logs_the_share_of_time_it_waited_for_batches(method, stores, tmp_path, monkeypatch):
     """`input_wait` in metrics.jsonl: the share of wall time a trainer spent waiting for its loader. A store
-    that takes 0.2 s to form each batch (in-process loading) makes it most of the time."""
+    that takes 0.5 s to form each batch (in-process loading) makes it most of the time."""
     from trainers.loader import StepBatches
 
     form = StepBatches.__getitem__
 
     def slow(self, step):
-        time.sleep(0.2)
+        time.sleep(0.5)
         return form(self, step)
 
     monkeypatch.setattr(StepBatches, "__getitem__", slow)

@@ -16,7 +16,8 @@ class ClipSpec:
     modalities: str = "vat"  # which of v, a, t are read
     min_time: float = 10.0  # merge neighbouring captions until the clip lasts this long (MCN)
     max_words: int = 20
-    end_to_end_audio: bool = False  # log-mel windows instead of pooled frozen DAVEnet features
+    end_to_end_audio: bool = False  # log-mel windows instead of pooled frozen audio features
+    audio_group: str = "davenet"  # the frozen audio group: rows per second, sum-pooled over the clip
     audio_frames: int = 1000
     audio_pad: float = LOGMEL_FLOOR  # log-mel padding: silence; MCN pads with 0 dB, the loudest value
     normalize_audio: bool = False  # L2-normalise pooled frozen audio features (as the video groups are)

@@ -24,7 +24,8 @@ def clip_spec(cfg) -> ClipSpec:
     """What a pseudo-label trainer (XDC, SeLaVi config) reads of a clip: its video and audio at its caption's
     span, in training and evaluation alike (augmentations are drawn only by the training loader)."""
     check_augment(cfg.augment)
-    return ClipSpec("va", min_time=0.0, end_to_end_audio=cfg.end_to_end_audio, audio_frames=cfg.audio_frames,
+    return ClipSpec("va", min_time=0.0, end_to_end_audio=cfg.end_to_end_audio, audio_group=cfg.audio_group,
+                    audio_frames=cfg.audio_frames,
                     video_groups=video_groups(cfg.video_groups), audio_gain_db=getattr(cfg, "audio_gain_db", 0.0),
                     frames_group=FRAMES_GROUP if cfg.end_to_end_video else "", video_frames=cfg.video_frames,
                     frame_size=cfg.frame_size, crop_size=cfg.crop_size, augment=cfg.augment)

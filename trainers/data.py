@@ -56,7 +56,7 @@ class ClipReader:
         self.video_groups = ((spec.frames_group,) if spec.frames_group else tuple(spec.video_groups)) \
             if "v" in spec.modalities else ()
         self.video_group = self.video_groups[0] if self.video_groups else None
-        self.audio_group = ("logmel" if spec.end_to_end_audio else "davenet") if "a" in spec.modalities else None
+        self.audio_group = ("logmel" if spec.end_to_end_audio else spec.audio_group) if "a" in spec.modalities else None
         self.ok = {}  # per modality, per video
         for m, groups in (("v", self.video_groups), ("a", (self.audio_group,) if self.audio_group else ())):
             for group in groups:

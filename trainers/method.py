@@ -24,6 +24,9 @@ class TrainConfig:
     # video groups, comma-separated: each max-pooled over the clip, L2-normalised, concatenated (MCN: 2D|3D,
     # e.g. resnet152,r2plus1d_18)
     video_groups: str = "resnet152"
+    # the frozen audio group (without --end-to-end-audio): any group of rows per second, sum-pooled over each
+    # clip as MCN pools DAVEnet's (e.g. a new audio extractor's name)
+    audio_group: str = "davenet"
     seed: int = 1  # initialisation, batches and augmentation are a function of the seed
     device: str = "cpu"  # cpu or cuda[:N] (bf16 autocast on CUDA)
     resume: bool = False  # continue the run in --out from its last checkpoint, to the same weights

@@ -68,14 +68,16 @@ def modalities_of(combo: str) -> str:
     return "".join(sorted(set("".join(parse_combo(combo).values())), key="vat".index))
 
 
-def build_model(cfg: MCNConfig, video_dim: int, we_dim: int) -> MCN:
+def build_model(cfg: MCNConfig, video_dim: int, we_dim: int, audio_dim: int = 1024) -> MCN:
+    """``audio_dim``: the frozen audio group's (end to end, DAVEnet's 1024-d output feeds the heads)."""
     check_augment(cfg.augment)
     for flag, value, choices in (("recon-targets", cfg.recon_targets, ("detached", "input", "mcn")),
                                  ("audio-padding", cfg.audio_padding, ("silence", "mcn")),
                                  ("clip-population", cfg.clip_population, ("mcn", "strict"))):
         if value not in choices:
             raise ValueError(f"--{flag} {value!r}: choose {' or '.join(choices)}")
-    return MCN(cfg.combo, cfg.dim, video_dim=video_dim, audio_dim=1024, we_dim=we_dim,
+    return MCN(cfg.combo, cfg.dim, video_dim=video_dim, audio_dim=1024 if cfg.end_to_end_audio else audio_dim,
+               we_dim=we_dim,
                end_to_end_audio=cfg.end_to_end_audio, recon=not cfg.no_recon,
                detach_targets=cfg.recon_targets != "mcn", pool_padding=cfg.audio_padding == "mcn",
                input_targets=cfg.recon_targets == "input", end_to_end_text=cfg.end_to_end_text,
@@ -85,7 +87,7 @@ def build_model(cfg: MCNConfig, video_dim: int, we_dim: int) -> MCN:
 def clip_spec(cfg: MCNConfig, min_time: float | None = None, audio_frames: int | None = None) -> ClipSpec:
     """What ``cfg``'s model reads of a clip (evaluation passes its own ``min_time`` and may widen the window)."""
     return ClipSpec(modalities_of(cfg.combo), cfg.min_time if min_time is None else min_time, cfg.max_words,
-                    cfg.end_to_end_audio, audio_frames or cfg.audio_frames,
+                    cfg.end_to_end_audio, cfg.audio_group, audio_frames or cfg.audio_frames,
                     audio_pad=0.0 if cfg.audio_padding == "mcn" else LOGMEL_FLOOR, normalize_audio=cfg.normalize_audio,
                     clip_population=cfg.clip_population, video_groups=video_groups(cfg.video_groups),
                     text_tokens=TEXT_GROUP if cfg.end_to_end_text else "", max_tokens=cfg.max_tokens,
@@ -206,7 +208,7 @@ class MCNMethod(Method):
         self._sampler = MCNSampler(self.videos, cfg.videos_per_batch, cfg.clips_per_video, cfg.seed)
         self.steps = cfg.steps
         self.vectors = reader.vectors.to(cfg.device)
-        self.model = build_model(cfg, reader.video_dim, self.vectors.shape[1]).to(cfg.device)
+        self.model = build_model(cfg, reader.video_dim, self.vectors.shape[1], reader.audio_dim).to(cfg.device)
         # fused: one kernel over all parameters (a DAVEnet update: 0.19 -> 0.03 s on 2 CPU cores)
         opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
         self.optimizers = [opt]
@@ -214,7 +216,7 @@ class MCNMethod(Method):
         self.clusterers = {name: Clusterer(cfg.queue_steps * cfg.videos_per_batch * max(1, cfg.clips_per_video // 2),
                                            cfg.dim, cfg.clusters) for name in self.model.spaces}
         self._first = None
-        return {"video_dim": reader.video_dim, "we_dim": int(self.vectors.shape[1])}
+        return {"video_dim": reader.video_dim, "audio_dim": reader.audio_dim, "we_dim": int(self.vectors.shape[1])}
 
     def describe(self, step: int) -> str:
         return (f"mcn {self.cfg.combo}: {len(self.videos)} usable videos (dropped clips: {self.dropped or 'none'}), "
@@ -252,6 +254,6 @@ class MCNMethod(Method):
 
     @classmethod
     def rebuild(cls, cfg: MCNConfig, raw: dict, state: dict) -> MCN:
-        model = build_model(cfg, raw["video_dim"], raw["we_dim"])
+        model = build_model(cfg, raw["video_dim"], raw["we_dim"], raw.get("audio_dim", 1024))
         model.load_state_dict(state)
         return model

@@ -102,7 +102,7 @@ def build(cfg: MMVConfig, video_dim: int, audio_dim: int, we_dim: int) -> MMV:
 def clip_spec(cfg: MMVConfig, modalities: str = "vat", min_time: float | None = None,
               candidates: int | None = None) -> ClipSpec:
     return ClipSpec(modalities, cfg.min_time if min_time is None else min_time, cfg.max_words,
-                    cfg.end_to_end_audio, cfg.audio_frames,
+                    cfg.end_to_end_audio, cfg.audio_group, cfg.audio_frames,
                     candidates=cfg.candidates if candidates is None else candidates,
                     video_groups=video_groups(cfg.video_groups))
 
