@@ -123,3 +123,13 @@ def test_a_run_that_cannot_start_says_why_and_leaves_no_run_folder(stores, tmp_p
         assert not (tmp_path / method).exists()
         assert main([method, "--store", str(tmp_path / "nowhere.zarr"), "--out", str(tmp_path / method)]) == 2
         assert "no feature store" in capsys.readouterr().err and not (tmp_path / method).exists()
+
+
+@pytest.mark.parametrize("method,field,value", [("mcn", "recon_targets", "detach"), ("mmv", "graph", "fan"),
+                                                ("xdc", "variant", "xcd"), ("selavi", "distribution", "normal")])
+def test_a_choice_outside_its_literal_is_refused_naming_the_flag(method, field, value):
+    """Configs built in code (or from a config.json) check their choices as the CLI does, in one place."""
+    from trainers.methods import methods
+
+    with pytest.raises(ValueError, match=f"--{field.replace('_', '-')} '{value}': choose "):
+        methods()[method].Config(store="s", out="o", **{field: value})

@@ -2,6 +2,7 @@
 and the config fields every method shares. A method steps no optimiser, writes no checkpoint or log line."""
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,6 +34,14 @@ class TrainConfig:
     log_every: int = 10  # steps between lines of metrics.jsonl
     checkpoint_every: int = 100  # steps between atomic checkpoints, 0: only where the method says and at the end
     loader_workers: int = default_workers()  # processes forming batches beside training (0: in-process)
+
+    def __post_init__(self):
+        """A value outside a ``Literal`` field's choices is refused, naming the flag (the CLI's choices check
+        the same; this covers configs built in code and from a config.json)."""
+        for name, hint in typing.get_type_hints(type(self)).items():
+            if typing.get_origin(hint) is typing.Literal and getattr(self, name) not in typing.get_args(hint):
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose "
+                                 + " or ".join(typing.get_args(hint)))
 
 
 class Method:

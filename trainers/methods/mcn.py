@@ -64,6 +64,7 @@ class MCNConfig(TrainConfig, VideoTowerOptions):
     # such clips, and those starting before 12.5 ms, are left out. Evaluation always scores the strict set.
     clip_population: Literal["mcn", "strict"] = "mcn"
 
+
 def modalities_of(combo: str) -> str:
     return "".join(sorted(set("".join(parse_combo(combo).values())), key="vat".index))
 
@@ -71,11 +72,6 @@ def modalities_of(combo: str) -> str:
 def build_model(cfg: MCNConfig, video_dim: int, we_dim: int, audio_dim: int = 1024) -> MCN:
     """``audio_dim``: the frozen audio group's (end to end, DAVEnet's 1024-d output feeds the heads)."""
     check_augment(cfg.augment)
-    for flag, value, choices in (("recon-targets", cfg.recon_targets, ("detached", "input", "mcn")),
-                                 ("audio-padding", cfg.audio_padding, ("silence", "mcn")),
-                                 ("clip-population", cfg.clip_population, ("mcn", "strict"))):
-        if value not in choices:
-            raise ValueError(f"--{flag} {value!r}: choose {' or '.join(choices)}")
     return MCN(cfg.combo, cfg.dim, video_dim=video_dim, audio_dim=1024 if cfg.end_to_end_audio else audio_dim,
                we_dim=we_dim,
                end_to_end_audio=cfg.end_to_end_audio, recon=not cfg.no_recon,

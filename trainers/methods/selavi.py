@@ -166,8 +166,6 @@ class SeLaViMethod(PseudoLabelMethod):
 
     def setup(self) -> dict:
         cfg = self.cfg
-        if cfg.distribution not in ("uniform", "gauss"):
-            raise ValueError(f"unknown --distribution {cfg.distribution!r} (uniform, gauss)")
         self.clips = clips = ClipSet(cfg)
         self.spec, n = clips.spec, len(clips)
         if n < max(cfg.batch_size, cfg.clusters):
