@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
-from .config import add_dataclass_args, config_from_args
+from .config import add_dataclass_args, config_from_args, quiet_broken_pipe
 from .extract import ExtractConfig, ExtractError
 from .store import DiskFull
 
@@ -214,13 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_demo)
     return parser
-
-
-def quiet_broken_pipe() -> int:
-    """`pipeline status | head`: the reader has what it wanted; no traceback (stdout goes to devnull so that
-    Python's final flush does not raise again)."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
 
 
 def main(argv=None) -> int:

@@ -1,12 +1,15 @@
 """Config dataclasses as command lines, for both CLIs: one --flag per field, its help the field's comment (unit,
 the paper's value) and its default, choices from ``Literal`` types, --x / --no-x for booleans, list and
-GROUP=PATH fields, and --config FILE.json to start from a saved config (flags given beside it override)."""
+GROUP=PATH fields, and --config FILE.json to start from a saved config (flags given beside it override); and
+the quiet end of both CLIs when their reader closes the pipe."""
 from __future__ import annotations
 
 import argparse
 import inspect
 import json
+import os
 import re
+import sys
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -103,3 +106,10 @@ def config_from_args(cls, args: argparse.Namespace, parser: argparse.ArgumentPar
     if missing:
         parser.error("the following arguments are required: " + ", ".join("--" + m.replace("_", "-") for m in missing))
     return cls(**values)
+
+
+def quiet_broken_pipe() -> int:
+    """`pipeline status | head`: the reader has what it wanted; no traceback (stdout goes to devnull so that
+    Python's final flush does not raise again)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0

@@ -7,8 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.cli import quiet_broken_pipe
-from pipeline.config import add_dataclass_args, config_from_args
+from pipeline.config import add_dataclass_args, config_from_args, quiet_broken_pipe
 
 from .method import RENAMED
 from .methods import methods
