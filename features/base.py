@@ -7,6 +7,7 @@ selected extractors over one decode; `features/registry.py` names them.
     clip_frames  a batch of clips (B, frames_per_clip, side, W, 3)      one per clip of frames_per_clip at fps
     audio        one video's 16 kHz mono waveform (float32)             rate per second
     logmel       one video's log-mel (T, 40), as the store keeps it     rate per second
+                 (the output of the group named `logmel`, computed or read back from the store)
     text         a list of captions (run once over the clip table)      one per clip
 """
 from __future__ import annotations

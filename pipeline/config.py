@@ -88,9 +88,11 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls, aliases: dict[str, list[
         p.add_argument(*names, help=note if said and default is not MISSING else f"{note} ({when})".lstrip(), **kw)
 
 
-def config_from_args(cls, args: argparse.Namespace, parser: argparse.ArgumentParser, renamed: dict | None = None):
-    """``cls`` from the field defaults, under a --config file's values, under the flags given. ``renamed``:
-    old key -> field name, for files written by older versions; keys that are no field are ignored."""
+def config_from_args(cls, args: argparse.Namespace, parser: argparse.ArgumentParser, renamed: dict | None = None,
+                     recipes: dict[str, dict] | None = None, require: bool = True):
+    """``cls`` from the field defaults, under a --config file's values, under a --recipe's values (``recipes``:
+    name -> field values), under the other flags given. ``renamed``: old key -> field name, for files written by
+    older versions; keys that are no field are ignored. Without ``require``, missing required fields are None."""
     names, renamed = {f.name for f in fields(cls)}, renamed or {}
     values: dict = {}
     if getattr(args, "config", None):
@@ -100,10 +102,14 @@ def config_from_args(cls, args: argparse.Namespace, parser: argparse.ArgumentPar
         raw = json.loads(path.read_text())
         values = {renamed.get(k, k): v for k, v in raw.items() if renamed.get(k, k) in names}
     given = {k: v for k, v in vars(args).items() if k in names}
+    if recipes and "recipe" in given:  # a recipe given as a flag replaces a --config file's values of its fields
+        values.update(recipes[given["recipe"]])
     for k, v in given.items():  # GROUP=PATH pairs, repeated, extend the file's
         values[k] = {**values.get(k, {}), **dict(v)} if typing.get_origin(typing.get_type_hints(cls)[k]) is dict else v
     missing = [f.name for f in fields(cls) if _default(f) is MISSING and f.name not in values]
-    if missing:
+    if missing and not require:
+        values.update(dict.fromkeys(missing))
+    elif missing:
         parser.error("the following arguments are required: " + ", ".join("--" + m.replace("_", "-") for m in missing))
     return cls(**values)
 

@@ -165,7 +165,7 @@ def decode_video(plan: DecodePlan, path: str, sink) -> DecodeResult:
                 out.failure = f2
     if plan.mel and out.dec is not None and out.dec.audio is not None:
         try:  # rounded as stored, so DAVEnet sees the same input whether the log-mel was just computed or read
-            out.mel = extractor("logmel", opts)(out.dec.audio).astype(np.float16).astype(np.float32)
+            out.mel = extractor(LOGMEL, opts)(out.dec.audio).astype(np.float16).astype(np.float32)
         except Exception as e:
             out.mel_error = f"{type(e).__name__}: {e}"
     return out
@@ -239,7 +239,7 @@ def _pooled(job: PartJob, plan: DecodePlan, batcher: Batcher, of: dict, workers:
 
 
 def _stored_logmel(job: PartJob):
-    path = Path(job.store, "parts", f"p{job.part:06d}", "logmel")
+    path = Path(job.store, "parts", f"p{job.part:06d}", LOGMEL)
     return read_unit(path)[0] if path.is_dir() else None
 
 
@@ -271,9 +271,9 @@ def run_part(job: PartJob) -> dict:
     exts = {g: extractor(g, opts) for g in job.groups}
     of = {kind: [g for g, e in exts.items() if e.consumes == kind] for kind in (FRAMES, CLIP_FRAMES, AUDIO, LOGMEL)}
     # log-mel consumers (DAVEnet) read the log-mel this run computes, or the stored one, or compute it unstored
-    stored_mel = _stored_logmel(job) if of[LOGMEL] and "logmel" not in exts else None
-    want_mel = "logmel" in exts or (bool(of[LOGMEL]) and stored_mel is None)
-    raw = [g for g in of[AUDIO] if g != "logmel"]
+    stored_mel = _stored_logmel(job) if of[LOGMEL] and LOGMEL not in exts else None
+    want_mel = LOGMEL in exts or (bool(of[LOGMEL]) and stored_mel is None)
+    raw = [g for g in of[AUDIO] if g != LOGMEL]
     plan = DecodePlan(frames=bool(of[FRAMES]), audio=bool(raw) or want_mel, mel=want_mel, raw_audio=bool(raw), opts=opts,
                       clips=tuple((g, exts[g].fps, exts[g].side, exts[g].frames_per_clip) for g in of[CLIP_FRAMES]))
     n = len(job.videos)
@@ -329,12 +329,12 @@ def _finish_audio(i: int, d: DecodeResult, exts: dict, of: dict, stored_mel, res
     ok, note, duration = _outcome(d)
     for group in sorted(of[AUDIO] + of[LOGMEL], key=lambda g: exts[g].consumes == LOGMEL):
         try:
-            if exts[group].consumes == AUDIO and group != "logmel":
+            if exts[group].consumes == AUDIO and group != LOGMEL:
                 _need(d, d.dec is not None and d.dec.audio is not None, "no_audio", d.dec.audio_error if d.dec else "")
                 results[group].put(i, exts[group](d.dec.audio), ok, note, duration)
                 continue
             mel = d.mel
-            if group != "logmel" and stored_mel is not None:  # the log-mel's users, from the stored log-mel
+            if group != LOGMEL and stored_mel is not None:  # the log-mel's users, from the stored log-mel
                 off, duration = stored_mel["offsets"], float(stored_mel["duration"][i])
                 if stored_mel["status"][i] not in USABLE:
                     raise DecodeFailure(stored_mel["status"][i], stored_mel["error"][i])
@@ -345,7 +345,7 @@ def _finish_audio(i: int, d: DecodeResult, exts: dict, of: dict, stored_mel, res
                 if d.mel_error:
                     raise DecodeFailure("extract_error", d.mel_error)
                 _need(d, False, "no_audio", d.dec.audio_error or "no audio")
-            results[group].put(i, mel if group == "logmel" else exts[group](mel), ok, note, duration)
+            results[group].put(i, mel if group == LOGMEL else exts[group](mel), ok, note, duration)
         except DecodeFailure as f:
             results[group].put(i, None, f.status, f.message, duration)
         except Exception as e:  # an extractor bug or OOM on one video must not lose the part

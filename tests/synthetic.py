@@ -49,7 +49,8 @@ def planted_store(path, n_videos, seed, word_vectors, mixers, clips_per_video=4,
         audio.append(np.concatenate(a_rows))
     return write_clip_store(path, rows, "task", {"resnet152": frames, "davenet": audio}, clips_per_video * CLIP_S,
                             ids, vocab, word_vectors,
-                            {"resnet152": {"dim": wv.shape[1]}, "davenet": {"dim": 1024}, "word2vec": {"dim": 300}})
+                            {"resnet152": {"dim": wv.shape[1], "rate": 1.0}, "davenet": {"dim": 1024, "rate": 6.25},
+                             "word2vec": {"dim": 300}})
 
 
 def write_clip_store(path, rows, label: str, units: dict, seconds: float, ids, vocab: int, word_vectors,
@@ -122,7 +123,7 @@ def build_store(path: Path, manifest: Path, captions: Path, seconds: float = 12.
             yield np.array(["ok" if len(i) else "empty_caption" for i in ids], dtype=object), ids
 
     write_text(store, chunks(), VOCAB, lambda rows: rng.normal(size=(len(rows), 300)).astype(np.float32))
-    add_groups(path, {g: {"dim": d} for g, d in DIMS.items()} | {"word2vec": {"dim": 300}})
+    add_groups(path, {g: {"dim": d, "rate": RATES[g]} for g, d in DIMS.items()} | {"word2vec": {"dim": 300}})
     store = FeatureStore(path)
     for g in DIMS:
         write_status_index(store, g)

@@ -75,8 +75,9 @@ def crosstask_store(path, seed: int):
         frames.append(x)
         rows.append([f"v{v}", 0.0, 12.0, "w0", task])
     write_clip_store(path, rows, "task", {"resnet152": frames}, 12.0, [np.array([0], np.int32)] * 8, 48, words,
-                     {"resnet152": {"dim": 64}, "word2vec": {"dim": 300, "weights": str(path.parent / "w2v.bin"),
-                                                            "weights_sha256": sha256(path.parent / "w2v.bin")}})
+                     {"resnet152": {"dim": 64, "rate": 1.0},
+                      "word2vec": {"dim": 300, "weights": str(path.parent / "w2v.bin"),
+                                   "weights_sha256": sha256(path.parent / "w2v.bin")}})
     (path.parent / "steps.json").write_text(json.dumps({t: [" ".join(f"w{w}" for w in s) for s in ss]
                                                         for t, ss in steps.items()}))
     with open(path.parent / "annotations.csv", "w", newline="") as f:

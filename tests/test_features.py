@@ -193,6 +193,31 @@ def test_3d_clip_model_matches_a_direct_torchvision_call(weights):
     assert enc.provenance()["params"]["frames_per_clip"] == 16 and enc.weights_sha256
 
 
+@pytest.mark.parametrize("arch,dim,mean,std", [
+    ("s3d", 1024, (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)),
+    ("mvit_v2_s", 768, (0.45,) * 3, (0.225,) * 3)])
+def test_s3d_and_mvit_features_are_what_fed_their_heads(arch, dim, mean, std, tmp_path):
+    """S3D's head is `classifier` (dropout + a 1x1x1 conv, then a mean over time and space), MViT's `head` (on
+    the class token): the feature is what fed each, from a direct torchvision call with its head kept."""
+    torch.manual_seed(0)
+    ref = torchvision.models.get_model(arch, weights=None).eval()
+    torch.save(ref.state_dict(), tmp_path / f"{arch}.pth")
+    enc = built(arch, str(tmp_path / f"{arch}.pth"))
+    clips = np.random.default_rng(0).integers(0, 256, (1, 16, 224, 240, 3), dtype=np.uint8)  # short side 224
+    x = torch.from_numpy(clips[:, :, :, 8:232]).permute(0, 4, 1, 2, 3).float() / 255  # centre 224x224
+    x = (x - torch.tensor(mean)[:, None, None, None]) / torch.tensor(std)[:, None, None, None]
+    fed = []
+    head = ref.classifier if arch == "s3d" else ref.head
+    hook = head.register_forward_hook(lambda m, args, out: fed.append(args[0]))
+    with torch.no_grad():
+        ref(x)
+    hook.remove()
+    expected = fed[0].mean(dim=(2, 3, 4)) if arch == "s3d" else fed[0]
+    expected = torch.nn.functional.normalize(expected, dim=1).numpy()
+    np.testing.assert_allclose(enc(clips), expected, atol=2e-5)
+    assert (enc.dim, enc.side, enc.rate) == (dim, 224, 1.5)
+
+
 def test_hf_vision_model_from_a_local_folder_matches_transformers(tmp_path):
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 

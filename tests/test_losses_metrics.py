@@ -70,6 +70,27 @@ def test_retrieval_ties_count_against_the_query():
     assert m["tied queries"] == 1 and m["chance R@1"] == pytest.approx(1 / 3)
 
 
+def test_optimistic_ties_count_as_hits_as_mcn_does():
+    sim = np.array([[1.0, 1.0, 0.0],   # tie with a wrong item: a hit (MCN's compute_metrics: rank by >)
+                    [0.0, 2.0, 2.0],   # tied: rank 1
+                    [5.0, 4.0, 3.0]])  # rank 3
+    assert retrieval_ranks(sim, "optimistic").tolist() == [1, 1, 3]
+    assert retrieval_metrics(sim, ks=(1,), ties="optimistic")["R@1"] == pytest.approx(2 / 3)
+    nan = float("nan")
+    assert retrieval_ranks(np.array([[nan, 0.0], [0.0, 1.0]]), "optimistic").tolist() == [2, 1]
+    with pytest.raises(ValueError, match="choose pessimistic or optimistic"):
+        retrieval_ranks(sim, "random")
+
+
+def test_dropped_queries_counted_as_misses_the_msrvtt_way():
+    sim = np.eye(3)  # three perfect queries, two clips dropped: N = 5, the dropped ones a miss at every k
+    m = retrieval_metrics(sim, ks=(1, 10), missed=2)
+    assert m["R@1"] == pytest.approx(3 / 5) and m["R@10"] == pytest.approx(3 / 5) and m["N"] == 5
+    assert m["MedR"] == 1 and m["missed"] == 2 and m["chance R@1"] == pytest.approx(1 / 5)
+    m = retrieval_metrics(np.eye(2), ks=(1,), missed=3)
+    assert m["MedR"] == float("inf") and m["R@1"] == pytest.approx(2 / 5)
+
+
 def test_a_nan_similarity_is_never_a_hit():
     nan = float("nan")
     sim = np.array([[nan, 0.0, 0.0],   # the true score is NaN: a miss, ranked last (before: rank 0, an R@1 hit)
@@ -92,9 +113,25 @@ def test_class_level_retrieval_by_hand():
 def test_clustering_metrics_by_hand():
     y = ["a", "a", "b", "b"]
     perfect = clustering_metrics(y, [5, 5, 7, 7])
-    assert perfect == {"NMI": 1.0, "ARI": 1.0, "accuracy": 1.0, "purity": 1.0}
+    assert perfect == {"NMI": 1.0, "ARI": 1.0, "accuracy": 1.0, "purity": 1.0, "aNMI": 1.0,
+                       "mean cluster purity": 1.0, "mean cluster entropy": 0.0, "K": 2, "C": 2}
     m = clustering_metrics(y, [0, 0, 0, 1])
     assert m["accuracy"] == 0.75 and m["purity"] == 0.75  # best mapping 0->a, 1->b
+
+
+def test_selavi_cluster_purity_and_entropy_are_unweighted_means_over_clusters():
+    """SeLaVi's clustering_metrics.py: per non-empty cluster, max share and entropy (nats) of its classes, then
+    the plain mean over clusters (a big impure cluster counts as much as a small pure one)."""
+    m = clustering_metrics([0, 0, 1, 1, 1, 2], [0, 0, 0, 1, 1, 2])  # clusters: {0,0,1}, {1,1}, {2}
+    assert m["purity"] == pytest.approx(5 / 6)  # size-weighted
+    assert m["mean cluster purity"] == pytest.approx((2 / 3 + 1 + 1) / 3)
+    h = -(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3))
+    assert m["mean cluster entropy"] == pytest.approx(h / 3)
+    assert (m["K"], m["C"]) == (3, 3)
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    assert m["aNMI"] == pytest.approx(adjusted_mutual_info_score([0, 0, 1, 1, 1, 2], [0, 0, 0, 1, 1, 2]))
+    assert clustering_metrics([0, 1, 2, 3], [0, 0, 1, 1])["K"] == 2  # K != C: said, as SeLaVi's accuracy assumes K = C
 
 
 def test_combo_grammar():

@@ -32,6 +32,8 @@ def small(store, out, **kw):
     base = dict(store=str(store), out=str(out), combo="va+all", dim=64, videos_per_batch=8, clips_per_video=4,
                 steps=200, warmup=20, lr=1e-3, min_time=0.0, clusters=4, cluster_every=10, queue_steps=2,
                 checkpoint_every=50, seed=3)
+    steps = kw.get("steps", 200)
+    base["warmup"] = 20 if steps > 20 else min(1, steps - 1)  # a warm-up shorter than the run
     return MCNConfig(**{**base, **kw})
 
 
@@ -184,7 +186,7 @@ def test_end_to_end_video_trains_a_cnn_on_the_cached_jpeg_frames(framed, tmp_pat
     np.testing.assert_array_equal(b["video"][0, 1], want)
     aug = reader.batch([1] * 16, np.random.default_rng(0))["video"]
     assert len({x.tobytes() for x in aug}) > 4  # random crops and flips differ per clip
-    train(replace(cfg, out=str(tmp_path / "untrained"), steps=1), progress=False)  # lr 0 at step 0: untrained
+    train(replace(cfg, out=str(tmp_path / "untrained"), steps=1, warmup=0, lr=0.0), progress=False)  # untrained
     evaluate(tmp_path / "untrained", str(eval_store))
     train(cfg, progress=False)
     evaluate(tmp_path / "run", str(eval_store))
@@ -454,6 +456,14 @@ def test_clips_outside_the_video_are_dropped_and_counted_never_zero_features(odd
     np.testing.assert_allclose(b["video"][0], whole / np.linalg.norm(whole), rtol=1e-5)
     m = ClipReader(store, mmv_spec(MMVConfig(store=str(store), out="x"))).batch([0, 1, 2])  # MMV masks it
     assert m["valid_v"].tolist() == [True, False, True] and m["valid_a"].tolist() == [True, False, True]
+    run = tmp_path / "run"  # evaluation scores the 2 kept clips, or counts the dropped one as a missed query
+    train(small(store, run, combo="vt", videos_per_batch=1, clips_per_video=2, steps=2, dim=8, clusters=2,
+                loader_workers=0), progress=False)
+    skip, miss = evaluate(run, str(store)), evaluate(run, str(store), dropped="miss")
+    assert skip["retrieval"]["t->v"]["N"] == 2 and miss["retrieval"]["t->v"]["N"] == 3
+    assert miss["retrieval"]["t->v"]["R@10"] == pytest.approx(2 / 3) and miss["retrieval"]["t->v"]["missed"] == 1
+    assert skip["retrieval"]["t->v"]["R@10"] == 1.0
+    assert miss["dropped clips"].startswith("miss") and skip["ties"].startswith("pessimistic")
 
 
 def test_training_stops_on_a_non_finite_loss(planted, tmp_path):
@@ -678,7 +688,8 @@ def test_mcn_clip_population_keeps_a_clip_without_known_words_with_its_neighbour
     ids = [np.array([1, 2], np.int32), np.array([], np.int32), np.array([3], np.int32)]
     write_text(FeatureStore(tmp_path / "s.zarr"), [(["ok", "no_known_words", "ok"], ids)], 4,
                lambda used: np.eye(4, 300)[used].astype(np.float32))
-    add_groups(tmp_path / "s.zarr", {"resnet152": {"dim": 8}, "davenet": {"dim": 1024}, "word2vec": {"dim": 300}})
+    add_groups(tmp_path / "s.zarr", {"resnet152": {"dim": 8, "rate": 1.0}, "davenet": {"dim": 1024, "rate": 6.25},
+                                     "word2vec": {"dim": 300}})
     cfg = MCNConfig(store=str(tmp_path / "s.zarr"), out="x", combo="all", min_time=3.5)
     mcn_reader = ClipReader(cfg.store, clip_spec(cfg))
     assert list(mcn_reader.usable_clips(0)) == [0, 1, 2]

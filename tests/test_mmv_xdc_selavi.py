@@ -109,6 +109,28 @@ def test_balanced_sampler_draws_clusters_equally():
     assert np.bincount(labels[idx]).tolist() == [100, 100, 100]
 
 
+def test_xdc_balances_each_target_labelling_on_its_own():
+    """XDC's video head learns the audio clusters, its audio head the video clusters: each head's rows are drawn
+    balanced over the clusters it learns (before, both over the first source's only: skewed audio targets)."""
+    from trainers.methods.xdc import XDCSampler
+
+    n = 600
+    labels = {"a": np.repeat([0, 1, 2], [500, 90, 10]), "v": np.tile([0, 1, 2], n // 3)}
+    video_skewed = labels["v"].copy()
+    video_skewed[:540] = 0  # the video clusters are skewed too, in another way
+    labels["v"] = video_skewed
+    sampler = XDCSampler(np.arange(n), labels, it=0, epochs=1, size=60, seed=0, first=0)
+    seen = {s: [] for s in "av"}
+    for step in range(sampler.per_epoch):
+        idx = sampler.positions(step)
+        assert len(idx) == 60
+        for s in "av":
+            seen[s].append(labels[s][idx[sampler.rows(s)]])
+    for s in "av":
+        counts = np.bincount(np.concatenate(seen[s]), minlength=3)  # a half epoch of a balanced order
+        assert counts.min() > 0.8 * counts.max(), (s, counts)  # drawn in proportion: 250 / 45 / 5 for 'a'
+
+
 # ---- each trainer learns planted structure -----------------------------------------------------------
 
 def test_mmv_fac_learns_retrieval(stores, tmp_path, device):
@@ -119,6 +141,7 @@ def test_mmv_fac_learns_retrieval(stores, tmp_path, device):
     chance = 1 / r["retrieval"]["t->v"]["N"]
     assert r["retrieval"]["t->v"]["R@1"] > 10 * chance, r["retrieval"]["t->v"]
     assert r["retrieval"]["a->v"]["R@1"] > 10 * chance, r["retrieval"]["a->v"]
+    assert r["retrieval"]["a->t"]["spaces"] == ["at"] and r["retrieval"]["t->v"]["score"] == "t.v"
 
 
 @pytest.mark.parametrize("graph", ["shared", "disjoint"])
@@ -133,6 +156,14 @@ def test_mmv_graphs_and_fac_shares_the_va_to_vat_head(graph, stores, tmp_path):
         expected = torch.nn.functional.normalize(fac.va_vat(torch.relu(fac.v_va(video))), dim=-1)
     torch.testing.assert_close(spaces["vt"]["v"], expected)
     assert spaces["vt"]["t"].shape == (2, 8) and spaces["va"]["a"].shape == (2, 16)
+    audio = torch.randn(2, 1024)
+    spaces = fac.embed(None, audio, torch.randn(2, 5, 300))
+    with torch.no_grad():  # ... and audio reaches text through the same va->vat head (MMV's audio->text path)
+        expected = torch.nn.functional.normalize(fac.va_vat(torch.relu(fac.a_va(audio))), dim=-1)
+    torch.testing.assert_close(spaces["at"]["a"], expected)
+    assert set(spaces) == {"va", "vt", "at"} and torch.equal(spaces["at"]["t"], spaces["vt"]["t"])
+    other = MMV(graph, 64, 1024, 300, 16, 8, 16).eval().embed(video, audio, torch.randn(2, 5, 300))
+    assert ("at" in other) == (graph == "shared")  # disjoint: audio and text never share a space
 
 
 def test_xdc_clusters_recover_the_planted_classes(stores, tmp_path, device):

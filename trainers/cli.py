@@ -13,14 +13,21 @@ from .method import RENAMED
 from .methods import methods
 
 
-def trainer(name: str, cls, parser: argparse.ArgumentParser):
-    """`trainers <method>`: the method's config from the flags (over a --config file) and train."""
+def trainer(name: str, method, parser: argparse.ArgumentParser):
+    """`trainers <method>`: the method's config from the flags (over a --recipe, over a --config file) and
+    train, or print it (--print-config)."""
     def run(args) -> int:
+        from dataclasses import asdict
+
         from .train import train
 
-        if args.config and (was := json.loads(Path(args.config).read_text()).get("method", name)) != name:
+        if args.config and Path(args.config).is_file() and \
+                (was := json.loads(Path(args.config).read_text()).get("method", name)) != name:
             parser.error(f"--config {args.config} is a {was} run's; use `trainers {was} --config ...`")
-        cfg = config_from_args(cls, args, parser, RENAMED)
+        cfg = config_from_args(method.Config, args, parser, RENAMED, method.recipes(), require=not args.print_config)
+        if args.print_config:
+            print(json.dumps({"method": name, **asdict(cfg)}, indent=1))
+            return 0
         out = train(cfg, progress=not args.no_progress)
         print(json.dumps({k: v for k, v in out.items() if k not in ("metrics", "best_head", "mean_over_heads")}))
         if "metrics" in out:
@@ -35,7 +42,8 @@ def trainer(name: str, cls, parser: argparse.ArgumentParser):
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, table
 
-    print(table(evaluate(args.run, args.store, args.label, args.audio_frames, args.max_score_clips)))
+    print(table(evaluate(args.run, args.store, args.label, args.audio_frames, args.max_score_clips, args.ties,
+                         args.dropped)))
     print(f"results: {Path(args.run) / 'eval.json'}; embeddings: {Path(args.run) / 'embeddings.zarr'}")
     return 0
 
@@ -115,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_dataclass_args(p, method.Config, {new: [old] for old, new in RENAMED.items()
                                               if new in method.Config.__dataclass_fields__})
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.set_defaults(fn=trainer(name, method.Config, p))
+        p.add_argument("--print-config", action="store_true",
+                       help="print the config these flags give (e.g. `--recipe paper --print-config`) and exit")
+        p.set_defaults(fn=trainer(name, method, p))
     p = sub.add_parser("eval", help="retrieval and clustering on a held-out store; exports embeddings")
     p.add_argument("--run", required=True, help="a run folder (`trainers <method> --out`)")
     p.add_argument("--store", required=True, help="the held-out feature store to embed and score")
@@ -126,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-score-clips", type=int, default=50_000,
                    help="score retrieval and clustering up to this many clips (N x N scores); embeddings of "
                         "every clip are exported regardless (default 50000)")
+    p.add_argument("--ties", choices=["pessimistic", "optimistic"], default="pessimistic",
+                   help="a tie with the true item: pessimistic = counts against it (default); optimistic = a hit, "
+                        "as MCN's compute_metrics")
+    p.add_argument("--dropped", choices=["skip", "miss"], default="skip",
+                   help="clips missing a modality: skip = left out of N and counted (default); miss = each a "
+                        "missed query, the MSR-VTT convention (N = every clip)")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("compare", help="runs side by side: eval metrics, training time, the flags that differ "
                                        "(table, CSV, PNG)")

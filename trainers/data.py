@@ -14,6 +14,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from features.base import LOGMEL
 from pipeline.store import FeatureStore
 
 from .clips import LOGMEL_FLOOR, ClipSpec, _audio_frames, frame_crops, merge_captions
@@ -56,7 +57,7 @@ class ClipReader:
         self.video_groups = ((spec.frames_group,) if spec.frames_group else tuple(spec.video_groups)) \
             if "v" in spec.modalities else ()
         self.video_group = self.video_groups[0] if self.video_groups else None
-        self.audio_group = ("logmel" if spec.end_to_end_audio else spec.audio_group) if "a" in spec.modalities else None
+        self.audio_group = (LOGMEL if spec.end_to_end_audio else spec.audio_group) if "a" in spec.modalities else None
         self.ok = {}  # per modality, per video
         for m, groups in (("v", self.video_groups), ("a", (self.audio_group,) if self.audio_group else ())):
             for group in groups:

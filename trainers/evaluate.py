@@ -15,7 +15,7 @@ from .data import ClipReader
 from .loader import text_input, video_input
 from .method import RENAMED
 from .methods import method_of, methods
-from .metrics import class_retrieval_metrics, clustering_metrics, retrieval_metrics
+from .metrics import TIES, class_retrieval_metrics, clustering_metrics, retrieval_metrics
 from .towers import check_tokenizer
 
 
@@ -73,6 +73,10 @@ def embed(model, reader: ClipReader, clips: np.ndarray, path: Path, keep: bool,
     return {s: {m: np.concatenate(v) for m, v in d.items()} for s, d in out.items()}
 
 
+DROPPED = {"skip": "clips missing a modality are left out of N", "miss": "each clip missing a modality is a missed "
+           "query (the MSR-VTT convention)"}
+
+
 def eval_spec(cfg, audio_frames: int | None = None) -> ClipSpec:
     """How ``cfg``'s run reads clips for evaluation (its method's ``eval_spec``), with ``audio_frames`` per
     end-to-end audio window if given (else the run's own)."""
@@ -97,11 +101,15 @@ def similarities(emb: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[np.nd
 
 
 def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames: int | None = None,
-             max_score_clips: int = 50_000) -> dict:
+             max_score_clips: int = 50_000, ties: str = "pessimistic", dropped: str = "skip") -> dict:
     """Every retrieval direction the model has spaces for (instance-level, and class-level per label column),
     k-means clustering of each modality's and the fused embedding of each space against each label column,
     each with its chance level. Embeddings of every clip are exported, streamed; scoring needs an N x N
-    matrix, so it runs for at most ``max_score_clips`` clips."""
+    matrix, so it runs for at most ``max_score_clips`` clips. ``ties``: pessimistic or optimistic (MCN's);
+    ``dropped``: skip (clips missing a modality are left out, and counted) or miss (each is a missed query,
+    the MSR-VTT convention)."""
+    if dropped not in DROPPED:
+        raise ValueError(f"dropped {dropped!r}: choose {' or '.join(DROPPED)}")
     from sklearn.cluster import KMeans
 
     run = Path(run)
@@ -112,8 +120,9 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
     clips = reader.all_clips()
     score = len(clips) <= max_score_clips
     emb = embed(model, reader, clips, run / "embeddings.zarr", keep=score)
-    results: dict = {"run": str(run), "store": store, "clips": len(clips), "dropped": reader.dropped(),
-                     "ties": "pessimistic (a tie with the true item counts against it)"}
+    left_out = reader.dropped()
+    results: dict = {"run": str(run), "store": store, "clips": len(clips), "dropped": left_out,
+                     "ties": f"{ties} ({TIES[ties]})", "dropped clips": f"{dropped} ({DROPPED[dropped]})"}
     if not score:
         results["not_scored"] = (f"{len(clips)} clips > --max-score-clips {max_score_clips}: retrieval needs an "
                                  "N x N score matrix; embeddings are exported")
@@ -125,7 +134,9 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
     names = [label] if label else [k for k, v in labels.items() if 1 < len(np.unique(v)) < len(v)]
     results["retrieval"] = {}
     for direction, (sim, spaces, rule) in similarities(emb).items():
-        results["retrieval"][direction] = {**retrieval_metrics(sim), "spaces": spaces, "score": rule,
+        missed = sum(left_out.values()) if dropped == "miss" else 0
+        results["retrieval"][direction] = {**retrieval_metrics(sim, ties=ties, missed=missed), "spaces": spaces,
+                                           "score": rule,
                                            "class": {n: class_retrieval_metrics(sim, labels[n]) for n in names}}
     results["clustering"] = {}
     for name in names:
@@ -145,18 +156,21 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
 
 
 def table(results: dict) -> str:
-    lines = [f"eval of {results['run']} on {results['store']}: {results['clips']} clips; ties {results['ties']}"]
+    lines = [f"eval of {results['run']} on {results['store']}: {results['clips']} clips; ties {results['ties']}; "
+             f"dropped clips {results.get('dropped clips', 'skip')}: {results.get('dropped') or 'none'}"]
     if "not_scored" in results:
         lines.append(f"  not scored: {results['not_scored']}")
     for d, r in results.get("retrieval", {}).items():
         tied = f", {r['tied queries']} tied queries" if r["tied queries"] else ""
+        missed = f", {r['missed']} missed" if r.get("missed") else ""
         lines.append(f"  {d:5s} {r['score']:8s} R@1 {100 * r['R@1']:5.1f}  R@5 {100 * r['R@5']:5.1f}  "
-                     f"R@10 {100 * r['R@10']:5.1f}  MedR {r['MedR']:4.0f}  (N={r['N']}, chance R@1 "
+                     f"R@10 {100 * r['R@10']:5.1f}  MedR {r['MedR']:4.0f}  (N={r['N']}{missed}, chance R@1 "
                      f"{100 * r['chance R@1']:.1f}{tied})")
         for name, c in r["class"].items():
             lines.append(f"        class-level by {name}: R@1 {100 * c['R@1']:5.1f}  R@5 {100 * c['R@5']:5.1f}  "
                          f"(chance R@1 {100 * c['chance R@1']:.1f})")
     for name, r in results.get("clustering", {}).items():
-        lines.append(f"  cluster {name:22s} NMI {r['NMI']:.3f}  ARI {r['ARI']:.3f}  acc {r['accuracy']:.3f}  "
+        lines.append(f"  cluster {name:22s} NMI {r['NMI']:.3f}  aNMI {r['aNMI']:.3f}  ARI {r['ARI']:.3f}  "
+                     f"acc {r['accuracy']:.3f}  purity per cluster {r['mean cluster purity']:.3f}  "
                      f"(k={r['k']}; chance NMI {r['chance']['NMI']:.3f}, acc {r['chance']['accuracy']:.3f})")
     return "\n".join(lines)

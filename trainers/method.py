@@ -2,9 +2,10 @@
 and the config fields every method shares. A method steps no optimiser, writes no checkpoint or log line."""
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -22,6 +23,10 @@ class TrainConfig:
     """The flags every trainer takes, one name per idea (a method's config adds its own)."""
     store: str  # the feature store to train on (`pipeline extract --store`)
     out: str  # run folder: config.json, checkpoint.pt, metrics.jsonl, model.pt
+    # ours = the defaults below (where they differ from the paper, the help says so and docs/fidelity.md why);
+    # paper = the authors' released settings, value for value, except plain bugs (docs/fidelity.md); flags
+    # given beside --recipe override it
+    recipe: Literal["ours", "paper"] = "ours"
     # video groups, comma-separated: each max-pooled over the clip, L2-normalised, concatenated (MCN: 2D|3D,
     # e.g. resnet152,r2plus1d_18)
     video_groups: str = "resnet152"
@@ -42,6 +47,14 @@ class TrainConfig:
             if typing.get_origin(hint) is typing.Literal and getattr(self, name) not in typing.get_args(hint):
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose "
                                  + " or ".join(typing.get_args(hint)))
+        check_warmup(getattr(self, "warmup", 0), getattr(self, "steps", 0))
+
+
+def check_warmup(warmup: int, steps: int) -> None:
+    """A warm-up as long as the run keeps the learning rate below its peak throughout: refused."""
+    if warmup and steps and warmup >= steps:
+        raise ValueError(f"--warmup {warmup} is not shorter than the run's {steps} steps: the learning rate would "
+                         "never leave its warm-up; give a shorter --warmup or more --steps")
 
 
 class Method:
@@ -52,6 +65,18 @@ class Method:
     Config: ClassVar[type]  # its dataclass, a TrainConfig
 
     legacy: ClassVar[dict] = {}  # values of fields an older config.json lacks (how those runs were trained)
+    paper: ClassVar[dict] = {}  # `--recipe paper`: the authors' released values of the fields they set
+
+    @classmethod
+    def recipes(cls) -> dict[str, dict]:
+        """Field values per recipe: ``paper`` the authors', ``ours`` our defaults of the same fields."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)}
+        return {"ours": {k: defaults[k] for k in cls.paper}, "paper": dict(cls.paper)}
+
+    @classmethod
+    def configure(cls, recipe: str = "ours", **values):
+        """The config of ``recipe`` with ``values`` over it (as `trainers <name> --recipe R --flag value`)."""
+        return cls.Config(**{**cls.recipes()[recipe], **values, "recipe": recipe})
 
     model: nn.Module  # what model.pt holds and `trainers eval` embeds with
     optimizers: list[torch.optim.Optimizer]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .method import RENAMED
+from .method import RENAMED, check_warmup
 
 
 # flags a resumed run may change: how it runs, not what it computes (the length extends or shortens the run)
@@ -120,6 +120,8 @@ def autocast(device) -> torch.autocast:
 def warmup_cosine(warmup: int, total: int):
     """LR multiplier: linear warm-up step/warmup (MCN's: the first update runs at lr 0), then half-cosine to 0
     at ``total``."""
+    check_warmup(warmup, total)
+
     def f(step: int) -> float:
         if step < warmup:
             return step / warmup

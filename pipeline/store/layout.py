@@ -14,8 +14,6 @@ FORMAT_VERSION = 2
 PART = "p{:06d}"
 TMP_PREFIX = ".tmp-"
 CLIP_CHUNK = 1 << 16  # rows per chunk of the per-clip columns
-# rows per second of the built-in groups, for stores whose group records carry no rate (each extractor records its own)
-RATES = {"resnet152": 1.0, "frames": 1.0, "logmel": 100.0, "davenet": 100.0 / 16}
 # per-video statuses whose rows trainers read ('truncated': the part of the file before it broke off)
 USABLE = ("ok", "truncated")
 GROUP_JSON = {"zarr_format": 3, "node_type": "group", "attributes": {}}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .layout import CLIP_CHUNK, FORMAT_VERSION, PART, RATES, USABLE, StoreError, attributes_of, damaged, read_json
+from .layout import CLIP_CHUNK, FORMAT_VERSION, PART, USABLE, StoreError, attributes_of, damaged, read_json
 from .rows import RowReader
 from .seal import offsets_problem
 from .units import read_unit
@@ -70,8 +70,11 @@ class FeatureStore:
 
     def rate(self, group: str) -> float | None:
         """Rows per second of a time-indexed group (None: not time-indexed)."""
-        rate = self.groups.get(group, {}).get("rate", RATES.get(group))
-        return None if rate is None else float(rate)
+        record = self.groups.get(group, {})
+        if "rate" not in record:
+            raise StoreError(f"{self.path}: group {group!r} records no rate (rows per second, or null for one row "
+                             "per clip), as every extractor's record does: extract it again into a new store")
+        return None if record["rate"] is None else float(record["rate"])
 
     @property
     def n_parts(self) -> int:

@@ -44,7 +44,9 @@ class MMVConfig(TrainConfig):
     batch_size: int = 256  # clips per step; negatives are the rest of the batch (MMV: thousands on TPUs)
     steps: int = 1000  # optimiser steps (MMV: ~500k)
     lr: float = 2e-3  # Adam learning rate (MMV: 0.002)
-    warmup: int = 5000  # linear warm-up steps before the cosine decay (MMV: 5000)
+    # linear warm-up steps before the cosine decay (MMV: 5000 of ~500k steps; ours: 100, a tenth of the default
+    # run, as 5000 would outlast it)
+    warmup: int = 100
 
 
 def mlp_bn(d_in: int, d_out: int) -> nn.Sequential:
@@ -80,16 +82,28 @@ class MMV(nn.Module):
         lead = words.shape[:-2]
         return self.t_vt(self.text_backbone(words.reshape(-1, *words.shape[-2:]))).reshape(*lead, -1)
 
+    def audio_text(self, z_a_va: torch.Tensor) -> torch.Tensor | None:
+        """Audio in the text space (FAC: through the video's own va->vat head, as MMV at test time; shared: the
+        one space; disjoint: none, audio never meets text)."""
+        if self.graph == "fac":
+            return self.va_vat(torch.relu(z_a_va))
+        return z_a_va if self.graph == "shared" else None
+
     def embed(self, video, audio, words, nframes=None) -> dict[str, dict[str, torch.Tensor]]:
-        """L2-normalised embeddings per space (MMV scores are cosine similarities) of the modalities given."""
-        spaces: dict = {"va": {}, "vt": {}}
+        """L2-normalised embeddings per space (MMV scores are cosine similarities) of the modalities given:
+        va (video, audio), vt (video, text) and at (audio, text: MMV's audio->text path, never trained on)."""
+        spaces: dict = {"va": {}, "vt": {}, "at": {}}
         if video is not None:
             z_v_va = self.v_va(video)
             spaces["va"]["v"], spaces["vt"]["v"] = z_v_va, self.video_text(video, z_v_va)
         if audio is not None:
-            spaces["va"]["a"] = encode_audio(self.a_va, audio, nframes)
+            spaces["va"]["a"] = z_a_va = encode_audio(self.a_va, audio, nframes)
+            if (z_a_t := self.audio_text(z_a_va)) is not None:
+                spaces["at"]["a"] = z_a_t
         if words is not None:
             spaces["vt"]["t"] = self.text(words)
+            if spaces["at"]:
+                spaces["at"]["t"] = spaces["vt"]["t"]
         return {s: {m: F.normalize(z, dim=-1) for m, z in d.items()} for s, d in spaces.items() if d}
 
 
@@ -121,6 +135,11 @@ class MMVSampler:
 class MMVMethod(Method):
     """Clips missing a modality are masked: never negatives, not averaged."""
     name, Config = "mmv", MMVConfig
+    # the paper's FAC model (spec mmv_xdc_selavi.md 2.2-2.4; the released config's heads; VATT's MMV loss, 1:1),
+    # ~500k steps (as reviews of the paper say; unverified). Its batch size (thousands of clips on TPUs) is not
+    # in what we can read: ours stays (docs/fidelity.md)
+    paper = dict(graph="fac", dim_va=512, dim_vat=256, text_dim=2048, candidates=5, max_words=16, min_time=0.0,
+                 temperature=0.07, weight_va=1.0, weight_vt=1.0, loss="code", lr=2e-3, warmup=5000, steps=500_000)
     help = "MMV FAC/shared/disjoint heads with NCE (video-audio) and MIL-NCE (video-text)"
 
     def setup(self) -> dict:

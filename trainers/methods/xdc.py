@@ -39,7 +39,7 @@ class XDCConfig(TrainConfig, VideoTowerOptions):
     # optimiser steps of the whole run, split into --iterations equal parts (0: --epochs passes per iteration;
     # XDC trains each iteration until a held-out loss stops falling)
     steps: int = 0
-    batch_size: int = 256  # clips per step (XDC: 256)
+    batch_size: int = 256  # clips per step, an equal slice per labelling, each balanced over its clusters (XDC: 256)
     lr: float = 0.05  # SGD learning rate, momentum 0.9, weight decay 1e-5 (DeepCluster: 0.05)
     dim: int = 512  # encoder output size (the trainable encoder on each cached clip feature)
     pca: int = 256  # PCA-whitening dims before k-means, as DeepCluster (0 = L2 only; small sets want few)
@@ -108,17 +108,27 @@ def new_heads(targets: dict[str, list[str]], dim: int, k: int, generator: torch.
 
 
 class XDCSampler:
-    """The steps of one iteration: per epoch, DeepCluster's cluster-balanced order of the clips (positions drawn
-    from ``labels``), ``size`` at a time. A pure function of (seed, iteration, labels, step)."""
+    """The steps of one iteration: each step's batch holds an equal slice per labelling (source), each slice
+    drawn in DeepCluster's cluster-balanced order of *its own* labelling, so every target a head learns is
+    balanced (XDC: the video head's audio clusters and the audio head's video clusters alike). An epoch reads
+    as many clips as there are. A pure function of (seed, iteration, labels, step)."""
 
-    def __init__(self, clips: np.ndarray, labels: np.ndarray, it: int, epochs: int, size: int, seed: int, first: int):
+    def __init__(self, clips: np.ndarray, labels: dict[str, np.ndarray], it: int, epochs: int, size: int,
+                 seed: int, first: int):
         rng = np.random.default_rng([seed, it])
-        self.orders = [balanced_sample(labels, len(clips), rng) for _ in range(epochs)]
-        self.clips, self.size, self.first, self.per_epoch = clips, size, first, len(clips) // size
+        self.sources = sorted(labels)
+        self.share = size // len(self.sources)
+        self.orders = [{s: balanced_sample(labels[s], len(clips), rng) for s in self.sources} for _ in range(epochs)]
+        self.clips, self.first, self.per_epoch = clips, first, len(clips) // size
 
     def positions(self, step: int) -> np.ndarray:
         epoch, i = divmod(step - self.first, self.per_epoch)
-        return self.orders[epoch][i * self.size:(i + 1) * self.size]
+        return np.concatenate([self.orders[epoch][s][i * self.share:(i + 1) * self.share] for s in self.sources])
+
+    def rows(self, source: str) -> slice:
+        """The batch rows drawn balanced over ``source``'s clusters: the rows its heads learn from."""
+        k = self.sources.index(source)
+        return slice(k * self.share, (k + 1) * self.share)
 
     def __call__(self, reader, step: int) -> np.ndarray:
         return self.clips[self.positions(step)]
@@ -127,6 +137,9 @@ class XDCSampler:
 @register
 class XDCMethod(PseudoLabelMethod):
     name, Config = "xdc", XDCConfig
+    # XDC's training code is unreleased; its clustering loop is DeepCluster's, as its author says (spec
+    # mmv_xdc_selavi.md 3.3): SGD lr 0.05, batch 256, PCA-256 whitening. K is the dataset's: give --clusters
+    paper = dict(variant="xdc", batch_size=256, lr=0.05, pca=256)
     help = "XDC / MDC / CDC / SDC: k-means pseudo-labels from one modality supervise the other"
 
     def setup(self) -> dict:
@@ -178,17 +191,16 @@ class XDCMethod(PseudoLabelMethod):
         cfg, it = self.cfg, step // self.iteration_steps
         first = it * self.iteration_steps
         epochs = -(-self.iteration_steps // self.per_epoch)
-        self._sampler = XDCSampler(self.clips.clips, self.labels[self.targets["v"][0]], it, epochs,
-                                   cfg.batch_size, cfg.seed, first)
+        self._sampler = XDCSampler(self.clips.clips, self.labels, it, epochs, cfg.batch_size, cfg.seed, first)
         return self._sampler, first + self.iteration_steps
 
     def forward(self, b: dict, step: int):
         return forward(self.model, b, self.cfg.device)
 
     def loss(self, z, b: dict, step: int) -> dict:
-        idx = torch.from_numpy(self._sampler.positions(step))
-        loss = sum(F.cross_entropy(self.heads[f"{m}_from_{s}"](torch.relu(z[m])),
-                                   torch.from_numpy(self.labels[s][idx]).long().to(self.cfg.device))
+        idx, rows = self._sampler.positions(step), self._sampler.rows
+        loss = sum(F.cross_entropy(self.heads[f"{m}_from_{s}"](torch.relu(z[m][rows(s)])),
+                                   torch.from_numpy(self.labels[s][idx[rows(s)]]).long().to(self.cfg.device))
                    for m, ss in self.targets.items() for s in ss)
         return {"loss": loss}
 
