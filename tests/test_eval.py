@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from pipeline.store import FeatureStore
 from trainers.crosstask import align, crosstask, ground_truth, recall, summarise
 from trainers.evaluate import evaluate
 from trainers.methods.mcn import MCNConfig
@@ -94,6 +95,49 @@ def test_crosstask_localises_planted_steps(runs, tmp_path):
     (tmp_path / "bad.csv").write_text("video_id,task,step,start,end\nv0,bread,4,0,2\n")
     with pytest.raises(ValueError, match="bad.csv line 2: step 4 of 3"):
         crosstask(runs["full"], str(store), str(tmp_path / "steps.json"), str(tmp_path / "bad.csv"))
+
+
+def test_crosstask_reads_the_official_release_layout(runs, tmp_path, capsys):
+    """A hand-made copy of the CrossTask release: tasks_primary.txt, videos_val.csv (no header) and
+    annotations/<task>_<video>.csv (step, start, end; no header) give the same recall as our CSV + JSON."""
+    from trainers.cli import main
+
+    store = crosstask_store(tmp_path / "ct.zarr", seed=4)
+    steps = json.loads((tmp_path / "steps.json").read_text())
+    ids = {"bread": "16815", "bike": "23521"}
+    rel = tmp_path / "crosstask_release"
+    (rel / "annotations").mkdir(parents=True)
+    (rel / "tasks_primary.txt").write_text("".join(
+        f"{ids[t]}\nMake {t}\nhttps://www.wikihow.com/{t}\n{len(ss)}\n{','.join(ss)}\n\n" for t, ss in steps.items()))
+    notes = list(csv.DictReader(open(tmp_path / "annotations.csv")))
+    videos = sorted({(r["task"], r["video_id"]) for r in notes})
+    (rel / "videos_val.csv").write_text("".join(f"{ids[t]},{v},https://www.youtube.com/watch?v={v}\n"
+                                                for t, v in videos) + f"{ids['bike']},unannotated,https://x\n")
+    for t, v in videos:
+        (rel / "annotations" / f"{ids[t]}_{v}.csv").write_text(
+            "".join(f"{r['step']},{r['start']},{r['end']}\n" for r in notes if r["video_id"] == v))
+    ours = crosstask(runs["full"], str(store), str(tmp_path / "steps.json"), str(tmp_path / "annotations.csv"))
+    official = crosstask(runs["full"], str(store), release=str(rel))
+    assert official["average recall"] == ours["average recall"] and set(official["tasks"]) == set(ids.values())
+    assert official["max words"] == 30
+    assert main(["crosstask", "--run", str(runs["full"]), "--store", str(store), "--release", str(rel)]) == 0
+    assert "average recall" in capsys.readouterr().out
+    (rel / "annotations" / f"{ids['bike']}_{videos[0][1]}.csv").write_text("9,0,2\n")
+    with pytest.raises(ValueError, match="line 1: step 9 of 3"):
+        crosstask(runs["full"], str(store), release=str(rel))
+    assert main(["crosstask", "--run", str(runs["full"]), "--store", str(store)]) == 2
+    assert "--release DIR), or --steps and --annotations" in capsys.readouterr().err
+
+
+def test_step_texts_read_up_to_max_words(tmp_path):
+    from trainers.texts import text_input
+
+    store = crosstask_store(tmp_path / "ct.zarr", seed=4)
+    cfg = type("Cfg", (), {"max_words": 20, "end_to_end_text": ""})()
+    text = " ".join(f"w{i % 48}" for i in range(40))
+    assert text_input(cfg, FeatureStore(store), [text]).shape == (1, 20, 300)
+    x = text_input(cfg, FeatureStore(store), [text], max_words=30)
+    assert x.shape == (1, 30, 300) and bool((x[0].abs().sum(1) > 0).all())
 
 
 def test_compare_puts_runs_side_by_side(runs, tmp_path, capsys):

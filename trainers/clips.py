@@ -31,6 +31,9 @@ class ClipSpec:
     # included, one after another), "word_mask" which are real
     text_tokens: str = ""
     max_tokens: int = 64
+    # a per-clip sentence-embedding group (hf_text) as frozen text: "text_emb" (B, D) holds each clip's
+    # embedding (a merged clip: the L2-normalised mean of its captions'), "cand_emb" (B, K, D) its candidates'
+    text_embedding: str = ""
     video_groups: tuple[str, ...] = ("resnet152",)  # several: each pooled and L2-normalised, concatenated (MCN 2D|3D)
     # end-to-end video: the frames themselves from an encoded frames group (JPEG files, features/jpeg.py)
     # instead of pooled features: "video" holds video_frames frames evenly spaced over each clip (B, F, 3,

@@ -10,9 +10,11 @@ found steps / annotated steps over the task's videos (the official CrossTask ave
 tasks; MCN's variant (each video's recall averaged within the task) is reported beside it, and so is the
 recall of random scores (chance).
 
-Input: the videos extracted into a store by `pipeline extract`, an annotation table (CSV: video_id, task,
-step, start, end; step is the 1-based index into the task's steps) and the steps (JSON {task: [step text,
-...]} as CrossTask's step lists, or CSV: task, step, text).
+Input: the videos extracted into a store by `pipeline extract`, and either the official CrossTask release
+folder (`tasks_primary.txt`, `videos_val.csv` or another video list, `annotations/<task>_<video>.csv`: read by
+:func:`read_release`) or our own pair: an annotation table (CSV: video_id, task, step, start, end; step is the
+1-based index into the task's steps) and the steps (JSON {task: [step text, ...]}, or CSV: task, step, text).
+Step texts are read as word2vec words up to --max-words (MCN's CrossTask runs: 30).
 """
 from __future__ import annotations
 
@@ -68,6 +70,61 @@ def read_annotations(path: str | Path, steps: dict[str, list[str]]) -> dict[str,
                 raise ValueError(f"{path} line {n}: video {vid!r} is annotated for tasks {out[vid][0]!r} and {task!r}")
             out.setdefault(vid, (task, []))[1].append((k - 1, a, b))
     return out
+
+
+def read_release(folder: str | Path, videos: str = "videos_val.csv") -> tuple[dict, dict]:
+    """(steps, annotations) of the official CrossTask release in ``folder``: ``tasks_primary.txt`` (per task,
+    lines: id, title, wikiHow URL, step count, the comma-separated steps, a blank line), the video list
+    ``videos`` (lines: task id, video id, URL; no header) and ``annotations/<task>_<video>.csv`` (lines: step
+    from 1, start s, end s). Videos of the list without an annotation file are left out, as CrossTask's own
+    evaluation does."""
+    folder = Path(folder)
+    path = folder / "tasks_primary.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a CrossTask release folder: no tasks_primary.txt")
+    lines, steps = path.read_text().splitlines(), {}
+    i = 0
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        block = [x.strip() for x in lines[i:i + 5]]
+        try:
+            task, n = block[0], int(block[3])
+            texts = [t.strip() for t in block[4].split(",")]
+        except (IndexError, ValueError):
+            raise ValueError(f"{path} line {i + 1}: expected 5 lines per task (id, title, URL, step count, "
+                             "comma-separated steps)") from None
+        if len(texts) != n:
+            raise ValueError(f"{path} line {i + 5}: task {task} says {n} steps but lists {len(texts)}")
+        steps[task] = texts
+        i += 5
+    notes: dict = {}
+    with open(folder / videos, newline="") as f:
+        for n, row in enumerate(csv.reader(f), start=1):
+            if not row:
+                continue
+            if len(row) < 2 or row[0].strip() not in steps:
+                raise ValueError(f"{folder / videos} line {n}: expected task id, video id, URL with a task of "
+                                 f"tasks_primary.txt (got {row[:2]})")
+            task, vid = row[0].strip(), row[1].strip()
+            ann = folder / "annotations" / f"{task}_{vid}.csv"
+            if not ann.is_file():
+                continue
+            segments = []
+            with open(ann, newline="") as g:
+                for m, r in enumerate(csv.reader(g), start=1):
+                    try:
+                        k, a, b = int(r[0]), float(r[1]), float(r[2])
+                    except (IndexError, ValueError):
+                        raise ValueError(f"{ann} line {m}: expected step, start, end") from None
+                    if not 1 <= k <= len(steps[task]) or not 0 <= a < b:
+                        raise ValueError(f"{ann} line {m}: step {k} of {len(steps[task])} over [{a}, {b}] s")
+                    segments.append((k - 1, a, b))
+            notes[vid] = (task, segments)
+    if not notes:
+        raise ValueError(f"no video of {folder / videos} has a file in {folder / 'annotations'}")
+    return steps, notes
 
 
 def ground_truth(seconds: int, n_steps: int, segments) -> np.ndarray:
@@ -126,8 +183,11 @@ def second_windows(seconds: int, half: float = 4.0) -> tuple[np.ndarray, np.ndar
 
 
 @torch.no_grad()
-def crosstask(run: str | Path, store: str, steps_path: str, annotations_path: str, word2vec: str | None = None,
-              chance_draws: int = 20) -> dict:
+def crosstask(run: str | Path, store: str, steps_path: str | None = None, annotations_path: str | None = None,
+              word2vec: str | None = None, chance_draws: int = 20, release: str | None = None,
+              videos: str = "videos_val.csv", max_words: int = 30) -> dict:
+    """Recall of the run on the annotated videos of ``store``: from the official ``release`` folder (its
+    ``videos`` list) or from ``steps_path`` and ``annotations_path``."""
     from pipeline.store import FeatureStore
 
     from .data import ClipReader
@@ -140,11 +200,16 @@ def crosstask(run: str | Path, store: str, steps_path: str, annotations_path: st
     if "t" not in spec.modalities:
         raise ValueError(f"{run}: CrossTask scores seconds against step texts: it needs a run with a text space "
                          f"(MCN or MMV; this is a {raw.get('method')} run)")
-    steps = read_steps(steps_path)
-    notes = read_annotations(annotations_path, steps)
+    if release:
+        steps, notes = read_release(release, videos)
+    elif steps_path and annotations_path:
+        steps = read_steps(steps_path)
+        notes = read_annotations(annotations_path, steps)
+    else:
+        raise ValueError("give the CrossTask release folder (--release), or --steps and --annotations")
     s = FeatureStore(store)
     reader = ClipReader(s, replace(spec, modalities="".join(m for m in "va" if m in spec.modalities)))
-    texts = {task: embed_texts(model, cfg, s, words, word2vec) for task, words in steps.items()}
+    texts = {task: embed_texts(model, cfg, s, words, word2vec, max_words) for task, words in steps.items()}
     index, rng = s.video_index, np.random.default_rng(0)
     found: dict = defaultdict(list)
     chance: dict = defaultdict(list)
@@ -168,6 +233,6 @@ def crosstask(run: str | Path, store: str, steps_path: str, annotations_path: st
         raise ValueError(f"none of the {len(notes)} annotated videos is usable in {store} ({missing[:5]} ...): "
                          "extract them with `pipeline extract` first")
     out = {"run": str(run), "store": store, **summarise(found), "chance": summarise(chance)["average recall"],
-           "missing videos": missing}
+           "missing videos": missing, "max words": max_words}
     (Path(run) / "crosstask.json").write_text(json.dumps(out, indent=1))
     return out

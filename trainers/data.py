@@ -64,11 +64,12 @@ class ClipReader:
                 if group not in s.groups:
                     raise KeyError(f"{s.path} has no {group!r} group (have {sorted(s.groups)}); extract it first")
                 self.ok[m] = self.ok[m] & s.video_ok(group) if m in self.ok else s.video_ok(group)
-        self.text_group = spec.text_tokens or "word2vec"
+        self.text_group = spec.text_tokens or spec.text_embedding or "word2vec"
         self.text_ok = (s.text_ok_per_video(self.text_group) if "t" in spec.modalities or spec.candidates
                         else None)
         # padding id: word2vec -> the appended zero row of ``vectors``; tokens -> 0, masked
-        self.pad = s.n_words() if self.text_ok is not None and not spec.text_tokens else 0
+        self.pad = s.n_words() if self.text_ok is not None and self.text_group == "word2vec" else 0
+        self.text_dim = int(s.groups[spec.text_embedding]["dim"]) if spec.text_embedding else 0
         self.video_dims = [int(s.groups[g]["dim"]) for g in self.video_groups]
         self.video_dim = sum(self.video_dims) or 1
         self.audio_dim = int(s.groups[self.audio_group]["dim"]) if self.audio_group else 1
@@ -85,7 +86,7 @@ class ClipReader:
     def vectors(self) -> torch.Tensor:
         """(words + 1, 300) float32: the store's word vectors and a zero row for padding. Loaded on first use,
         so loader workers (which only hand out ids) never hold them."""
-        v = (self.store.word_vectors() if self.text_ok is not None and not self.spec.text_tokens
+        v = (self.store.word_vectors() if self.text_ok is not None and self.text_group == "word2vec"
              else np.zeros((0, 300), np.float32))
         return torch.from_numpy(np.concatenate([v, np.zeros((1, v.shape[1]), np.float32)]))
 
@@ -147,6 +148,8 @@ class ClipReader:
         if K:
             out["cand_words"] = np.full((B, K, W), self.pad, np.int64)
             out["cand_ok"] = np.zeros((B, K), bool)
+            if spec.text_embedding:
+                out["cand_emb"] = np.zeros((B, K, self.text_dim), np.float32)
         videos, inverse = np.unique(s.clip_video(clips), return_inverse=True)
         for k, v in enumerate(videos.tolist()):
             at = np.flatnonzero(inverse == k)
@@ -161,6 +164,8 @@ class ClipReader:
             if self.text_ok is not None:  # word ids of the captions these clips use, not of the whole video
                 used = np.unique([o for m in merged for o in m[2]] + [x for c in cands for _, order in c for x in order])
                 ids = dict(zip(used.tolist(), s.word_ids_at(a + used, self.text_group)))
+                if spec.text_embedding:
+                    emb = dict(zip(used.tolist(), s.clip_text(spec.text_embedding, a + used).astype(np.float32)))
             self._media(out, at, v, starts[[m[0] for m in merged]], ends[[m[1] for m in merged]],
                         starts[clips[at] - a], rng)
             for n, (j, i, (_, _, order)) in enumerate(zip(at.tolist(), local, merged)):
@@ -169,11 +174,24 @@ class ClipReader:
                         any(len(ids[o]) for o in order)
                     w = np.concatenate([ids[o] for o in order])[:W]
                     out["words"][j, :len(w)], out["word_mask"][j, :len(w)] = w, True
+                    if spec.text_embedding:
+                        out["text_emb"][j] = self._mean_embedding(emb, ids, order)
                     for c, (o, cand_order) in enumerate(cands[n] if K else []):
                         w = np.concatenate([ids[x] for x in cand_order])[:W]
                         out["cand_words"][j, c, :len(w)] = w
                         out["cand_ok"][j, c] = len(ids[o]) > 0
+                        if spec.text_embedding:
+                            out["cand_emb"][j, c] = self._mean_embedding(emb, ids, cand_order)
         return out
+
+    @staticmethod
+    def _mean_embedding(emb: dict, ids: dict, order) -> np.ndarray:
+        """The L2-normalised mean of the embeddings of the captions in ``order`` that were embedded (status ok)."""
+        rows = [emb[o] for o in order if len(ids[o])]
+        if not rows:
+            return np.zeros_like(next(iter(emb.values())))
+        m = np.mean(rows, axis=0)
+        return m / max(float(np.linalg.norm(m)), 1e-12)
 
     def windows(self, v: int, t0: np.ndarray, t1: np.ndarray, a0: np.ndarray | None = None,
                 a1: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -195,7 +213,8 @@ class ClipReader:
                 "audio": (np.full((B, 40, spec.audio_frames), spec.audio_pad, np.float16) if spec.end_to_end_audio
                           else np.zeros((B, self.audio_dim), np.float32)),
                 "nframes": np.zeros(B, np.int64), "words": np.full((B, W), self.pad, np.int64),
-                "word_mask": np.zeros((B, W), bool), **{f"valid_{m}": np.zeros(B, bool) for m in "vat"}}
+                "word_mask": np.zeros((B, W), bool), **{f"valid_{m}": np.zeros(B, bool) for m in "vat"},
+                **({"text_emb": np.zeros((B, self.text_dim), np.float32)} if spec.text_embedding else {})}
 
     def _media(self, out: dict, at: np.ndarray, v: int, t0: np.ndarray, t1: np.ndarray, first: np.ndarray,
                rng: np.random.Generator | None, a0: np.ndarray | None = None, a1: np.ndarray | None = None) -> None:

@@ -59,7 +59,10 @@ def video_input(b: dict, device, spec: ClipSpec):
 
 
 def text_input(b: dict, vectors: torch.Tensor, device, spec: ClipSpec):
-    """A batch's text as the model takes it: word vectors, or (token ids, mask) for a text tower."""
+    """A batch's text as the model takes it: word vectors, frozen sentence embeddings (B, D), or (token ids,
+    mask) for a text tower."""
+    if spec.text_embedding:
+        return torch.as_tensor(b["text_emb"]).to(device, non_blocking=True)
     if spec.text_tokens:
         return (torch.as_tensor(b["words"]).to(device, non_blocking=True),
                 torch.as_tensor(b["word_mask"]).to(device, non_blocking=True))

@@ -106,9 +106,12 @@ class MCN(nn.Module):
     def __init__(self, combo: str, dim: int = 6144, video_dim: int = 2048, audio_dim: int = 1024,
                  we_dim: int = 300, end_to_end_audio: bool = False, recon: bool = True,
                  detach_targets: bool = True, pool_padding: bool = False, input_targets: bool = False,
-                 end_to_end_text: str = "", end_to_end_video: str = "", video_weights: str = ""):
+                 end_to_end_text: str = "", end_to_end_video: str = "", video_weights: str = "",
+                 pooled_text: bool = False):
+        """``pooled_text``: text arrives as frozen sentence embeddings (B, we_dim), not word vectors."""
         super().__init__()
         self.spaces_spec = parse_combo(combo)
+        self.pooled_text = pooled_text or bool(end_to_end_text)
         self.davenet = DAVEnet() if end_to_end_audio else None
         self.video_tower = VideoTower(end_to_end_video, video_weights) if end_to_end_video else None
         self.text_tower = HFTextTower(end_to_end_text) if end_to_end_text else None
@@ -122,7 +125,7 @@ class MCN(nn.Module):
             dims = {"t": we_dim, **({"a": 2 * LOGMEL["n_mels"]} if end_to_end_audio else {}),
                     **({"v": 3 * VIDEO_GRID ** 2} if end_to_end_video else {})}
         self.spaces = nn.ModuleDict({name: Space(mods, dim, video_dim, audio_dim, we_dim, recon, detach_targets,
-                                                 dims, self.text_tower is not None)
+                                                 dims, self.pooled_text)
                                      for name, mods in self.spaces_spec.items()})
 
     def audio_features(self, audio: torch.Tensor, nframes: torch.Tensor | None = None) -> torch.Tensor:
@@ -136,7 +139,7 @@ class MCN(nn.Module):
         is: the text's mean word vector (a text tower's ids have no scale to reconstruct: its pooled output,
         detached); an end-to-end audio clip's log-mel statistics; an end-to-end video clip's colour grid."""
         out = {}
-        if self.text_tower is not None:  # words: the tower's pooled output (its input ids have no scale)
+        if self.pooled_text:  # words: a tower's pooled output (its input ids have no scale), or frozen embeddings
             out["t"] = words
         elif words is not None:
             out["t"] = word_summary(words)

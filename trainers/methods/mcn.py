@@ -57,6 +57,9 @@ class MCNConfig(TrainConfig, VideoTowerOptions):
     end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
     audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second (MCN: 1000 = 10 s)
     end_to_end_text: str = ""  # a local Hugging Face folder: that encoder trained on the store's hf_text token ids
+    # the frozen text input: word2vec (word vectors, max-pooled by the text head, MCN) or a per-clip sentence-
+    # embedding group, e.g. hf_text (each clip's frozen embedding, a merged clip's mean, into the text GEU)
+    text_group: str = "word2vec"
     max_tokens: int = 64  # token ids per clip for --end-to-end-text (the merged captions' ids, cut at this many)
     # reconstruction targets of a trainable tower: input = a summary of its input, fixed data (end-to-end
     # audio: the clip's log-mel mean and std per band; text: the mean word vector); detached = its own output,
@@ -77,6 +80,9 @@ class MCNConfig(TrainConfig, VideoTowerOptions):
                 raise ValueError(f"--batch-size {self.batch_size} is not a multiple of --clips-per-video "
                                  f"{self.clips_per_video} (MCN draws whole videos)")
             self.videos_per_batch, self.batch_size = self.batch_size // self.clips_per_video, 0
+        if self.end_to_end_text and self.text_group != "word2vec":
+            raise ValueError("--end-to-end-text trains a text tower on token ids; --text-group feeds frozen "
+                             "embeddings: give one of them")
         super().__post_init__()
 
 
@@ -92,7 +98,8 @@ def build_model(cfg: MCNConfig, video_dim: int, we_dim: int, audio_dim: int = 10
                end_to_end_audio=cfg.end_to_end_audio, recon=not cfg.no_recon,
                detach_targets=cfg.recon_targets != "mcn", pool_padding=cfg.audio_padding == "mcn",
                input_targets=cfg.recon_targets == "input", end_to_end_text=cfg.end_to_end_text,
-               end_to_end_video=cfg.end_to_end_video, video_weights=cfg.video_weights)
+               end_to_end_video=cfg.end_to_end_video, video_weights=cfg.video_weights,
+               pooled_text=cfg.text_group != "word2vec")
 
 
 def clip_spec(cfg: MCNConfig, min_time: float | None = None, audio_frames: int | None = None) -> ClipSpec:
@@ -102,6 +109,7 @@ def clip_spec(cfg: MCNConfig, min_time: float | None = None, audio_frames: int |
                     audio_pad=0.0 if cfg.audio_padding == "mcn" else LOGMEL_FLOOR, normalize_audio=cfg.normalize_audio,
                     clip_population=cfg.clip_population, video_groups=video_groups(cfg.video_groups),
                     text_tokens=TEXT_GROUP if cfg.end_to_end_text else "", max_tokens=cfg.max_tokens,
+                    text_embedding="" if cfg.text_group == "word2vec" else cfg.text_group,
                     frames_group=FRAMES_GROUP if cfg.end_to_end_video else "", video_frames=cfg.video_frames,
                     frame_size=cfg.frame_size, crop_size=cfg.crop_size, augment=cfg.augment)
 
@@ -228,7 +236,8 @@ class MCNMethod(Method):
         if self.steps < 1:
             raise ValueError("--steps 0 needs --epochs (passes over the usable videos)")
         self.vectors = reader.vectors.to(cfg.device)
-        self.model = build_model(cfg, reader.video_dim, self.vectors.shape[1], reader.audio_dim).to(cfg.device)
+        we_dim = reader.text_dim or int(self.vectors.shape[1])
+        self.model = build_model(cfg, reader.video_dim, we_dim, reader.audio_dim).to(cfg.device)
         # fused: one kernel over all parameters (a DAVEnet update: 0.19 -> 0.03 s on 2 CPU cores)
         opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
         self.optimizers = [opt]
@@ -236,7 +245,7 @@ class MCNMethod(Method):
         self.clusterers = {name: Clusterer(cfg.queue_steps * cfg.videos_per_batch * max(1, cfg.clips_per_video // 2),
                                            cfg.dim, cfg.clusters) for name in self.model.spaces}
         self._first = None
-        return {"video_dim": reader.video_dim, "audio_dim": reader.audio_dim, "we_dim": int(self.vectors.shape[1])}
+        return {"video_dim": reader.video_dim, "audio_dim": reader.audio_dim, "we_dim": we_dim}
 
     def describe(self, step: int) -> str:
         return (f"mcn {self.cfg.combo}: {len(self.videos)} usable videos (dropped clips: {self.dropped or 'none'}), "

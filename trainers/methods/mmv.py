@@ -41,6 +41,9 @@ class MMVConfig(TrainConfig):
     loss: Literal["code", "paper"] = "code"  # code = the released loss (positives counted twice); paper = the paper's formula
     end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
     audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second
+    # the frozen text input: word2vec (word vectors into the Conv1D + max-pool backbone, MMV) or a per-clip
+    # sentence-embedding group, e.g. hf_text (each narration's frozen embedding into the text head)
+    text_group: str = "word2vec"
     batch_size: int = 256  # clips per step; negatives are the rest of the batch (MMV: thousands on TPUs)
     steps: int = 1000  # optimiser steps (MMV: ~500k)
     lr: float = 2e-3  # Adam learning rate (MMV: 0.002)
@@ -57,12 +60,14 @@ def mlp_bn(d_in: int, d_out: int) -> nn.Sequential:
 
 class MMV(nn.Module):
     def __init__(self, graph: str, video_dim: int, audio_dim: int, we_dim: int, dim_va: int = 512,
-                 dim_vat: int = 256, text_dim: int = 2048, end_to_end_audio: bool = False):
+                 dim_vat: int = 256, text_dim: int = 2048, end_to_end_audio: bool = False, pooled_text: bool = False):
+        """``pooled_text``: text arrives as frozen sentence embeddings (..., we_dim), not word vectors."""
         super().__init__()
         if graph not in GRAPHS:
             raise ValueError(f"unknown MMV graph {graph!r}; choose from {GRAPHS}")
-        self.graph = graph
-        self.text_backbone = SentenceMaxpool(we_dim, text_dim)
+        self.graph, self.pooled_text = graph, pooled_text
+        self.text_backbone = nn.Identity() if pooled_text else SentenceMaxpool(we_dim, text_dim)
+        text_dim = we_dim if pooled_text else text_dim
         self.v_va, self.a_va = mlp_bn(video_dim, dim_va), audio_head(nn.Linear(audio_dim, dim_va), end_to_end_audio)
         if graph == "fac":  # text meets video in a coarser space reached *through* the video-audio space
             self.va_vat = nn.Sequential(nn.Linear(dim_va, dim_vat), nn.BatchNorm1d(dim_vat))
@@ -78,7 +83,9 @@ class MMV(nn.Module):
         return z_v_va if self.graph == "shared" else self.v_vt(video)
 
     def text(self, words: torch.Tensor) -> torch.Tensor:
-        """(..., W, 300) word vectors -> (..., D) text embedding."""
+        """(..., W, 300) word vectors (or frozen embeddings (..., D)) -> (..., D) text embedding."""
+        if self.pooled_text:
+            return self.t_vt(words)
         lead = words.shape[:-2]
         return self.t_vt(self.text_backbone(words.reshape(-1, *words.shape[-2:]))).reshape(*lead, -1)
 
@@ -110,7 +117,7 @@ class MMV(nn.Module):
 def build(cfg: MMVConfig, video_dim: int, audio_dim: int, we_dim: int) -> MMV:
     """``audio_dim``: the store's audio group (end to end, DAVEnet's 1024-d output feeds the head)."""
     return MMV(cfg.graph, video_dim, 1024 if cfg.end_to_end_audio else audio_dim, we_dim, cfg.dim_va, cfg.dim_vat,
-               cfg.text_dim, cfg.end_to_end_audio)
+               cfg.text_dim, cfg.end_to_end_audio, pooled_text=cfg.text_group != "word2vec")
 
 
 def clip_spec(cfg: MMVConfig, modalities: str = "vat", min_time: float | None = None,
@@ -118,7 +125,8 @@ def clip_spec(cfg: MMVConfig, modalities: str = "vat", min_time: float | None = 
     return ClipSpec(modalities, cfg.min_time if min_time is None else min_time, cfg.max_words,
                     cfg.end_to_end_audio, cfg.audio_group, cfg.audio_frames,
                     candidates=cfg.candidates if candidates is None else candidates,
-                    video_groups=video_groups(cfg.video_groups))
+                    video_groups=video_groups(cfg.video_groups),
+                    text_embedding="" if cfg.text_group == "word2vec" else cfg.text_group)
 
 
 class MMVSampler:
@@ -155,11 +163,12 @@ class MMVMethod(Method):
         self.missing = {m: int(reader.counts[~ok].sum()) for m, ok in reader.ok.items()}
         self.steps = cfg.steps
         self.vectors = reader.vectors.to(cfg.device)
-        self.model = build(cfg, reader.video_dim, reader.audio_dim, self.vectors.shape[1]).to(cfg.device)
+        we_dim = reader.text_dim or int(self.vectors.shape[1])
+        self.model = build(cfg, reader.video_dim, reader.audio_dim, we_dim).to(cfg.device)
         opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
         self.optimizers = [opt]
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))]
-        return {"video_dim": reader.video_dim, "audio_dim": reader.audio_dim, "we_dim": int(self.vectors.shape[1])}
+        return {"video_dim": reader.video_dim, "audio_dim": reader.audio_dim, "we_dim": we_dim}
 
     def describe(self, step: int) -> str:
         return (f"mmv {self.cfg.graph}: {self.n} clips (clips of videos missing a modality, masked: {self.missing}), "
@@ -171,7 +180,8 @@ class MMVMethod(Method):
     def forward(self, b: dict, step: int):
         dev, model = self.cfg.device, self.model
         video = b["video"].to(dev)
-        words = self.vectors[torch.as_tensor(b["cand_words"]).to(self.vectors.device)].to(dev)  # (B, K, W, 300)
+        words = (torch.as_tensor(b["cand_emb"]).to(dev) if "cand_emb" in b  # (B, K, D) frozen embeddings
+                 else self.vectors[torch.as_tensor(b["cand_words"]).to(self.vectors.device)].to(dev))  # (B, K, W, 300)
         z_v_va = model.v_va(video)
         return (z_v_va, encode_audio(model.a_va, b["audio"].to(dev).float(), b["nframes"].to(dev)),
                 model.video_text(video, z_v_va), model.text(words))
