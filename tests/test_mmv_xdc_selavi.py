@@ -187,6 +187,33 @@ def test_selavi_heads_recover_the_planted_classes(stores, tmp_path, device):
     assert set(out["labellings"]) >= {"head0", "pseudo_head0"}
 
 
+def test_selavi_head_groups_label_shuffled_heads_from_their_own_augmented_passes(framed, tmp_path, monkeypatch):
+    """SeLaVi's ind_groups: at each labelling the head order is shuffled and split into groups, and each
+    group is labelled from its own pass over the clips under fresh training augmentations (crops here)."""
+    import trainers.methods.selavi as sv
+
+    groups = sv.head_groups(10, 2, seed=1, step=0)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(10)) and [len(g) for g in groups] == [5, 5]
+    assert np.concatenate(groups).tolist() != list(range(10))  # shuffled
+    assert sv.head_groups(10, 2, 1, 0)[0].tolist() == groups[0].tolist() != sv.head_groups(10, 2, 1, 5)[0].tolist()
+    assert [g.tolist() for g in sv.head_groups(3, 1, 1, 0)] == [[0, 1, 2]]
+    passes, form = [], sv.features
+
+    def spy(model, clips, cfg, rng=None):
+        out = form(model, clips, cfg, rng)
+        passes.append(out["v"].clone())
+        return out
+
+    monkeypatch.setattr(sv, "features", spy)
+    cfg = SeLaViConfig(store=str(framed[0]), out=str(tmp_path / "s"), heads=4, head_groups=2, clusters=4, epochs=1,
+                       batch_size=32, label_updates=1, dim=16, end_to_end_video="resnet18", video_frames=2,
+                       frame_size=32, crop_size=20, augment="crop,flip", loader_workers=0)
+    train(cfg, progress=False)
+    assert len(passes) >= 2 and not torch.equal(passes[0], passes[1])  # two passes, other crops
+    with pytest.raises(ValueError, match="--head-groups 5: give 1 to --heads 4"):
+        train(SeLaViConfig(**{**cfg.__dict__, "head_groups": 5, "out": str(tmp_path / "t")}), progress=False)
+
+
 def test_xdc_resumes_at_iteration_boundaries(stores, tmp_path):
     base = dict(store=str(stores["classes"]), clusters=4, epochs=1, batch_size=32, pca=0)
     full = train(XDCConfig(out=str(tmp_path / "full"), iterations=3, **base), progress=False)
@@ -285,8 +312,8 @@ def test_selavi_first_labels_see_batchnorm_statistics_of_the_data(stores, tmp_pa
     scales = []
     real = trainers.methods.selavi.features
 
-    def first_pass(model, clips, cfg):
-        feats = real(model, clips, cfg)
+    def first_pass(model, clips, cfg, rng=None):
+        feats = real(model, clips, cfg, rng)
         scales.append({m: float(x.std(0).mean()) for m, x in feats.items()})
         return feats
 

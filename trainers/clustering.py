@@ -49,12 +49,13 @@ class ClipSet:
     def __len__(self) -> int:
         return len(self.clips)
 
-    def chunks(self, positions: np.ndarray | None = None, size: int = 4096):
-        """(positions, batch as tensors) over ``positions`` (default: all), ``size`` at a time."""
+    def chunks(self, positions: np.ndarray | None = None, size: int = 4096, rng: np.random.Generator | None = None):
+        """(positions, batch as tensors) over ``positions`` (default: all), ``size`` at a time; ``rng``: draw
+        the training augmentations (default: none, centre crops)."""
         positions = np.arange(len(self)) if positions is None else positions
         for i in range(0, len(positions), size):
             pos = positions[i:i + size]
-            yield pos, {k: torch.from_numpy(v) for k, v in self.reader.batch(self.clips[pos]).items()}
+            yield pos, {k: torch.from_numpy(v) for k, v in self.reader.batch(self.clips[pos], rng).items()}
 
     def loader(self, order: np.ndarray, batch_size: int, workers: int, first: int = 0):
         """(video, audio) batches of ``order`` (positions) from batch ``first`` on, formed in loader worker
@@ -141,24 +142,25 @@ def encoder(d_in: int, d_out: int = 512, hidden: int = 512) -> nn.Sequential:
 
 
 @torch.no_grad()
-def encode_chunks(encoders: nn.ModuleDict, clips: ClipSet, positions: np.ndarray | None = None, device="cpu"):
-    """(positions, {'v', 'a'} encoder outputs) a chunk at a time, eval mode (no augmentation)."""
+def encode_chunks(encoders: nn.ModuleDict, clips: ClipSet, positions: np.ndarray | None = None, device="cpu",
+                  rng: np.random.Generator | None = None):
+    """(positions, {'v', 'a'} encoder outputs) a chunk at a time, eval mode (no augmentation unless ``rng``)."""
     was = encoders.training
     encoders.eval()
     towers = clips.spec.end_to_end_audio or clips.spec.frames_group
-    for pos, b in clips.chunks(positions, 256 if towers else 4096):
+    for pos, b in clips.chunks(positions, 256 if towers else 4096, rng):
         yield pos, {m: z.cpu() for m, z in forward(encoders, b, device).items()}
     encoders.train(was)
 
 
 def encode(encoders: nn.ModuleDict, clips: ClipSet, positions: np.ndarray | None = None, device="cpu",
-           dtype=torch.float32) -> dict[str, torch.Tensor]:
+           dtype=torch.float32, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
     """Encoder outputs for the clips at ``positions`` (default: all), kept as ``dtype`` (float16 halves RAM),
-    written into preallocated tensors (no second copy while concatenating)."""
+    written into preallocated tensors (no second copy while concatenating); ``rng``: with augmentations."""
     n = len(clips) if positions is None else len(positions)
     out: dict[str, torch.Tensor] = {}
     i = 0
-    for _, z in encode_chunks(encoders, clips, positions, device):
+    for _, z in encode_chunks(encoders, clips, positions, device, rng):
         for m, x in z.items():
             if m not in out:
                 out[m] = torch.empty(n, x.shape[1], dtype=dtype)

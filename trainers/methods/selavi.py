@@ -50,6 +50,10 @@ class SeLaViConfig(TrainConfig, VideoTowerOptions):
     # our default 0 differs: on the planted-class test it lowered the best head's NMI, docs/training.md)
     bn_warmup: int = 0
     align: Literal["hungarian", "none"] = "hungarian"  # audio head aligned to the video head at the first update: hungarian (exact) or none
+    # heads split, in an order shuffled at each labelling, into this many groups, each labelled from its own pass
+    # over the clips with fresh training augmentations (SeLaVi's ind_groups: 2 in its README run); 1: one pass,
+    # without augmentation
+    head_groups: int = 1
     dim: int = 512  # encoder output size (SeLaVi: 512)
     dropout: float = 0.3  # dropout in the heads (SeLaVi: 0.3)
 
@@ -153,10 +157,21 @@ def warm_up_batchnorm(model: SeLaVi, batches, device) -> None:
         bn.momentum = momentum
 
 
-def features(model: SeLaVi, clips: ClipSet, cfg: SeLaViConfig) -> dict[str, torch.Tensor]:
-    """Every clip's encoder outputs; float16 once float32 would pass 4 GB (1M clips at 512-d: 4 GB)."""
+def features(model: SeLaVi, clips: ClipSet, cfg: SeLaViConfig, rng: np.random.Generator | None = None
+             ) -> dict[str, torch.Tensor]:
+    """Every clip's encoder outputs (``rng``: under training augmentations); float16 once float32 would pass
+    4 GB (1M clips at 512-d: 4 GB)."""
     big = len(clips) * cfg.dim * 2 * 4 > 4 << 30
-    return encode(model.encoders, clips, device=cfg.device, dtype=torch.float16 if big else torch.float32)
+    return encode(model.encoders, clips, device=cfg.device, dtype=torch.float16 if big else torch.float32, rng=rng)
+
+
+def head_groups(heads: int, groups: int, seed: int, step: int) -> list[np.ndarray]:
+    """SeLaVi's decorrelated heads: the head order shuffled (a function of seed and step), then split into
+    ``groups`` as order[g::groups]; one group: every head, in order."""
+    if groups == 1:
+        return [np.arange(heads)]
+    order = np.random.default_rng([seed, 11, step]).permutation(heads)
+    return [order[g::groups] for g in range(groups)]
 
 
 @register
@@ -166,8 +181,8 @@ class SeLaViMethod(PseudoLabelMethod):
     # modality alignment, 200 epochs of 64 GPUs x 16 clips, lr 0.01, BatchNorm warm-up of 20 batches. Left ours, as
     # plain bugs: --compat-marginals (the inverted r ~ 1/d). K is the dataset's: give --clusters (docs/fidelity.md)
     paper = dict(heads=10, lam=20.0, epochs=200, batch_size=1024, lr=1e-2, label_updates=100, schedule_power=1.5,
-                 distribution="gauss", gauss_sd=0.1, audio_gain_db=0.9, bn_warmup=20, align="hungarian", dim=512,
-                 dropout=0.3)
+                 distribution="gauss", gauss_sd=0.1, audio_gain_db=0.9, bn_warmup=20, align="hungarian",
+                 head_groups=2, dim=512, dropout=0.3)
     help = "SeLaVi: Sinkhorn-Knopp pseudo-labels shared by video and audio, several heads"
 
     def setup(self) -> dict:
@@ -176,6 +191,8 @@ class SeLaViMethod(PseudoLabelMethod):
         self.spec, n = clips.spec, len(clips)
         if n < max(cfg.batch_size, cfg.clusters):
             raise ValueError(f"{n} clips: lower --batch-size / --clusters")
+        if not 1 <= cfg.head_groups <= cfg.heads:
+            raise ValueError(f"--head-groups {cfg.head_groups}: give 1 to --heads {cfg.heads}")
         self.model = SeLaVi(clips, cfg).to(cfg.device)
         self.optimizers = [torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=1e-5,
                                            fused=True)]
@@ -203,16 +220,29 @@ class SeLaViMethod(PseudoLabelMethod):
             warm_up_batchnorm(self.model, step_loader(cfg.store, self.spec, self._sampler, 0,
                                                       min(cfg.bn_warmup, self.steps), 0), cfg.device)
         if step in self.updates:
-            return self.relabel()
+            return self.relabel(step)
         return {}
 
-    def relabel(self) -> dict:
-        """Sinkhorn-Knopp labels for every clip, one head at a time (RAM: the features and one head's N x K)."""
-        cfg, model, n = self.cfg, self.model, len(self.clips)
-        feats = features(model, self.clips, cfg)
+    def relabel(self, step: int = 0) -> dict:
+        """Sinkhorn-Knopp labels for every clip, one head at a time (RAM: the features and one head's N x K);
+        with --head-groups G, each group of heads from its own augmented pass over the clips."""
+        cfg, model = self.cfg, self.model
         old = self.labels.clone()
         iters = []
-        for h in range(cfg.heads):
+        for g, group in enumerate(head_groups(cfg.heads, cfg.head_groups, cfg.seed, step)):
+            rng = np.random.default_rng([cfg.seed, 12, step, g]) if cfg.head_groups > 1 else None
+            iters += self.label_heads(features(model, self.clips, cfg, rng), group)
+        self.aligned = True
+        return {"nmi_prev": float(np.mean([normalized_mutual_info_score(old[h], self.labels[h])
+                                           for h in range(cfg.heads)])),
+                "sk_iterations": float(np.mean(iters)),
+                "clusters_used": float(np.mean([len(torch.unique(self.labels[h])) for h in range(cfg.heads)]))}
+
+    def label_heads(self, feats: dict[str, torch.Tensor], heads) -> list[int]:
+        """New labels of ``heads`` from encoder outputs ``feats``; the Sinkhorn-Knopp iterations of each."""
+        cfg, model, n = self.cfg, self.model, len(self.clips)
+        iters = []
+        for h in (int(h) for h in heads):
             logp = model.head_log_probs(feats, h)
             if not self.aligned and cfg.align == "hungarian":
                 perm = hungarian_alignment(logp["v"], logp["a"], log=True)
@@ -228,11 +258,7 @@ class SeLaViMethod(PseudoLabelMethod):
             self.labels[h], it = sinkhorn_labels(joint, cfg.lam, r)
             iters.append(it)
             del joint
-        self.aligned = True
-        return {"nmi_prev": float(np.mean([normalized_mutual_info_score(old[h], self.labels[h])
-                                           for h in range(cfg.heads)])),
-                "sk_iterations": float(np.mean(iters)),
-                "clusters_used": float(np.mean([len(torch.unique(self.labels[h])) for h in range(cfg.heads)]))}
+        return iters
 
     def forward(self, b: dict, step: int):
         return forward(self.model.encoders, b, self.cfg.device)
