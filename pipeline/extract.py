@@ -21,7 +21,7 @@ from features.registry import EXTRACTORS, extractor
 from manifests.read import index_video_root
 
 from .part import PartJob, run_part
-from .plan import plan_checksum, plan_store
+from .plan import plan_checksum, plan_store, video_paths
 from .store import (CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries, write_clip_text,
                     write_status_index, write_text)
 
@@ -203,11 +203,10 @@ def _jobs(cfg: ExtractConfig, store: FeatureStore, groups: list[str], threads: i
             status, _ = store.video_status(g)
             for p in np.unique(np.flatnonzero((status != "ok") & (status != "pending")) // store.part_size):
                 failed_parts.setdefault(int(p), []).append(g)
-    paths = list(store.videos["path"])
+    paths = video_paths(store, cfg.video_root)
     missing = [i for i, p in enumerate(paths) if not p]
-    if cfg.retry_failed and missing:  # files that were absent at planning time may have arrived
-        root = cfg.video_root or str(Path(cfg.manifest).parent)
-        found = index_video_root(root)[0]
+    if cfg.retry_failed and missing and not cfg.video_root:  # files absent at planning time may have arrived
+        found = index_video_root(str(Path(cfg.manifest).parent))[0]
         for i in missing:
             paths[i] = found.get(store.videos["video_id"][i], "")
     jobs = []

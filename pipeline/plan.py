@@ -32,6 +32,34 @@ def plan_checksum(*paths) -> str:
     return h.hexdigest()
 
 
+def relative_to_root(path: str | None, root: Path) -> str:
+    """A video's path as the store records it: relative to the video root (so the store and the videos may
+    move: a later run resolves it under its own --video-root), or absolute where it lies outside the root."""
+    if not path:
+        return ""
+    full = Path(path).resolve()
+    return os.path.relpath(full, root) if full.is_relative_to(root) else str(full)
+
+
+def video_paths(store, video_root: str | None = None) -> list[str]:
+    """Every video's file as this run finds it: each recorded path under ``video_root`` (this run's
+    --video-root) or else the root the store recorded; where a file is not there and a --video-root was given,
+    the file of that video id under it (a moved folder with another layout). Stores planned before the root
+    was recorded hold paths relative to the folder they were planned from (or absolute). '' where none."""
+    from manifests.read import index_video_root
+
+    recorded = store.meta.get("video_root")
+    base = Path(video_root) if video_root else Path(recorded) if recorded else Path.cwd()
+    out = [str(base / p) if p and not os.path.isabs(p) else str(p) for p in store.videos["path"]]
+    if video_root:
+        found = None
+        for i, p in enumerate(out):
+            if not p or not os.path.isfile(p):
+                found = found if found is not None else index_video_root(video_root)[0]
+                out[i] = found.get(str(store.videos["video_id"][i]), "")
+    return out
+
+
 def plan_store(store: str | os.PathLike, manifest: str, captions: str | None = None,
                video_root: str | None = None, strict: bool = False, part_size: int | None = None,
                workers: int = 1, allow_outside_root: bool = False, find_videos: bool = True) -> dict:
@@ -68,9 +96,10 @@ def plan_store(store: str | os.PathLike, manifest: str, captions: str | None = N
         counts = np.concatenate([np.asarray(counts, np.int64), np.zeros(len(rest), np.int64)])
         n = len(order)
         part_size = part_size or max(1, min(MAX_PART, -(-n // (4 * max(1, workers)))))
+        video_root = Path(video_root or Path(manifest).parent).resolve()
         write_unit(tmp / "videos", {
             "video_id": np.array([videos.ids[i] for i in order], dtype=object),
-            "path": np.array([videos.paths[i] or "" for i in order], dtype=object),
+            "path": np.array([relative_to_root(videos.paths[i], video_root) for i in order], dtype=object),
             "part": np.arange(n, dtype=np.int32) // part_size,
             "clip_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             **{f"label_{k}": np.array([col[i] for i in order], dtype=object) for k, col in videos.labels.items()}},
@@ -79,6 +108,7 @@ def plan_store(store: str | os.PathLike, manifest: str, captions: str | None = N
         checksum = plan_checksum(manifest, captions)
         root.attrs.update({"mmcache": dict(version=FORMAT_VERSION, plan_sha256=checksum,
                                            manifest=str(manifest), captions=captions, part_size=part_size,
+                                           video_root=str(video_root),
                                            n_videos=n, n_clips=n_clips, manifest_problems=problems.count),
                            "groups": {}})
         seal(tmp)

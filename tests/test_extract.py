@@ -736,3 +736,40 @@ def test_status_json_is_json_alone_and_a_closed_pipe_is_no_traceback(odd_store, 
     done = subprocess.run(f"{sys.executable} -c {shlex.quote(script)} | head -1", shell=True, capture_output=True,
                           text=True, timeout=120, executable="/bin/bash")
     assert done.stdout == "x" * 100 + "\n" and "Traceback" not in done.stderr and done.stderr == "", done.stderr
+
+
+def test_a_moved_store_and_moved_videos_extract_a_new_group_with_every_video_found(odd_dataset, weights, tmp_path,
+                                                                                  monkeypatch):
+    """Paths are recorded relative to the video root (and the root itself): the store copied to another folder,
+    the videos moved elsewhere, run from a third folder, `--video-root NEW` adds a group with every video
+    found as before, and the committed group is not recomputed."""
+    import shutil
+
+    first = tmp_path / "a"
+    shutil.copytree(Path(odd_dataset["video_root"]), first / "videos")
+    monkeypatch.chdir(tmp_path)
+    cfg = config(odd_dataset, "a/s.zarr", weights, video_root="a/videos", groups=["logmel"], word2vec=None)
+    extract(cfg)
+    s = FeatureStore(tmp_path / "a" / "s.zarr")
+    assert s.videos["path"][0] == "good0.mp4" and s.meta["video_root"] == str(first / "videos")
+    before = s.video_status("logmel")[0].tolist()
+    shutil.copytree(first / "s.zarr", tmp_path / "b" / "copy.zarr")
+    shutil.move(first / "videos", tmp_path / "elsewhere")
+    (tmp_path / "c").mkdir()
+    monkeypatch.chdir(tmp_path / "c")
+    logmel = sorted((tmp_path / "b" / "copy.zarr" / "parts").glob("*/logmel/zarr.json"))
+    stamps = [p.stat().st_mtime_ns for p in logmel]
+    again = config(odd_dataset, "../b/copy.zarr", weights, video_root="../elsewhere", groups=["logmel", "resnet152"],
+                   word2vec=None)
+    extract(again)
+    s = FeatureStore(tmp_path / "b" / "copy.zarr")
+    after = s.video_status("resnet152")[0].tolist()  # every video found where it moved: 'missing' only for 'gone'
+    assert [x == "missing" for x in after] == [x == "missing" for x in before] and after.count("missing") == 1
+    assert after.count("ok") == 4, after  # good0-2, silent (frames without audio)
+    assert [p.stat().st_mtime_ns for p in logmel] == stamps  # the committed group untouched
+    reloc = tmp_path / "d"
+    shutil.copytree(tmp_path / "elsewhere", reloc / "nested" / "deeper")  # another layout: found by video id
+    (tmp_path / "b" / "copy.zarr").rename(tmp_path / "b" / "third.zarr")
+    extract(config(odd_dataset, "../b/third.zarr", weights, video_root=str(reloc), groups=["logmel", "resnet152"],
+                   word2vec=None, retry_failed=True))
+    assert FeatureStore(tmp_path / "b" / "third.zarr").video_status("resnet152")[0].tolist() == after
