@@ -55,6 +55,13 @@ def cmd_status(args) -> int:
     for line in store.problems(args.problems):
         emit(f"    {line}")
     out = {"videos": store.n_videos, "clips": store.n_clips, "groups": {}}
+    failed = store.attrs.get("failed_parts", {})
+    if failed:
+        out["failed_parts"] = failed
+        emit(f"  {len(failed)} parts failed as a whole in the last run that ran them (pending until a rerun "
+             "finishes them):")
+        for part, why in list(failed.items())[: args.show]:
+            emit(f"      part {part}: {why}")
     for g, meta in store.groups.items():
         if g == "word2vec":
             if not (store.path / "word2vec").is_dir():

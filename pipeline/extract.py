@@ -22,8 +22,8 @@ from manifests.read import index_video_root
 
 from .part import PartJob, run_part
 from .plan import plan_checksum, plan_store, video_paths
-from .store import (CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries, write_clip_text,
-                    write_status_index, write_text)
+from .store import (CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries,
+                    record_failed_parts, write_clip_text, write_status_index, write_text)
 
 ALL_GROUPS = tuple(EXTRACTORS)
 log = logging.getLogger("mmcache")
@@ -88,6 +88,8 @@ class ExtractConfig:
     def options(self) -> Options:
         named = {"resnet152": self.resnet152_weights, "davenet": self.davenet, "word2vec": self.word2vec}
         weights = {**{g: w for g, w in named.items() if w}, **self.weights}
+        # absolute before they leave the driver: a --scheduler worker resolves paths in its own folder
+        weights = {g: os.path.abspath(w) if os.path.exists(w) else w for g, w in weights.items()}
         return Options(weights=tuple(sorted(weights.items())), random_init=tuple(sorted(self.random_init)),
                        device=self.device, batch_size=self.batch_size, short_side=self.short_side,
                        precision=resolve(self.precision, self.device), decoder=self.decoder, hwaccel=self.hwaccel,
@@ -210,15 +212,16 @@ def _jobs(cfg: ExtractConfig, store: FeatureStore, groups: list[str], threads: i
         for i in missing:
             paths[i] = found.get(store.videos["video_id"][i], "")
     jobs = []
+    where = str(store.path.resolve())  # absolute: a --scheduler worker resolves paths in its own folder
     for p in range(store.n_parts):
         a, b = store.part_range(p)
-        vids = [(str(store.videos["video_id"][i]), str(paths[i])) for i in range(a, b)]
+        vids = [(str(store.videos["video_id"][i]), os.path.abspath(paths[i]) if paths[i] else "")
+                for i in range(a, b)]
         todo = [g for g in groups if p not in done[g]]
         if todo:
-            jobs.append(PartJob(str(store.path), p, vids, todo, cfg.options(), threads,
-                                decode_workers=cfg.decode_workers))
+            jobs.append(PartJob(where, p, vids, todo, cfg.options(), threads, decode_workers=cfg.decode_workers))
         if failed_parts.get(p):
-            jobs.append(PartJob(str(store.path), p, vids, failed_parts[p], cfg.options(), threads, replace=True,
+            jobs.append(PartJob(where, p, vids, failed_parts[p], cfg.options(), threads, replace=True,
                                 decode_workers=cfg.decode_workers))
     return jobs
 
@@ -267,7 +270,10 @@ def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool
     jobs = _jobs(cfg, store, video_groups, threads)
     summary["parts_run"] = len(jobs)
     if jobs:
-        _run(jobs, cfg, summary)
+        try:
+            _run(jobs, cfg, summary)
+        finally:  # `pipeline status` names why a part is still pending
+            record_failed_parts(store, {j.part for j in jobs}, summary["failed_parts"])
     with lock.attrs():  # one writer of the status index at a time
         for g in video_groups:
             write_status_index(store, g)
@@ -300,9 +306,18 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
                         frames_per_s_per_worker=f"{rate / max(1, cfg.workers):.1f}")
 
     if not cfg.scheduler and cfg.workers == 0:
-        for job in jobs:
-            done(job, run_part(job))
-        bar.close()
+        try:
+            for job in jobs:
+                try:
+                    result = run_part(job)
+                except (DiskFull, KeyboardInterrupt):  # every later part would fail the same way: stop
+                    raise
+                except Exception as e:  # as a Dask task's failure: record, keep going (a rerun retries it)
+                    done(job, None, f"{type(e).__name__}: {e}")
+                else:
+                    done(job, result)
+        finally:
+            bar.close()
         return
 
     import dask

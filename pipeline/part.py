@@ -264,6 +264,12 @@ def run_part(job: PartJob) -> dict:
     import torch
 
     t0 = time.time()
+    if not Path(job.store, "zarr.json").is_file():  # a worker on another machine, or without the driver's mount
+        import socket
+
+        raise FileNotFoundError(f"this worker ({socket.gethostname()}, working folder {os.getcwd()}) cannot see the "
+                                f"store {job.store}: run every Dask worker where that path is the driver's store "
+                                "(a shared filesystem, the same mount point)")
     if job.threads:
         torch.set_num_threads(job.threads)
     cuda = job.opts.device.startswith("cuda")

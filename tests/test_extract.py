@@ -1,4 +1,5 @@
 import os
+import json
 import shlex
 import shutil
 import signal
@@ -773,3 +774,93 @@ def test_a_moved_store_and_moved_videos_extract_a_new_group_with_every_video_fou
     extract(config(odd_dataset, "../b/third.zarr", weights, video_root=str(reloc), groups=["logmel", "resnet152"],
                    word2vec=None, retry_failed=True))
     assert FeatureStore(tmp_path / "b" / "third.zarr").video_status("resnet152")[0].tolist() == after
+
+
+@pytest.mark.slow
+def test_cli_scheduler_and_worker_in_other_folders_with_a_relative_store(odd_dataset, weights, tmp_path):
+    """`dask scheduler` and `dask worker` started from two other folders, the driver from a third with a
+    relative --store (and relative weights): the parts land in the driver's store, identical to a local run."""
+    import subprocess
+    import sys
+    import time
+
+    bin_ = Path(sys.executable).parent
+    for d in ("sched", "work", "drive"):
+        (tmp_path / d).mkdir()
+    sfile = tmp_path / "sched" / "scheduler.json"
+    procs = [subprocess.Popen([str(bin_ / "dask"), "scheduler", "--port", "0", "--no-dashboard", "--scheduler-file",
+                               str(sfile)], cwd=tmp_path / "sched", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(200):
+            if sfile.is_file() and sfile.stat().st_size:
+                break
+            time.sleep(0.1)
+        procs.append(subprocess.Popen([str(bin_ / "dask"), "worker", "--scheduler-file", str(sfile), "--nthreads", "1",
+                                       "--no-dashboard"], cwd=tmp_path / "work", stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        address = json.loads(sfile.read_text())["address"]
+        shutil.copy(weights["resnet152"], tmp_path / "drive" / "r152.pth")
+        args = [str(bin_ / "pipeline"), "extract", "--manifest", odd_dataset["manifest"], "--captions",
+                odd_dataset["captions"], "--video-root", odd_dataset["video_root"], "--store", "s.zarr",
+                "--groups", "resnet152,logmel", "--resnet152-weights", "r152.pth", "--part-size", "2",
+                "--short-side", "64", "--precision", "fp32", "--scheduler", address, "--threads-per-worker", "1",
+                "--no-progress"]
+        done = subprocess.run(args, cwd=tmp_path / "drive", capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1, done.stderr  # the odd dataset's bad videos: finished with failures
+    finally:
+        for p in procs:
+            p.terminate()
+    assert not (tmp_path / "work" / "s.zarr").exists()
+    local = config(odd_dataset, tmp_path / "local.zarr", weights, groups=["resnet152", "logmel"], word2vec=None,
+                   threads_per_worker=1)  # the same sums in the same order: bit-identical float16 rows
+    extract(local)
+    ours, theirs = store_arrays(tmp_path / "drive" / "s.zarr"), store_arrays(tmp_path / "local.zarr")
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        np.testing.assert_array_equal(ours[k], theirs[k], err_msg=k)
+
+
+def test_a_worker_that_cannot_see_the_store_says_so(tmp_path):
+    from features.base import Options
+    from pipeline.part import PartJob, run_part
+
+    with pytest.raises(FileNotFoundError, match="cannot see the store .*nowhere.zarr: run every Dask worker"):
+        run_part(PartJob(str(tmp_path / "nowhere.zarr"), 0, [("v", "/x.mp4")], ["logmel"], Options(), 1))
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")  # zarr's own note on the format
+def test_a_consolidated_view_is_not_left_stale_by_a_later_extraction(odd_dataset, weights, tmp_path):
+    import zarr
+
+    store = tmp_path / "s.zarr"
+    extract(config(odd_dataset, store, weights, groups=["logmel"], word2vec=None))
+    zarr.consolidate_metadata(str(store))
+    assert "parts/p000000/logmel/data" in zarr.open_consolidated(str(store), mode="r")
+    extract(config(odd_dataset, store, weights, groups=["logmel", "resnet152"], word2vec=None))
+    view = zarr.open_group(str(store), mode="r")  # zarr prefers a consolidated block where there is one
+    assert "parts/p000000/resnet152/data" in view and "status/resnet152/status" in view
+
+
+def test_status_names_why_a_part_is_still_pending(odd_dataset, weights, tmp_path, monkeypatch, capsys):
+    import pipeline.extract as ex
+    from pipeline.cli import main
+
+    store = tmp_path / "s.zarr"
+    real = ex.run_part
+
+    def broken(job):
+        if job.part == 1:
+            raise MemoryError("the worker ran out of memory")
+        return real(job)
+
+    monkeypatch.setattr(ex, "run_part", broken)
+    summary = extract(config(odd_dataset, store, weights, groups=["logmel"], word2vec=None))
+    assert summary["failed_parts"] == {1: "MemoryError: the worker ran out of memory"}
+    assert main(["status", "--store", str(store)]) == 0
+    assert "part 1: MemoryError: the worker ran out of memory" in capsys.readouterr().out
+    assert main(["status", "--store", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["failed_parts"] == {"1": "MemoryError: the worker ran out of memory"}
+    monkeypatch.setattr(ex, "run_part", real)
+    extract(config(odd_dataset, store, weights, groups=["logmel"], word2vec=None))
+    assert main(["status", "--store", str(store), "--json"]) == 0
+    assert "failed_parts" not in json.loads(capsys.readouterr().out)  # the rerun finished part 1

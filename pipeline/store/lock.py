@@ -62,8 +62,26 @@ def update_root_attrs(store: str | os.PathLike, change) -> dict:
     path = Path(store) / "zarr.json"
     meta = read_json(path)
     meta["attributes"] = change(dict(meta.get("attributes", {})))
+    # a consolidated view (zarr.consolidate_metadata) lists the arrays of its day: every writing run passes
+    # here, so it is dropped rather than left stale (zarr then reads the hierarchy itself)
+    meta.pop("consolidated_metadata", None)
     write_json(path, meta)
     return meta["attributes"]
+
+
+def record_failed_parts(store, ran: set[int], failures: dict[int, str]) -> None:
+    """Root attribute ``failed_parts`` {part: why}: the parts of this run that failed as a whole, kept until a
+    later run finishes them (`pipeline status` shows why a part is still pending)."""
+    def change(attrs):
+        old = {int(k): v for k, v in attrs.get("failed_parts", {}).items() if int(k) not in ran}
+        attrs["failed_parts"] = {str(k): v for k, v in sorted({**old, **failures}.items())}
+        return attrs
+    lock = StoreLock(store.path)
+    try:
+        with lock.attrs():
+            update_root_attrs(store.path, change)
+    finally:
+        lock.close()
 
 
 def add_groups(store: str | os.PathLike, metas: dict[str, dict]) -> dict:
