@@ -82,6 +82,14 @@ class VideoClips:
         return len(self.start)
 
 
+LONGEST = 86_400.0  # seconds: a caption time past a day is past any video of these datasets
+
+
+def _past_any_video(start: float, end: float) -> str:
+    return (f"clip time start={start:g} end={end:g} s runs past any video (over {LONGEST / 3600:g} h): kept, read "
+            "up to its video's decoded end (a clip starting past that end is dropped by every trainer)")
+
+
 def _float(value) -> float | None:
     try:
         x = float(value)
@@ -162,6 +170,8 @@ def _read_video_rows(manifest: Path, root: Path, reader: csv.DictReader, problem
                 problems.add(f"{manifest.name} line {line}: bad clip time start={row.get('start')!r} "
                              f"end={row.get('end')!r} (need 0 <= start < end)")
                 continue
+            if end > LONGEST:
+                problems.add(f"{manifest.name} line {line}: {_past_any_video(start, end)}")
         if rel and source.setdefault(vid, (rel, line))[0] != rel:
             problems.add(f"{manifest.name} line {line}: {rel!r} and {source[vid][0]!r} (line {source[vid][1]}) "
                          f"are both video {vid!r}; give each file its own video_id (row ignored)")
@@ -245,6 +255,8 @@ def iter_clips(videos: Videos, captions: str | os.PathLike | None, problems: Pro
         good = (s >= 0) & (e > s)  # nan compares False
         for j in np.flatnonzero(~good):
             problems.add(f"{loc(j)}: bad caption time ({starts[j]!r}, {ends[j]!r}); caption skipped")
+        for j in np.flatnonzero(good & (e > LONGEST)):
+            problems.add(f"{loc(j)}: {_past_any_video(s[j], e[j])}")
         if good.any():
             yield VideoClips(i, s[good], e[good],
                              [str(t if t is not None else "").strip() for t, g in zip(texts, good) if g], {})

@@ -19,7 +19,9 @@ def print_summary(summary: dict) -> None:
     if summary.get("problems"):
         print(f"  {summary['problems']} manifest/caption problems (`pipeline status --problems N` lists them)")
     for g, counts in summary.get("status", {}).items():
-        print(f"  {g:10s} " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        past = summary.get("clips_past_end", {}).get(g, 0)
+        print(f"  {g:10s} " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+              + (f"; {past} clips start past their video's end (no {g} to read: trainers drop them)" if past else ""))
     for g, counts in summary.get("text", {}).items():
         print(f"  {g:10s} " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     for part, err in summary.get("failed_parts", {}).items():
@@ -81,9 +83,12 @@ def cmd_status(args) -> int:
         vals, counts = np.unique(status.astype(str), return_counts=True)
         fails = [(str(store.videos["video_id"][i]), str(status[i]), str(error[i]))
                  for i in np.flatnonzero((status != "ok") & (status != "pending"))]
+        past = int(store.video_clips_beyond(g).sum())
         out["groups"][g] = {"status": dict(zip(vals.tolist(), counts.tolist())), "failures": fails,
-                            "random_init": meta.get("random_init"), "weights_sha256": meta.get("weights_sha256")}
+                            "random_init": meta.get("random_init"), "weights_sha256": meta.get("weights_sha256"),
+                            "clips_past_end": past}
         tag = " (RANDOM-INIT weights)" if meta.get("random_init") else ""
+        tag += f"; {past} clips start past their video's end (trainers drop them)" if past else ""
         emit(f"  {g:10s} " + ", ".join(f"{k}={v}" for k, v in zip(vals, counts)) + tag)
         for vid, st, err in fails[: args.show]:
             emit(f"      {vid}: {st}: {err}")

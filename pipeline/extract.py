@@ -278,6 +278,8 @@ def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool
         for g in video_groups:
             write_status_index(store, g)
     summary["status"] = {g: dict(Counter(store.video_status(g)[0])) for g in video_groups}
+    # clips that start at or after their video's decoded end: nothing to read, every trainer drops them
+    summary["clips_past_end"] = {g: int(store.video_clips_beyond(g).sum()) for g in video_groups}
     summary["problems"] = store.meta.get("manifest_problems", 0)
     return summary
 

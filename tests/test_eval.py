@@ -233,3 +233,48 @@ def test_every_flag_of_every_command_says_what_it_does(cli):
             if not a.help or (has_default and "default" not in a.help):
                 missing.append(flag)
     assert not missing, missing
+
+
+def test_a_store_extracted_otherwise_is_refused_naming_what_differs(runs, stores, tmp_path, capsys):
+    """A held-out store whose ResNet weights or precision differ from the training store's: eval and probe
+    refuse it naming the keys; --allow-other-features scores it and the results list them."""
+    import shutil
+
+    from pipeline.store import update_root_attrs
+    from trainers.cli import main
+    from trainers.probe import probe
+
+    raw = json.loads((runs["full"] / "config.json").read_text())
+    assert set(raw["inputs"]) == {"resnet152", "word2vec"}  # what the vt run read, as the store recorded it
+    other = tmp_path / "other.zarr"
+    shutil.copytree(stores["eval"], other)
+
+    def recorded(sha, precision):
+        def change(attrs):
+            groups = dict(attrs["groups"])
+            groups["resnet152"] = {**groups["resnet152"], "weights_sha256": sha, "params": {"precision": precision}}
+            attrs["groups"] = groups
+            return attrs
+        return change
+
+    # what `pipeline extract` records (the planted training store recorded nothing to compare: not checked)
+    run = tmp_path / "run"  # a copy: the shared run stays as trained
+    shutil.copytree(runs["full"], run)
+    raw["inputs"]["resnet152"] = {**raw["inputs"]["resnet152"], "weights_sha256": "a" * 64,
+                                  "params": {"precision": "fp32"}}
+    (run / "config.json").write_text(json.dumps(raw))
+    update_root_attrs(other, recorded("f" * 64, "bf16"))
+    with pytest.raises(ValueError, match=r"resnet152.weights_sha256: 'aaa.*' -> 'fff.*resnet152.params.precision: "
+                                         r"'fp32' -> 'bf16'.*--allow-other-features"):
+        evaluate(run, str(other))
+    assert main(["eval", "--run", str(run), "--store", str(other)]) == 2
+    assert "extracted differently from the store this run trained on" in capsys.readouterr().err
+    r = evaluate(run, str(other), allow_other_features=True)
+    assert len(r["features differ from training (--allow-other-features)"]) == 2
+    with pytest.raises(ValueError, match="resnet152.weights_sha256"):
+        probe(run, str(other), "task")
+    assert "features differ" in json.dumps(probe(run, str(other), "task", allow_other_features=True))
+    same = tmp_path / "same.zarr"
+    shutil.copytree(stores["eval"], same)
+    update_root_attrs(same, recorded("a" * 64, "fp32"))
+    assert "features differ" not in json.dumps(evaluate(run, str(same)))

@@ -436,7 +436,8 @@ def test_resume_with_other_settings_is_refused_naming_them(planted, tmp_path):
         train(small(planted[0], tmp_path / "r", steps=9, resume=True), progress=False)
 
 
-def test_clips_outside_the_video_are_dropped_and_counted_never_zero_features(odd_dataset, weights, tmp_path):
+def test_clips_outside_the_video_are_dropped_and_counted_never_zero_features(odd_dataset, weights, tmp_path,
+                                                                           capsys):
     from pipeline.extract import ExtractConfig, extract
     from trainers.methods.mmv import MMVConfig
     from trainers.methods.mmv import clip_spec as mmv_spec
@@ -445,9 +446,18 @@ def test_clips_outside_the_video_are_dropped_and_counted_never_zero_features(odd
     rows.write_text("video_id,start,end,text\ngood0,0,2,cut the onion\ngood0,100,200,knead dough\n"
                     "good0,1,1e308,the wheel\n")
     store = tmp_path / "s.zarr"
-    extract(ExtractConfig(manifest=str(rows), store=str(store), video_root=odd_dataset["video_root"],
-                          resnet152_weights=weights["resnet152"], davenet=weights["davenet"],
-                          word2vec=weights["word2vec"], workers=0, short_side=64, progress=False))
+    summary = extract(ExtractConfig(manifest=str(rows), store=str(store), video_root=odd_dataset["video_root"],
+                                    resnet152_weights=weights["resnet152"], davenet=weights["davenet"],
+                                    word2vec=weights["word2vec"], workers=0, short_side=64, progress=False))
+    assert summary["clips_past_end"] == {"resnet152": 1, "logmel": 1, "davenet": 1}  # said at extraction too
+    assert summary["problems"] == 1 and "line 4: clip time start=1 end=1e+308 s runs past any video" in \
+        FeatureStore(store).problems(5)[0]
+    from pipeline.cli import main as pipeline
+
+    assert pipeline(["status", "--store", str(store), "--json"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["groups"]["resnet152"]["clips_past_end"] == 1
     reader = ClipReader(store, clip_spec(small(store, "x", min_time=0.0)))
     assert reader.dropped() == {"clip starts after the video ends": 1}
     assert reader.usable_clips(0).tolist() == [0, 2] and reader.duration[0] == pytest.approx(4.0, abs=0.1)

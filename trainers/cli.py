@@ -43,7 +43,7 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate, table
 
     print(table(evaluate(args.run, args.store, args.label, args.audio_frames, args.max_score_clips, args.ties,
-                         args.dropped)))
+                         args.dropped, args.allow_other_features)))
     print(f"results: {Path(args.run) / 'eval.json'}; embeddings: {Path(args.run) / 'embeddings.zarr'}")
     return 0
 
@@ -64,7 +64,7 @@ def cmd_crosstask(args) -> int:
     if not args.release and not (args.steps and args.annotations):
         raise ValueError("give the CrossTask release folder (--release DIR), or --steps and --annotations")
     r = crosstask(args.run, args.store, args.steps, args.annotations, args.word2vec, release=args.release,
-                  videos=args.videos, max_words=args.max_words)
+                  videos=args.videos, max_words=args.max_words, allow_other_features=args.allow_other_features)
     print(f"CrossTask step localisation of {args.run} on {args.store}: average recall {100 * r['average recall']:.1f}% "
           f"(per-video mean, MCN's average: {100 * r['average recall, per-video mean (MCN)']:.1f}%; random scores: "
           f"{100 * r['chance']:.1f}%)")
@@ -72,6 +72,8 @@ def cmd_crosstask(args) -> int:
         print(f"  {task:24s} recall {100 * t['recall']:5.1f}%  ({t['videos']} videos)")
     if r["missing videos"]:
         print(f"  {len(r['missing videos'])} annotated videos not usable in the store: {r['missing videos'][:5]}")
+    for note in r.get("features differ from training (--allow-other-features)", []):
+        print(f"  WARNING: features differ from training: {note}")
     print(f"results: {Path(args.run) / 'crosstask.json'}")
     return 0
 
@@ -80,7 +82,7 @@ def cmd_probe(args) -> int:
     from .probe import probe
 
     r = probe(args.run, args.store, args.label, args.features, args.folds, args.split, args.zero_shot,
-              args.class_names, args.word2vec)
+              args.class_names, args.word2vec, args.allow_other_features)
     how = f"on {r['linear probe']['test clips']} test clips" if "test clips" in r["linear probe"] else \
         f"{r['linear probe']['folds']}-fold"
     print(f"{r['label']}: {r['clips']} clips, {r['classes']} classes, features {','.join(r['features'])}; "
@@ -93,6 +95,8 @@ def cmd_probe(args) -> int:
     if "zero-shot" in r:
         print(f"  {'zero-shot':30s} accuracy {100 * r['zero-shot']['accuracy']:5.1f}% (chance "
               f"{100 * r['zero-shot']['chance']:.1f}%)")
+    for note in r.get("features differ from training (--allow-other-features)", []):
+        print(f"  WARNING: features differ from training: {note}")
     print(f"results: {Path(args.run) / f'probe-{args.label}.json'}")
     return 0
 
@@ -145,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropped", choices=["skip", "miss"], default="skip",
                    help="clips missing a modality: skip = left out of N and counted (default); miss = each a "
                         "missed query, the MSR-VTT convention (N = every clip)")
+    p.add_argument("--allow-other-features", action="store_true",
+                   help="score a store whose features were extracted otherwise than the training store's (other "
+                        "weights, precision, word2vec...): refused by default; the results then list what differs")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("compare", help="runs side by side: eval metrics, training time, the flags that differ "
                                        "(table, CSV, PNG)")
@@ -168,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="word2vec words read per step text (default 30, as MCN's CrossTask runs)")
     p.add_argument("--word2vec", help="the .bin the store's captions were tokenised with (default: the path the "
                                       "store recorded, checked by SHA-256)")
+    p.add_argument("--allow-other-features", action="store_true",
+                   help="score a store whose features were extracted otherwise than the training store's (other "
+                        "weights, precision, word2vec...): refused by default; the results then list what differs")
     p.set_defaults(fn=cmd_crosstask)
     p = sub.add_parser("probe", help="linear probe (and zero-shot) classification of a label column from a run's "
                                      "exported embeddings (`trainers eval` first)")
@@ -184,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also classify each clip by the nearest class-name text embedding (a run with a text space)")
     p.add_argument("--class-names", help="CSV label,text: the text each class is named by (default: the label itself)")
     p.add_argument("--word2vec", help="the .bin the store's captions were tokenised with (default: recorded path)")
+    p.add_argument("--allow-other-features", action="store_true",
+                   help="score a store whose features were extracted otherwise than the training store's (other "
+                        "weights, precision, word2vec...): refused by default; the results then list what differs")
     p.set_defaults(fn=cmd_probe)
     p = sub.add_parser("report", help="PNG of a run: loss curves (log scale) and its retrieval table")
     p.add_argument("--run", required=True, help="a run folder; writes <run>/losses.png")

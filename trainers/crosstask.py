@@ -185,7 +185,7 @@ def second_windows(seconds: int, half: float = 4.0) -> tuple[np.ndarray, np.ndar
 @torch.no_grad()
 def crosstask(run: str | Path, store: str, steps_path: str | None = None, annotations_path: str | None = None,
               word2vec: str | None = None, chance_draws: int = 20, release: str | None = None,
-              videos: str = "videos_val.csv", max_words: int = 30) -> dict:
+              videos: str = "videos_val.csv", max_words: int = 30, allow_other_features: bool = False) -> dict:
     """Recall of the run on the annotated videos of ``store``: from the official ``release`` folder (its
     ``videos`` list) or from ``steps_path`` and ``annotations_path``."""
     from pipeline.store import FeatureStore
@@ -193,6 +193,7 @@ def crosstask(run: str | Path, store: str, steps_path: str | None = None, annota
     from .data import ClipReader
     from .evaluate import eval_spec, load_run
     from .loader import video_input
+    from .provenance import check_inputs
     from .texts import embed_texts
 
     cfg, raw, model = load_run(run)
@@ -208,6 +209,7 @@ def crosstask(run: str | Path, store: str, steps_path: str | None = None, annota
     else:
         raise ValueError("give the CrossTask release folder (--release), or --steps and --annotations")
     s = FeatureStore(store)
+    other = check_inputs(raw, s, allow_other_features)
     reader = ClipReader(s, replace(spec, modalities="".join(m for m in "va" if m in spec.modalities)))
     texts = {task: embed_texts(model, cfg, s, words, word2vec, max_words) for task, words in steps.items()}
     index, rng = s.video_index, np.random.default_rng(0)
@@ -233,6 +235,7 @@ def crosstask(run: str | Path, store: str, steps_path: str | None = None, annota
         raise ValueError(f"none of the {len(notes)} annotated videos is usable in {store} ({missing[:5]} ...): "
                          "extract them with `pipeline extract` first")
     out = {"run": str(run), "store": store, **summarise(found), "chance": summarise(chance)["average recall"],
-           "missing videos": missing, "max words": max_words}
+           "missing videos": missing, "max words": max_words,
+           **({"features differ from training (--allow-other-features)": other} if other else {})}
     (Path(run) / "crosstask.json").write_text(json.dumps(out, indent=1))
     return out

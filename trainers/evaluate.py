@@ -16,6 +16,7 @@ from .loader import text_input, video_input
 from .method import RENAMED
 from .methods import method_of, methods
 from .metrics import TIES, class_retrieval_metrics, clustering_metrics, retrieval_metrics
+from .provenance import check_inputs
 from .towers import check_tokenizer
 
 
@@ -101,20 +102,23 @@ def similarities(emb: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[np.nd
 
 
 def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames: int | None = None,
-             max_score_clips: int = 50_000, ties: str = "pessimistic", dropped: str = "skip") -> dict:
+             max_score_clips: int = 50_000, ties: str = "pessimistic", dropped: str = "skip",
+             allow_other_features: bool = False) -> dict:
     """Every retrieval direction the model has spaces for (instance-level, and class-level per label column),
     k-means clustering of each modality's and the fused embedding of each space against each label column,
     each with its chance level. Embeddings of every clip are exported, streamed; scoring needs an N x N
     matrix, so it runs for at most ``max_score_clips`` clips. ``ties``: pessimistic or optimistic (MCN's);
     ``dropped``: skip (clips missing a modality are left out, and counted) or miss (each is a missed query,
-    the MSR-VTT convention)."""
+    the MSR-VTT convention). A store extracted otherwise than the training store is refused unless
+    ``allow_other_features`` (trainers/provenance.py)."""
     if dropped not in DROPPED:
         raise ValueError(f"dropped {dropped!r}: choose {' or '.join(DROPPED)}")
     from sklearn.cluster import KMeans
 
     run = Path(run)
-    cfg, _, model = load_run(run)
+    cfg, raw, model = load_run(run)
     reader = ClipReader(store, eval_spec(cfg, audio_frames))
+    other = check_inputs(raw, reader.store, allow_other_features)
     if getattr(cfg, "end_to_end_text", ""):
         check_tokenizer(cfg.end_to_end_text, reader.store, reader.spec.text_tokens)
     clips = reader.all_clips()
@@ -122,7 +126,8 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
     emb = embed(model, reader, clips, run / "embeddings.zarr", keep=score)
     left_out = reader.dropped()
     results: dict = {"run": str(run), "store": store, "clips": len(clips), "dropped": left_out,
-                     "ties": f"{ties} ({TIES[ties]})", "dropped clips": f"{dropped} ({DROPPED[dropped]})"}
+                     "ties": f"{ties} ({TIES[ties]})", "dropped clips": f"{dropped} ({DROPPED[dropped]})",
+                     **({"features differ from training (--allow-other-features)": other} if other else {})}
     if not score:
         results["not_scored"] = (f"{len(clips)} clips > --max-score-clips {max_score_clips}: retrieval needs an "
                                  "N x N score matrix; embeddings are exported")
@@ -158,6 +163,8 @@ def evaluate(run: str | Path, store: str, label: str | None = None, audio_frames
 def table(results: dict) -> str:
     lines = [f"eval of {results['run']} on {results['store']}: {results['clips']} clips; ties {results['ties']}; "
              f"dropped clips {results.get('dropped clips', 'skip')}: {results.get('dropped') or 'none'}"]
+    for note in results.get("features differ from training (--allow-other-features)", []):
+        lines.append(f"  WARNING: features differ from training: {note}")
     if "not_scored" in results:
         lines.append(f"  not scored: {results['not_scored']}")
     for d, r in results.get("retrieval", {}).items():

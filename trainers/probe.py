@@ -87,12 +87,17 @@ def frozen_features(run: Path, store: str, idx: np.ndarray) -> np.ndarray | None
 
 
 def probe(run: str | Path, store: str, label: str, features: str = "v", folds: int = 5, split: str | None = None,
-          zero_shot: bool = False, class_names: str | None = None, word2vec: str | None = None) -> dict:
+          zero_shot: bool = False, class_names: str | None = None, word2vec: str | None = None,
+          allow_other_features: bool = False) -> dict:
     from pipeline.store import FeatureStore
+
+    from .evaluate import load_run
+    from .provenance import check_inputs
 
     run = Path(run)
     keys, emb = read_embeddings(run, store)
     s = FeatureStore(store)
+    other = check_inputs(load_run(run)[1], s, allow_other_features)
     idx = s.clip_index(keys)
     labels = s.labels(idx)
     if label not in labels:
@@ -117,7 +122,8 @@ def probe(run: str | Path, store: str, label: str, features: str = "v", folds: i
     out = {"run": str(run), "store": store, "label": label, "clips": len(y), "classes": len(counts),
            "features": [f"{sp}_{m}" for sp, m in wanted],
            "chance (largest class)": float(counts.max() / len(y)),
-           "linear probe": probe_accuracy(x, y, folds, test)}
+           "linear probe": probe_accuracy(x, y, folds, test),
+           **({"features differ from training (--allow-other-features)": other} if other else {})}
     raw = frozen_features(run, store, idx)
     if raw is not None:
         out["linear probe, frozen features"] = probe_accuracy(raw, y, folds, test)

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import torch
 
+from pipeline.store import FeatureStore
+
 from .loader import step_loader
 from .methods import method_of
+from .provenance import input_provenance, spec_groups
 from .run import InputWait, RunDir, autocast, check_finite
 
 
@@ -73,7 +76,8 @@ def train(cfg, progress: bool = True) -> dict:
         torch.set_rng_state(state["rng"])  # dropout draws from it: the same draws after the resume
         step = int(state["step"])
     run.open_log(step)
-    run.write_config(cfg, method=method.name, **dims)
+    inputs = input_provenance(FeatureStore(cfg.store), spec_groups(method.spec))  # what eval stores must match
+    run.write_config(cfg, method=method.name, **dims, inputs=inputs)
     print(f"{method.describe(step)} (ready in {time.time() - t0:.1f}s)")
 
     def checkpoint(next_step: int) -> None:

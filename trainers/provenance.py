@@ -1,0 +1,62 @@
+"""What features a run was trained on, and whether a store it is scored on was extracted the same way.
+
+A run records, per group it read, the provenance the store holds (extractor, weights SHA-256, random init,
+preprocessing params). `trainers eval`, `probe` and `crosstask` compare it with the store they score on: another
+ResNet checkpoint, precision or word2vec file changes what the features mean, and is refused naming the keys
+that differ unless ``--allow-other-features`` is given (the results then list them).
+"""
+from __future__ import annotations
+
+from features.base import LOGMEL
+
+from .clips import ClipSpec
+
+KEYS = ("extractor", "weights_sha256", "random_init", "params")
+
+
+def spec_groups(spec: ClipSpec) -> list[str]:
+    """The store groups a reader of ``spec`` reads."""
+    out = []
+    if "v" in spec.modalities:
+        out += [spec.frames_group] if spec.frames_group else list(spec.video_groups)
+    if "a" in spec.modalities:
+        out.append(LOGMEL if spec.end_to_end_audio else spec.audio_group)
+    if "t" in spec.modalities or spec.candidates:
+        out.append(spec.text_tokens or spec.text_embedding or "word2vec")
+    return out
+
+
+def input_provenance(store, groups) -> dict[str, dict]:
+    """{group: its recorded provenance} of ``groups`` in ``store`` (a FeatureStore)."""
+    return {g: {k: store.groups.get(g, {}).get(k) for k in KEYS} for g in groups}
+
+
+def differences(trained: dict[str, dict], store) -> list[str]:
+    """'group.key: trained -> now' for every key the training store recorded that differs (``params`` key by
+    key). A key the training store did not record (a planted or imported store) cannot be compared: skipped."""
+    now = input_provenance(store, trained)
+    out = []
+    for g, was in trained.items():
+        for k in KEYS:
+            a, b = was.get(k), now[g].get(k)
+            if k == "params":
+                a, b = a or {}, b or {}
+                out += [f"{g}.params.{p}: {a[p]!r} -> {b.get(p)!r}" for p in sorted(a) if a[p] != b.get(p)]
+            elif a is not None and a != b:
+                out.append(f"{g}.{k}: {a!r} -> {b!r}")
+    return out
+
+
+def check_inputs(raw: dict, store, allow: bool = False) -> list[str]:
+    """The differences between the features run config ``raw`` was trained on and ``store``'s; refused
+    (ValueError naming them) unless ``allow``. A run from before runs recorded them: not checked, []."""
+    trained = raw.get("inputs")
+    if not trained:
+        return []
+    diffs = differences(trained, store)
+    if diffs and not allow:
+        shown = "; ".join(diffs[:6]) + (f"; ... {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise ValueError(f"{store.path} was extracted differently from the store this run trained on ({shown}): "
+                         "its scores would not measure the run; extract it with the training store's weights and "
+                         "settings, or pass --allow-other-features to score anyway (the results then list these)")
+    return diffs
