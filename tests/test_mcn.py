@@ -845,3 +845,48 @@ def test_mcn_and_mmv_learn_from_frozen_sentence_embeddings(minilm_stores, tmp_pa
     train(mmv, progress=False)
     r = evaluate(tmp_path / "mmv", str(eval_store))["retrieval"]["t->v"]
     assert r["R@1"] > 5 * r["chance R@1"], r
+
+
+def test_a_run_folder_survives_a_second_trainer_a_kill_mid_checkpoint_and_a_full_disk(planted, tmp_path,
+                                                                                      monkeypatch):
+    """A second trainer on the same --out is refused while the first holds it; a kill while a checkpoint is
+    written and a full disk both leave the previous checkpoint intact (no temporary left), and --resume then
+    finishes to the weights of an uninterrupted run."""
+    import errno
+
+    from trainers import run as rundir
+
+    cfg = small(planted[0], tmp_path / "r", steps=6, checkpoint_every=2, loader_workers=0)
+    holder = rundir.RunDir(cfg)
+    with pytest.raises(FileExistsError, match=r"another trainer \(pid \d+\) is writing"):
+        train(cfg, progress=False)
+    holder.close()
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()  # the refused trainer wrote nothing
+
+    real = torch.save
+    for name, failure in (("killed", KeyboardInterrupt()), ("full", OSError(errno.ENOSPC, "No space left"))):
+        calls = []
+
+        def dies(obj, f, *a, failure=failure, calls=calls, **k):
+            calls.append(f)
+            if len(calls) == 2:  # the second checkpoint (step 4): half written, then the kill / the full disk
+                Path(f).write_bytes(b"partial")
+                raise failure
+            return real(obj, f, *a, **k)
+
+        out = tmp_path / name
+        monkeypatch.setattr(torch, "save", dies)
+        with pytest.raises((KeyboardInterrupt, OSError)) as e:
+            train(replace(cfg, out=str(out)), progress=False)
+        if name == "full":
+            assert "disk full while writing" in str(e.value) and "checkpoint.pt is intact" in str(e.value)
+        monkeypatch.setattr(torch, "save", real)
+        assert int(torch.load(out / "checkpoint.pt", weights_only=True)["step"]) == 2
+        names = {p.name for p in out.iterdir()}
+        assert {"checkpoint.pt", "config.json"} <= names and not [n for n in names if n.startswith(".")]
+        train(replace(cfg, out=str(out), resume=True), progress=False)
+    train(replace(cfg, out=str(tmp_path / "whole")), progress=False)
+    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    for name in ("killed", "full"):
+        got = torch.load(tmp_path / name / "model.pt", weights_only=True)
+        assert all(torch.equal(whole[k], got[k]) for k in whole)

@@ -1,6 +1,7 @@
 """What every trainer's run folder needs: config, atomic checkpoints, a JSONL metric log, the LR schedule."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -22,6 +23,38 @@ class RunDir:
 
     def __init__(self, cfg):
         self.path = Path(cfg.out)
+        self._lock = self._hold(self.path)
+        self._log = None
+        self._tb = None
+        try:
+            self._check(cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _hold(path: Path):
+        """An exclusive flock beside the run folder (never inside it: a run that cannot start leaves nothing),
+        held until close(); released by the OS when the trainer dies."""
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path.parent / f".{path.name}.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            who = f.read().strip() or "?"
+            f.close()
+            raise FileExistsError(f"another trainer (pid {who}) is writing {path}: wait for it to end, or choose "
+                                  "another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        return f
+
+    def _check(self, cfg) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.ckpt, self.log_path = self.path / "checkpoint.pt", self.path / "metrics.jsonl"
         if (self.ckpt.exists() or self.log_path.exists()) and not cfg.resume:
@@ -35,11 +68,26 @@ class RunDir:
                                  ", ".join(f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in changed.items())
                                  + "; resume with the same flags, or start a new --out")
         self.resume = cfg.resume
-        self._log = None
-        self._tb = None
+
+    def _atomic(self, path: Path, write) -> None:
+        """``write(tmp)`` then one rename: a kill or a full disk mid-write leaves the previous file intact."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno == errno.ENOSPC:
+                raise OSError(e.errno, f"disk full while writing {path}: the previous {path.name} is intact; free "
+                                       "space and rerun with --resume") from None
+            raise
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def write_config(self, cfg, **extra) -> None:
-        (self.path / "config.json").write_text(json.dumps({**asdict(cfg), **extra}, indent=1))
+        text = json.dumps({**asdict(cfg), **extra}, indent=1)
+        self._atomic(self.path / "config.json", lambda tmp: tmp.write_text(text))
 
     def load(self) -> dict | None:
         if self.resume and self.ckpt.exists():
@@ -47,9 +95,10 @@ class RunDir:
         return None
 
     def save(self, state: dict) -> None:
-        tmp = self.ckpt.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.ckpt)  # a crash mid-save keeps the previous checkpoint
+        self._atomic(self.ckpt, lambda tmp: torch.save(state, tmp))  # a crash mid-save keeps the previous one
+
+    def save_model(self, state: dict) -> None:
+        self._atomic(self.path / "model.pt", lambda tmp: torch.save(state, tmp))
 
     def open_log(self, step: int) -> None:
         """Drop log lines at or past ``step`` (a resumed run recomputes them identically), then append."""
@@ -71,11 +120,20 @@ class RunDir:
                 if k != "step" and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, record["step"])
 
-    def close(self) -> None:
+    def close_log(self) -> None:
         if self._log:
             self._log.close()
+            self._log = None
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+
+    def close(self) -> None:
+        """The log, and the lock on the run folder (idempotent)."""
+        self.close_log()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
 
 class NonFiniteLoss(ValueError):

@@ -46,12 +46,19 @@ def check_device(device: str) -> None:
 
 def train(cfg, progress: bool = True) -> dict:
     """Train ``cfg``'s method (its Config dataclass) into ``cfg.out``; returns a summary."""
-    from tqdm import tqdm
-
     method = method_of(cfg)(cfg)
     check_device(cfg.device)
     fresh = not Path(cfg.out).exists()
-    run = RunDir(cfg)  # refuses an existing run unless --resume, and a resume with other settings
+    run = RunDir(cfg)  # refuses an existing run unless --resume, a resume with other settings, a second trainer
+    try:
+        return _train(cfg, method, run, fresh, progress)
+    finally:
+        run.close()  # and lets the next trainer of --out in
+
+
+def _train(cfg, method, run: RunDir, fresh: bool, progress: bool) -> dict:
+    from tqdm import tqdm
+
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     try:
@@ -59,6 +66,7 @@ def train(cfg, progress: bool = True) -> dict:
     except BaseException:  # a bad store or flag: no empty run folder is left behind
         if fresh and not any(run.path.iterdir()):
             run.path.rmdir()
+            run.path.with_name(f".{run.path.name}.lock").unlink(missing_ok=True)
         raise
     model, dev = method.model, cfg.device
 
@@ -119,7 +127,7 @@ def train(cfg, progress: bool = True) -> dict:
             bar.update()
         step = end
     bar.close()
-    run.close()
-    torch.save(model.state_dict(), run.path / "model.pt")
+    run.close_log()
+    run.save_model(model.state_dict())
     results = method.finish(run.path)
     return {"steps": method.steps, **results, "seconds": time.time() - t0}
