@@ -223,6 +223,45 @@ def test_xdc_resumes_at_iteration_boundaries(stores, tmp_path):
     assert (tmp_path / "full" / "labels.csv").read_text() == (tmp_path / "cut" / "labels.csv").read_text()
 
 
+def test_xdc_iterations_end_when_the_held_out_loss_stops_falling(stores, tmp_path, monkeypatch):
+    """--held-out 0.25 --patience 1: after each epoch the heads' loss on clips never trained on; an iteration
+    ends at the first epoch that does not lower it (or after --epochs), the run after --iterations; a run killed
+    inside resumes to the same weights, its decisions included."""
+    import trainers.train
+
+    base = dict(store=str(stores["classes"]), clusters=4, epochs=8, batch_size=16, pca=0, iterations=2,
+                held_out=0.25, patience=1, checkpoint_every=3, loader_workers=0, log_every=1000)
+    full = train(XDCConfig(out=str(tmp_path / "full"), **base), progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = 144 // 16  # 192 clips, 48 held out
+    ends = [r for r in rows if "held_out_loss" in r]
+    losses = [r["held_out_loss"] for r in ends]
+    assert ends and all(r["step"] % per_epoch == 0 for r in ends)
+    relabels = [r["step"] for r in rows if "clusters_v" in r]
+    assert relabels[0] == 0 and len(relabels) == 2  # two iterations
+    first = [r for r in ends if r["step"] <= relabels[1]]  # iteration 0: falls, then one epoch without a fall
+    assert first[-1]["step"] == relabels[1] and (len(first) == 8 or first[-1]["held_out_loss"] >= min(
+        x["held_out_loss"] for x in first[:-1]))
+    assert full["steps"] == ends[-1]["step"] < 2 * 8 * per_epoch  # ended early, on the held-out loss
+    assert all(np.isfinite(losses))
+    real_check = trainers.train.check_finite
+
+    def dies(loss, step, store):
+        if step == relabels[1] + 4:
+            raise KeyboardInterrupt
+        real_check(loss, step, store)
+
+    monkeypatch.setattr(trainers.train, "check_finite", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train(XDCConfig(out=str(tmp_path / "cut"), **base), progress=False)
+    monkeypatch.setattr(trainers.train, "check_finite", real_check)
+    resumed = train(XDCConfig(out=str(tmp_path / "cut"), resume=True, **base), progress=False)
+    assert resumed["steps"] == full["steps"] and full["metrics"] == resumed["metrics"]
+    assert (tmp_path / "full" / "model.pt").read_bytes() == (tmp_path / "cut" / "model.pt").read_bytes()
+    with pytest.raises(ValueError, match="give --epochs"):
+        train(XDCConfig(out=str(tmp_path / "x"), **{**base, "steps": 100}), progress=False)
+
+
 def test_xdc_resumes_inside_an_iteration_to_the_same_weights(stores, tmp_path, monkeypatch):
     """An iteration is an epoch of the whole dataset: a run killed inside one resumes from its last
     --checkpoint-every step (heads, their optimiser, the labels), not from the iteration's start."""

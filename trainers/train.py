@@ -99,6 +99,10 @@ def _train(cfg, method, run: RunDir, fresh: bool, progress: bool) -> dict:
     while step < method.steps:  # a segment: the steps one sampler serves (a relabelling may end it)
         start = step
         record.update(method.schedule(start))  # before the sampler: it may read the new labels
+        if start >= method.steps:  # the method ended its run early (XDC's last iteration, on its held-out loss)
+            if record:
+                run.log({"step": start, **record, "time": round(time.time() - t0, 3)})
+            break
         sample, end = method.sampler(start)
         loader = step_loader(cfg.store, method.spec, sample, start, end, cfg.loader_workers, dev.startswith("cuda"),
                              cfg.seed)

@@ -37,8 +37,12 @@ class XDCConfig(TrainConfig, VideoTowerOptions):
     iterations: int = 10  # re-clusterings, each followed by an equal share of the run's steps
     epochs: int = 1  # passes over the cluster-balanced data per iteration (unless --steps is given)
     # optimiser steps of the whole run, split into --iterations equal parts (0: --epochs passes per iteration;
-    # XDC trains each iteration until a held-out loss stops falling)
+    # XDC trains each iteration until a held-out loss stops falling: --held-out)
     steps: int = 0
+    # share of the clips kept out of training: after each epoch the heads' loss on them is measured, and an
+    # iteration ends once it has not fallen for --patience epochs, or after --epochs (XDC's rule); 0: off
+    held_out: float = 0.0
+    patience: int = 1  # with --held-out: epochs without a lower held-out loss that end an iteration
     batch_size: int = 256  # clips per step, an equal slice per labelling, each balanced over its clusters (XDC: 256)
     lr: float = 0.05  # SGD learning rate, momentum 0.9, weight decay 1e-5 (DeepCluster: 0.05)
     dim: int = 512  # encoder output size (the trainable encoder on each cached clip feature)
@@ -116,6 +120,7 @@ class XDCSampler:
     def __init__(self, clips: np.ndarray, labels: dict[str, np.ndarray], it: int, epochs: int, size: int,
                  seed: int, first: int):
         rng = np.random.default_rng([seed, it])
+        self.labels = labels  # positions index these
         self.sources = sorted(labels)
         self.share = size // len(self.sources)
         self.orders = [{s: balanced_sample(labels[s], len(clips), rng) for s in self.sources} for _ in range(epochs)]
@@ -156,13 +161,27 @@ class XDCMethod(PseudoLabelMethod):
         self.optimizers = [self.encoder_opt]
         self.targets = TARGETS[cfg.variant]
         self.sources = sorted({s for ss in self.targets.values() for s in ss})
-        self.per_epoch = n // cfg.batch_size
+        held = cfg.held_out > 0
+        if held and cfg.steps:
+            raise ValueError("--held-out ends each iteration on its held-out loss: give --epochs (its longest), "
+                             "not --steps")
+        if not 0 <= cfg.held_out < 1:
+            raise ValueError(f"--held-out {cfg.held_out}: a share of the clips, 0 <= x < 1")
+        n_held = int(round(cfg.held_out * n)) if held else 0
+        if held and not 1 <= n_held <= n - cfg.batch_size:
+            raise ValueError(f"--held-out {cfg.held_out} of {n} clips keeps {n_held} out: need at least one, and "
+                             f"--batch-size {cfg.batch_size} left to train on")
+        order = np.random.default_rng([cfg.seed, 5]).permutation(n)
+        self.held = np.sort(order[:n_held])
+        self.train_pos = np.sort(order[n_held:]) if held else np.arange(n)
+        self.per_epoch = len(self.train_pos) // cfg.batch_size
         self.iteration_steps = cfg.steps // cfg.iterations if cfg.steps else cfg.epochs * self.per_epoch
         if self.iteration_steps < 1:
             raise ValueError(f"--steps {cfg.steps} cannot make --iterations {cfg.iterations}; raise it")
-        self.steps = cfg.iterations * self.iteration_steps
+        self.steps = cfg.iterations * self.iteration_steps  # with --held-out, the longest: iterations may end early
         self.labels: dict[str, np.ndarray] = {}
         self.iteration, self._sampler = -1, None
+        self.start, self.epochs_done, self.best, self.bad = 0, 0, float("inf"), 0  # the iteration under way
         return {"video_dim": clips.video_dim, "audio_dim": clips.audio_dim}
 
     def describe(self, step: int) -> str:
@@ -178,45 +197,108 @@ class XDCMethod(PseudoLabelMethod):
         self.iteration = it
 
     def schedule(self, step: int) -> dict:
+        if self.cfg.held_out:
+            return self._held_out_schedule(step)
         if step % self.iteration_steps:
             return {}
-        self.new_heads(step // self.iteration_steps)
+        return self._relabel(step, step // self.iteration_steps)
+
+    def _relabel(self, step: int, it: int) -> dict:
+        """Iteration ``it`` starts at ``step``: new heads, new labels of every clip (held-out ones included)."""
+        self.new_heads(it)
+        self.start, self.epochs_done, self.best, self.bad = step, 0, float("inf"), 0
+        self._longest()
         new = relabel(self.model, self.clips, self.sources, self.cfg, self.iteration)
         record = {f"nmi_prev_{s}": float(normalized_mutual_info_score(self.labels[s], new[s]))
                   for s in self.sources if s in self.labels}
         self.labels = new
         return {**record, **{f"clusters_{s}": int(len(np.unique(new[s]))) for s in self.sources}}
 
+    def _held_out_schedule(self, step: int) -> dict:
+        """At each epoch's end, the heads' loss on the held-out clips; an iteration ends once it has not fallen
+        for --patience epochs or after --epochs, and the run once --iterations have ended."""
+        if self.iteration < 0:
+            return self._relabel(step, 0)
+        if step == self.start or (step - self.start) % self.per_epoch:
+            return {}
+        loss = self.held_out_loss()
+        self.epochs_done += 1
+        if loss < self.best - 1e-9:
+            self.best, self.bad = loss, 0
+        else:
+            self.bad += 1
+        record = {"held_out_loss": loss, "iteration_epochs": self.epochs_done}
+        if self.bad < self.cfg.patience and self.epochs_done < self.cfg.epochs:
+            return record
+        if self.iteration + 1 == self.cfg.iterations:
+            self.steps = step  # the last iteration has ended: so has the run
+            return record
+        return {**record, **self._relabel(step, self.iteration + 1)}
+
+    def _longest(self) -> None:
+        """With --held-out, the run's length if every iteration left runs to --epochs (the current one started at
+        ``self.start``); without, fixed."""
+        if self.cfg.held_out:
+            self.steps = self.start + (self.cfg.iterations - self.iteration) * self.iteration_steps
+
+    @torch.no_grad()
+    def held_out_loss(self) -> float:
+        """The heads' cross-entropy on the held-out clips' current labels (eval mode, no augmentation)."""
+        was = self.heads.training
+        self.heads.eval()
+        z = encode(self.model, self.clips, self.held, self.cfg.device)
+        loss = sum(F.cross_entropy(self.heads[f"{m}_from_{s}"](torch.relu(z[m].to(self.cfg.device))),
+                                   torch.from_numpy(self.labels[s][self.held]).long().to(self.cfg.device))
+                   for m, ss in self.targets.items() for s in ss)
+        self.heads.train(was)
+        return float(loss)
+
     def sampler(self, step: int):
-        cfg, it = self.cfg, step // self.iteration_steps
-        first = it * self.iteration_steps
-        epochs = -(-self.iteration_steps // self.per_epoch)
-        self._sampler = XDCSampler(self.clips.clips, self.labels, it, epochs, cfg.batch_size, cfg.seed, first)
-        return self._sampler, first + self.iteration_steps
+        cfg = self.cfg
+        if cfg.held_out:  # a segment per epoch: the next epoch's end may end the iteration
+            first, it, epochs = self.start, self.iteration, cfg.epochs
+            end = step + self.per_epoch - (step - first) % self.per_epoch
+        else:
+            it = step // self.iteration_steps
+            first = it * self.iteration_steps
+            epochs = -(-self.iteration_steps // self.per_epoch)
+            end = first + self.iteration_steps
+        labels = {s: v[self.train_pos] for s, v in self.labels.items()}
+        self._sampler = XDCSampler(self.clips.clips[self.train_pos], labels, it, epochs, cfg.batch_size, cfg.seed,
+                                   first)
+        return self._sampler, end
 
     def forward(self, b: dict, step: int):
         return forward(self.model, b, self.cfg.device)
 
     def loss(self, z, b: dict, step: int) -> dict:
-        idx, rows = self._sampler.positions(step), self._sampler.rows
+        idx, rows, labels = self._sampler.positions(step), self._sampler.rows, self._sampler.labels
         loss = sum(F.cross_entropy(self.heads[f"{m}_from_{s}"](torch.relu(z[m][rows(s)])),
-                                   torch.from_numpy(self.labels[s][idx[rows(s)]]).long().to(self.cfg.device))
+                                   torch.from_numpy(labels[s][idx[rows(s)]]).long().to(self.cfg.device))
                    for m, ss in self.targets.items() for s in ss)
         return {"loss": loss}
 
     def checkpoint_due(self, step: int) -> bool:
+        if self.cfg.held_out:  # each epoch's end, where the held-out loss decides
+            return (step + 1 - self.start) % self.per_epoch == 0
         return (step + 1) % self.iteration_steps == 0
 
     def state_dict(self) -> dict:
         return {"iteration": torch.tensor(self.iteration), "heads": self.heads.state_dict(),
+                "held_out": torch.tensor([self.start, self.epochs_done, self.bad], dtype=torch.int64),
+                "best": torch.tensor(self.best, dtype=torch.float64),
                 **{f"labels_{s}": torch.from_numpy(v) for s, v in self.labels.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.new_heads(int(state["iteration"]))
         self.heads.load_state_dict(state["heads"])
         self.labels = {s: state[f"labels_{s}"].numpy() for s in self.sources}
+        if "held_out" in state:
+            self.start, self.epochs_done, self.bad = (int(x) for x in state["held_out"])
+            self.best = float(state["best"])
+            self._longest()  # --iterations may have grown since: the decisions are remade from here
 
     def finish(self, run) -> dict:
         labels = {f"cluster_{s}": self.labels[s] for s in self.sources}
-        return {"iterations": self.cfg.iterations, "clips": len(self.clips),
+        return {"iterations": self.cfg.iterations, "clips": len(self.clips), "steps": self.steps,
                 **export_labels(run, self.clips, labels)}
