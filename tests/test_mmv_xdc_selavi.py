@@ -187,6 +187,30 @@ def test_selavi_heads_recover_the_planted_classes(stores, tmp_path, device):
     assert set(out["labellings"]) >= {"head0", "pseudo_head0"}
 
 
+def test_selavi_batchnorm_warm_up_averages_or_keeps_the_released_momentum(monkeypatch):
+    """average: the statistics of the warm-up batches alone; released (SeLaVi's warmup_batchnorm): BatchNorm's
+    momentum 0.1 from the statistics at init, so 20 batches of mean 1 leave a running mean of 1 - 0.9^20."""
+    import trainers.methods.selavi as sv
+    from torch import nn
+    from trainers.methods.selavi import warm_up_batchnorm
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoders = nn.ModuleDict({"v": nn.BatchNorm1d(2), "a": nn.BatchNorm1d(2)})
+            self.heads = nn.ModuleDict({"v": nn.ModuleList(), "a": nn.ModuleList()})
+
+    batches = [{"video": torch.ones(4, 2) + torch.tensor([[1.0], [-1.0], [1.0], [-1.0]]), "audio": torch.ones(4, 2),
+                "valid_v": torch.ones(4, dtype=torch.bool)}] * 20
+    monkeypatch.setattr(sv, "forward", lambda enc, b, device: {m: enc[m](b["video" if m == "v" else "audio"])
+                                                                for m in "va"})
+    for mode, want in (("average", 1.0), ("released", 1 - 0.9 ** 20)):
+        model = Tiny()
+        warm_up_batchnorm(model, batches, "cpu", mode)
+        torch.testing.assert_close(model.encoders["v"].running_mean, torch.full((2,), want))
+        assert model.encoders["v"].momentum == 0.1  # restored
+
+
 def test_selavi_head_groups_label_shuffled_heads_from_their_own_augmented_passes(framed, tmp_path, monkeypatch):
     """SeLaVi's ind_groups: at each labelling the head order is shuffled and split into groups, and each
     group is labelled from its own pass over the clips under fresh training augmentations (crops here)."""

@@ -21,6 +21,7 @@ RELEASED = {
     "xdc": {"variant": "xdc", "batch_size": 256, "lr": 0.05, "pca": 256},
     "selavi": {"heads": 10, "lam": 20.0, "epochs": 200, "batch_size": 64 * 16, "lr": 1e-2, "label_updates": 100,
                "schedule_power": 1.5, "distribution": "gauss", "gauss_sd": 0.1, "bn_warmup": 20,
+               "bn_warmup_mode": "released",
                "align": "hungarian", "head_groups": 2, "dropout": 0.3},
 }
 # plain bugs of the released code the recipe leaves out (docs/fidelity.md): field -> our value
