@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .base import FRAMES, TEXT, Extractor, Options
+from .optional import require
 from .weights import WeightsError
 
 
@@ -40,7 +41,7 @@ def tokenizer_sha256(tokenizer) -> str:
 
 def local_folder(name: str, opts: Options, needs: str) -> str:
     """The group's Hugging Face folder (``--weights NAME=FOLDER``), transformers quietened; never downloads."""
-    import transformers
+    transformers = require("transformers", f"the {name} group (a Hugging Face model)")
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -56,7 +57,7 @@ class HFVision(Extractor):
     rate = 1.0
 
     def __init__(self, name: str, opts: Options):
-        import transformers
+        transformers = require("transformers", f"the {name} group (a Hugging Face model)")
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
         super().__init__(name, opts)
@@ -108,6 +109,7 @@ class HFText(Extractor):
     max_length = 128
 
     def __init__(self, name: str, opts: Options):
+        require("transformers", f"the {name} group (a Hugging Face model)")
         from transformers import AutoModel, AutoTokenizer
 
         super().__init__(name, opts)

@@ -312,7 +312,9 @@ def _table_rows(path: Path, kind: str):
                 yield (f"{path.name} line {reader.line_num}", row["video_id"].strip(), row["start"], row["end"],
                        row.get("text") or "")
     else:
-        import pyarrow.parquet as pq
+        from features.optional import require
+
+        pq = require("pyarrow.parquet", "a .parquet manifest")
 
         pf = pq.ParquetFile(path)
         names = pf.schema_arrow.names

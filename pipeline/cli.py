@@ -6,6 +6,8 @@ import json
 import logging
 import sys
 
+from features.optional import MissingExtra
+
 from .config import add_dataclass_args, config_from_args, quiet_broken_pipe
 from .extract import ExtractConfig, ExtractError
 from .store import DiskFull
@@ -237,7 +239,7 @@ def main(argv=None) -> int:
     except DiskFull as e:  # the environment, not the input: rerunning resumes
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILURES
-    except (ExtractError, FileNotFoundError, ValueError, KeyError) as e:
+    except (ExtractError, FileNotFoundError, ValueError, KeyError, MissingExtra) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -21,6 +21,8 @@ from typing import Callable
 import av
 import numpy as np
 
+from features.optional import require
+
 from .decode import (SAMPLE_RATE, DecodeFailure, Decoded, _check_extent, _duration, _scaled_size, _stream_seconds,
                      display_size, open_media)
 
@@ -60,7 +62,7 @@ def decode_ffmpeg(path: str | None, frames: bool = True, audio: bool = True, fps
                   short_side: int = 224, on_frames: Callable[[list[np.ndarray]], None] | None = None,
                   batch: int = 32, hwaccel: str | None = None) -> Decoded:
     """As ``decode.decode`` (1 fps frames and audio), through the ffmpeg CLI. Raises DecodeFailure."""
-    import ffmpeg
+    ffmpeg = require("ffmpeg", "--decoder ffmpeg")
 
     info = _probe(path)  # missing, empty and unopenable files fail here, as with the in-process decoder
     if frames and info["size"] is None:

@@ -36,11 +36,13 @@ class ExtractError(RuntimeError):
 @dataclass
 class ExtractConfig:
     """Every flag of `pipeline extract` (pipeline/config.py makes the command line from these comments)."""
-    # HowTo100M-style CSV (video_id, ...; clips from --captions) or one clip per row (video_id or path, start,
-    # end, text, extra columns kept as labels); .csv, .jsonl or .parquet
+    # a CSV: HowTo100M-style (video_id, ...; clips from --captions) or one clip per row (video_id or path, start,
+    # end, text, extra columns kept as labels)
     manifest: str
     store: str  # the Zarr feature store to write (a directory)
-    captions: str | None = None  # captions JSON {video_id: {start, end, text}} or a caption table (HowTo100M manifests)
+    # captions JSON {video_id: {start, end, text}}, or a caption table (.jsonl, .csv, .parquet: video_id, start,
+    # end, text) for a HowTo100M-style manifest
+    captions: str | None = None
     video_root: str | None = None  # folder searched for <video_id>.<ext> (default: the manifest's folder)
     strict: bool = False  # abort on any bad manifest row (off: report it, keep it in the store, go on)
     allow_outside_root: bool = False  # let the manifest's path column name files outside --video-root

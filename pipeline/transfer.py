@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from features.optional import require
+
 from .plan import plan_checksum, plan_store
 from .store import TMP_PREFIX, FeatureStore, StoreLock, add_groups, write_part, write_status_index
 
@@ -36,7 +38,7 @@ class Source:
         if self.path.is_dir():
             self.kind, self.h5 = "npy", None
         elif self.path.is_file() and self.path.suffix.lower() in (".h5", ".hdf5"):
-            import h5py
+            h5py = require("h5py", "reading HDF5 features")
 
             self.kind, self.h5 = "h5", h5py.File(self.path, "r")
         else:
@@ -175,7 +177,7 @@ def export_features(store: str, group: str, fmt: str, out: str, dtype: str = "fl
             np.save(tmp, s.video_rows(group, v)().astype(dtype), allow_pickle=False)
             os.replace(tmp, out_path / f"{ids[v]}.npy")
     elif fmt == "h5":
-        import h5py
+        h5py = require("h5py", "--format h5")
 
         out_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_path.with_name(f"{TMP_PREFIX}{out_path.name}-{uuid.uuid4().hex[:8]}")

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from features.optional import MissingExtra
 from pipeline.config import add_dataclass_args, config_from_args, quiet_broken_pipe
 
 from .method import RENAMED
@@ -226,7 +227,7 @@ def main(argv=None) -> int:
         return args.fn(args)
     except BrokenPipeError:  # `trainers ... | head`
         return quiet_broken_pipe()
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, MissingExtra) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -18,6 +18,9 @@ def text_input(cfg, store: FeatureStore, texts: list[str], word2vec: str | None 
         return frozen_embeddings(store, cfg.text_group, texts)
     tower = getattr(cfg, "end_to_end_text", "")
     if tower:
+        from features.optional import require
+
+        require("transformers", "--end-to-end-text (a Hugging Face text tower)")
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(tower, local_files_only=True)

@@ -12,6 +12,8 @@ from torch import nn
 from features.audio import FLOOR_DB
 from features.davenet import DAVEnet
 from features.frames import MEAN, STD
+from features.optional import require
+
 
 def davenet_pool(davenet: nn.Module, audio: torch.Tensor, nframes: torch.Tensor | None) -> torch.Tensor:
     """DAVEnet over (B, 40, F) log-mel windows, the mean over each clip's first max(1, nframes // r) output
@@ -54,6 +56,7 @@ class HFTextTower(nn.Module):
         super().__init__()
         from pathlib import Path
 
+        require("transformers", "--end-to-end-text (a Hugging Face text tower)")
         from transformers import AutoModel
         from transformers.utils import logging
 
@@ -77,6 +80,7 @@ def check_tokenizer(folder: str, store, group: str) -> None:
     other tokens than the ones they were made from."""
     import sys
 
+    require("transformers", "--end-to-end-text (a Hugging Face text tower)")
     from transformers import AutoTokenizer
 
     from features.hf import tokenizer_sha256
