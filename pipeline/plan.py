@@ -70,7 +70,7 @@ def plan_store(store: str | os.PathLike, manifest: str, captions: str | None = N
     shutil.rmtree(tmp, ignore_errors=True)
     with scratch(tmp, final):  # any failure (a bad manifest, --strict, a full disk) leaves no temp store behind
         root = zarr.open_group(str(tmp), mode="w")
-        problem_rows = ColumnWriter(root, {"problems": str}, chunk=4096)
+        problem_rows = ColumnWriter(root, {"problems": str}, chunk=4096, dim="problem")
         problems = Problems(lambda m: problem_rows.append({"problems": [m]}), where=f"{final}/problems")
         try:
             videos = read_videos(manifest, video_root, problems, captions, allow_outside_root, find_videos)

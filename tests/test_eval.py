@@ -278,3 +278,10 @@ def test_a_store_extracted_otherwise_is_refused_naming_what_differs(runs, stores
     shutil.copytree(stores["eval"], same)
     update_root_attrs(same, recorded("a" * 64, "fp32"))
     assert "features differ" not in json.dumps(evaluate(run, str(same)))
+
+
+def test_exported_embeddings_open_in_xarray(runs):
+    xarray = pytest.importorskip("xarray", reason="xarray comes with the [test] extra")
+    ds = xarray.open_zarr(str(runs["full"] / "embeddings.zarr"), consolidated=False)
+    assert ds["key"].dims == ("clip",) and ds["vt_t"].dims == ("clip", "vt_t_1")
+    assert ds.sizes["clip"] == len(ds["vt_v"]) > 0

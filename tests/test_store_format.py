@@ -1,11 +1,14 @@
 """docs/store-format.md against a real store: every array `pipeline extract` writes is in the document's table,
-and every array the table names is written (label columns: where the manifest has labels)."""
+and every array the table names is written (label columns: where the manifest has labels); and every group
+opens in xarray (named dimensions)."""
 import re
 from pathlib import Path
 
+import pytest
 import zarr
 
 from pipeline.extract import ExtractConfig, extract
+from pipeline.store import FeatureStore
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "store-format.md"
 
@@ -43,6 +46,17 @@ def test_the_document_names_every_array_of_a_real_store(odd_dataset, weights, tm
     assert not undocumented, f"arrays the store has and docs/store-format.md does not name: {undocumented}"
     unwritten = [p.pattern for p in patterns if "label_" not in p.pattern and not any(p.match(a) for a in written)]
     assert not unwritten, f"arrays docs/store-format.md names and a real extraction does not write: {unwritten}"
+    xarray = pytest.importorskip("xarray", reason="xarray comes with the [test] extra")
+    groups = sorted({a.rsplit("/", 1)[0] if "/" in a else "" for a in written})
+    for g in groups:  # every group opens in xarray, named dimensions shared where lengths are
+        ds = xarray.open_zarr(str(store), group=g or None, consolidated=False)
+        assert set(ds.variables) >= {a.rsplit("/", 1)[-1] for a in written if (a.rsplit("/", 1)[0] if "/" in a
+                                                                                else "") == g}, g
+    part = xarray.open_zarr(str(store), group="parts/p000000/resnet152", consolidated=False)
+    assert part["data"].dims == ("row", "data_1") and part["status"].dims == ("video",)
+    assert part.sizes["video"] == 2 and part["offsets"].dims == ("video_edge",)
+    clips = xarray.open_zarr(str(store), group="clips", consolidated=False)
+    assert clips["start"].dims == ("clip",) and clips.sizes["clip"] == FeatureStore(store).n_clips
 
 
 def _all_arrays(group, prefix=""):

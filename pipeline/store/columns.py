@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from .layout import CLIP_CHUNK
+from .layout import CLIP_CHUNK, dimension_names
 
 class ColumnWriter:
     """Appends rows to columns of a Zarr group, one whole chunk at a time (RAM: one chunk per column).
     A column is a dtype (1-D) or (dtype, row width) (2-D). Numbers are stored uncompressed (so readers
     memory-map them), strings with Zarr's default codec."""
 
-    def __init__(self, group: zarr.Group, dtypes: dict, chunk: int = CLIP_CHUNK):
-        self.group, self.chunk, self.n = group, chunk, 0
+    def __init__(self, group: zarr.Group, dtypes: dict, chunk: int = CLIP_CHUNK, dim: str = "clip"):
+        """``dim``: the name of the row axis (Zarr's dimension_names, as xarray reads them)."""
+        self.group, self.chunk, self.n, self.dim = group, chunk, 0, dim
         self.specs = {name: (dt if isinstance(dt, tuple) else (dt, None)) for name, dt in dtypes.items()}
         self.arrays: dict[str, zarr.Array] = {}  # created at the first flush: a small table gets small chunks
         self.buffer: dict[str, list] = {name: [] for name in dtypes}
@@ -33,8 +34,10 @@ class ColumnWriter:
             chunk = max(1, self.buffered) if final and self.buffered < self.chunk else self.chunk
             for name, (dt, row) in self.specs.items():
                 row = () if row is None else (row,)
-                self.arrays[name] = self.group.create_array(name, shape=(0, *row), dtype=dt, chunks=(chunk, *row),
-                                                            **({} if dt is str else {"compressors": None}))
+                self.arrays[name] = self.group.create_array(
+                    name, shape=(0, *row), dtype=dt, chunks=(chunk, *row),
+                    dimension_names=dimension_names(name, 1 + len(row), self.dim),
+                    **({} if dt is str else {"compressors": None}))
         if not self.buffered:
             return
         joined = {name: np.concatenate(parts) for name, parts in self.buffer.items()}

@@ -14,6 +14,15 @@ FORMAT_VERSION = 2
 PART = "p{:06d}"
 TMP_PREFIX = ".tmp-"
 CLIP_CHUNK = 1 << 16  # rows per chunk of the per-clip columns
+# the first axis of the arrays of a unit (parts, status, videos), by array name; every other: one per video.
+# Later axes are <array>_<i>. Zarr's dimension_names: xarray.open_zarr reads every group of a store
+UNIT_AXES = {"data": "row", "bytes": "byte", "offsets": "video_edge", "clip_offsets": "video_edge"}
+
+
+def dimension_names(name: str, ndim: int, first: str) -> tuple[str, ...]:
+    return (first, *(f"{name}_{i}" for i in range(1, ndim)))
+
+
 # per-video statuses whose rows trainers read ('truncated': the part of the file before it broke off)
 USABLE = ("ok", "truncated")
 GROUP_JSON = {"zarr_format": 3, "node_type": "group", "attributes": {}}

@@ -9,7 +9,7 @@ import numpy as np
 import zarr
 
 from .columns import ColumnWriter
-from .layout import CLIP_CHUNK, TMP_PREFIX, ensure_group, scratch
+from .layout import CLIP_CHUNK, TMP_PREFIX, dimension_names, ensure_group, scratch
 from .units import commit
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def write_text(store: "FeatureStore", chunks, vocab_size: int, vectors) -> dict[
 def _fill_text(group: zarr.Group, store: "FeatureStore", chunks, vocab_size: int, vectors) -> dict[str, int]:
     from collections import Counter
 
-    ids_out = ColumnWriter(group, {"ids": "int32"}, chunk=1 << 20)
+    ids_out = ColumnWriter(group, {"ids": "int32"}, chunk=1 << 20, dim="token")
     per_clip = ColumnWriter(group, {"status": str, "ends": "int64"})
     used = np.zeros(vocab_size, bool)
     ok_per_video = np.zeros(store.n_videos, np.int32)
@@ -56,9 +56,10 @@ def _fill_text(group: zarr.Group, store: "FeatureStore", chunks, vocab_size: int
     for b in range(0, group["ids"].shape[0], big):
         group["ids"][b:b + big] = remap[group["ids"][b:b + big]]
     _ends_to_offsets(group, a)
-    for name, value in (("ok_per_video", ok_per_video), ("vocab_rows", vocab_rows),
-                        ("vectors", np.asarray(vectors(vocab_rows), dtype=np.float32))):
-        group.create_array(name, shape=value.shape, dtype=value.dtype, compressors=None)[...] = value
+    for name, value, first in (("ok_per_video", ok_per_video, "video"), ("vocab_rows", vocab_rows, "word"),
+                               ("vectors", np.asarray(vectors(vocab_rows), dtype=np.float32), "word")):
+        group.create_array(name, shape=value.shape, dtype=value.dtype, compressors=None,
+                           dimension_names=dimension_names(name, value.ndim, first))[...] = value
     group.attrs.update({"group": "word2vec", "counts": dict(counts)})
     return dict(counts)
 
@@ -68,6 +69,7 @@ def _ends_to_offsets(group: zarr.Group, n: int) -> None:
     time (136M clips would be 1 GB at once)."""
     big = 1 << 22
     offsets = group.create_array("offsets", shape=(n + 1,), dtype="int64", chunks=(min(CLIP_CHUNK, n + 1),),
+                                 dimension_names=("clip_edge",),
                                  compressors=None)
     offsets[0] = 0
     for b in range(0, n, big):
@@ -86,7 +88,7 @@ def write_clip_text(store: "FeatureStore", group: str, chunks, dim: int) -> dict
     with scratch(tmp, final):
         root = zarr.open_group(str(tmp), mode="w")
         per_clip = ColumnWriter(root, {"status": str, "embedding": ("float16", dim), "ends": "int64"})
-        ids_out = ColumnWriter(root, {"ids": "int32"}, chunk=1 << 20)
+        ids_out = ColumnWriter(root, {"ids": "int32"}, chunk=1 << 20, dim="token")
         total = n = 0
         for status, emb, ids in chunks:
             counts.update(np.asarray(status, dtype=object).tolist())

@@ -10,19 +10,21 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .layout import PART, TMP_PREFIX, ensure_group, scratch
+from .layout import PART, TMP_PREFIX, UNIT_AXES, dimension_names, ensure_group, scratch
 from .seal import seal
 
 def _write_array(group: zarr.Group, name: str, value: np.ndarray) -> None:
+    dims = dimension_names(name, value.ndim, UNIT_AXES.get(name, "video"))
     if value.dtype.kind in "UO":
-        arr = group.create_array(name, shape=value.shape, dtype=str)
+        arr = group.create_array(name, shape=value.shape, dtype=str, dimension_names=dims)
         if value.size:
             arr[...] = value.astype(str)
         return
     rows = (max(1, (1 << 20) // max(1, value[:1].nbytes)) if value.ndim == 2
             else 1 << 22 if value.dtype == np.uint8 else 1 << 16)  # bytes (encoded files): 4 MB chunk files
     chunks = (max(1, min(rows, len(value))),) + value.shape[1:]  # no 1 MB chunk file for 3 rows
-    arr = group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks, compressors=None)
+    arr = group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks, compressors=None,
+                             dimension_names=dims)
     if value.size:
         arr[...] = value
 
