@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.store import FeatureStore
 from trainers.crosstask import align, crosstask, ground_truth, recall, summarise
@@ -285,3 +286,26 @@ def test_exported_embeddings_open_in_xarray(runs):
     ds = xarray.open_zarr(str(runs["full"] / "embeddings.zarr"), consolidated=False)
     assert ds["key"].dims == ("clip",) and ds["vt_t"].dims == ("clip", "vt_t_1")
     assert ds.sizes["clip"] == len(ds["vt_v"]) > 0
+
+
+def test_a_run_names_its_code_store_and_features_and_exports_safetensors_and_a_card(runs, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from trainers.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["full"], run)
+    raw = json.loads((run / "config.json").read_text())
+    prov = raw["provenance"]
+    assert prov["mmcache"] and prov["torch"] and prov["python"] and prov["device"] and prov["started"]
+    assert prov["store"]["plan_sha256"] and prov["store"]["clips"] > 0 and raw["inputs"]["resnet152"]
+    assert main(["export", "--run", str(run)]) == 0
+    weights = load_file(str(run / "model.safetensors"))
+    state = torch.load(run / "model.pt", weights_only=True)
+    assert weights.keys() == state.keys() and all(torch.equal(weights[k], state[k]) for k in state)
+    card = (run / "RUN.md").read_text()
+    assert card.startswith("# run: mcn, recipe `ours`")
+    assert "| `--combo` | vt | all |" in card and prov["store"]["plan_sha256"] in card  # differs from MCN's
+    assert "## Evaluation" in card and "t->v" in card and "| `resnet152` |" in card

@@ -1,5 +1,5 @@
 """`trainers` command line: one subcommand per registered method, then eval, compare, crosstask, probe,
-report, map, demo."""
+export, report, map, demo."""
 from __future__ import annotations
 
 import argparse
@@ -109,6 +109,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    out = export(args.run)
+    print(f"weights: {out['weights']}; run card: {out['card']}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import plot
 
@@ -199,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score a store whose features were extracted otherwise than the training store's (other "
                         "weights, precision, word2vec...): refused by default; the results then list what differs")
     p.set_defaults(fn=cmd_probe)
+    p = sub.add_parser("export", help="a run as others take it: model.safetensors and RUN.md (method, recipe, "
+                                      "settings that differ from the paper, code, store, features, evaluation)")
+    p.add_argument("--run", required=True, help="a finished run folder; writes <run>/model.safetensors, <run>/RUN.md")
+    p.set_defaults(fn=cmd_export)
     p = sub.add_parser("report", help="PNG of a run: loss curves (log scale) and its retrieval table")
     p.add_argument("--run", required=True, help="a run folder; writes <run>/losses.png")
     p.set_defaults(fn=cmd_report)

@@ -11,7 +11,7 @@ from pathlib import Path
 # config fields that say how a run ran, not what it computed, or are derived from the store: never "a flag
 # that differs"
 HOW = {"out", "resume", "loader_workers", "device", "log_every", "checkpoint_every", "video_dim", "audio_dim",
-       "we_dim", "inputs"}
+       "we_dim", "inputs", "provenance"}
 
 
 def train_seconds(rows: list[dict]) -> float:

@@ -1,4 +1,5 @@
-"""What features a run was trained on, and whether a store it is scored on was extracted the same way.
+"""What a run was made from -- the code, the machine, the store and the features it read -- and whether a store
+it is scored on was extracted the same way.
 
 A run records, per group it read, the provenance the store holds (extractor, weights SHA-256, random init,
 preprocessing params). `trainers eval`, `probe` and `crosstask` compare it with the store they score on: another
@@ -6,6 +7,11 @@ ResNet checkpoint, precision or word2vec file changes what the features mean, an
 that differ unless ``--allow-other-features`` is given (the results then list them).
 """
 from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from pathlib import Path
 
 from features.base import LOGMEL
 
@@ -60,3 +66,35 @@ def check_inputs(raw: dict, store, allow: bool = False) -> list[str]:
                          "its scores would not measure the run; extract it with the training store's weights and "
                          "settings, or pass --allow-other-features to score anyway (the results then list these)")
     return diffs
+
+
+def code_and_machine(device: str) -> dict:
+    """mmcache's version and git commit (when run from a checkout: "+dirty" with uncommitted changes), Python,
+    torch, CUDA and the device: what a results table needs to name the code that made it."""
+    import importlib.metadata
+
+    import torch
+
+    root = Path(__file__).resolve().parents[1]
+    commit = ""
+    if (root / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty=+dirty", "--abbrev=12"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+    try:
+        version = importlib.metadata.version("mmcache")
+    except importlib.metadata.PackageNotFoundError:
+        version = "not installed"
+    cuda = torch.version.cuda if device.startswith("cuda") else None
+    return {"mmcache": version, "git": commit or None, "python": platform.python_version(),
+            "torch": torch.__version__, "cuda": cuda,
+            "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or
+            platform.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def store_record(store) -> dict:
+    """The training store as a results table cites it: its path, plan checksum and size."""
+    return {"path": str(Path(store.path).resolve()), "plan_sha256": store.meta.get("plan_sha256"),
+            "videos": store.n_videos, "clips": store.n_clips}

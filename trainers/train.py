@@ -16,7 +16,7 @@ from pipeline.store import FeatureStore
 
 from .loader import step_loader
 from .methods import method_of
-from .provenance import input_provenance, spec_groups
+from .provenance import code_and_machine, input_provenance, spec_groups, store_record
 from .run import InputWait, RunDir, autocast, check_finite
 
 
@@ -84,8 +84,10 @@ def _train(cfg, method, run: RunDir, fresh: bool, progress: bool) -> dict:
         torch.set_rng_state(state["rng"])  # dropout draws from it: the same draws after the resume
         step = int(state["step"])
     run.open_log(step)
-    inputs = input_provenance(FeatureStore(cfg.store), spec_groups(method.spec))  # what eval stores must match
-    run.write_config(cfg, method=method.name, **dims, inputs=inputs)
+    store = FeatureStore(cfg.store)
+    inputs = input_provenance(store, spec_groups(method.spec))  # what eval stores must match
+    run.write_config(cfg, method=method.name, **dims, inputs=inputs,
+                     provenance={**code_and_machine(cfg.device), "store": store_record(store)})
     print(f"{method.describe(step)} (ready in {time.time() - t0:.1f}s)")
 
     def checkpoint(next_step: int) -> None:
