@@ -309,3 +309,13 @@ def test_a_run_names_its_code_store_and_features_and_exports_safetensors_and_a_c
     assert card.startswith("# run: mcn, recipe `ours`")
     assert "| `--combo` | vt | all |" in card and prov["store"]["plan_sha256"] in card  # differs from MCN's
     assert "## Evaluation" in card and "t->v" in card and "| `resnet152` |" in card
+
+
+def test_flags_that_differ_are_those_within_a_method():
+    from trainers.compare import flags_that_differ
+
+    configs = [{"method": "mcn", "dim": 8, "lr": 1, "end_to_end_video": "", "eval store": "e"},
+               {"method": "mcn", "dim": 8, "lr": 2, "end_to_end_video": "", "eval store": "e"},
+               {"method": "mmv", "dim_va": 4, "lr": 3, "graph": "fac", "eval store": "e"}]
+    assert flags_that_differ(configs) == ["method", "lr"]  # mcn's dim and mmv's graph: the same within each
+    assert flags_that_differ(configs[:2]) == ["lr"]

@@ -1,11 +1,10 @@
 """`trainers compare`: runs side by side -- one table of their evaluation (every retrieval direction and
 clustering of `trainers eval`), training time and steps, and the flags that differ between them; written
-as a CSV and a PNG of bar charts (one per metric, chance marked)."""
+as a CSV and a PNG of bar charts (one per kind of number, the runs side by side, chance marked)."""
 from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 # config fields that say how a run ran, not what it computed, or are derived from the store: never "a flag
@@ -57,12 +56,12 @@ def compare(runs: list[str | Path], out: str | Path) -> dict:
                                 "`trainers eval --run RUN --store STORE` on each first")
     loaded = [metrics_of(r) for r in runs]
     names = [r.name for r in runs]
-    keys = sorted({k for c, _, _ in loaded for k in c} - HOW)
-    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c, _, _ in loaded}) > 1]
+    differ = flags_that_differ([c for c, _, _ in loaded])
     columns = list(dict.fromkeys(k for _, m, _ in loaded for k in m))
     chance = {k: v for _, _, ch in loaded for k, v in ch.items()}
-    table = [{"run": n, **{f"--{k.replace('_', '-')}" if k not in ("method", "eval store") else k: c.get(k)
-                           for k in differ}, **m} for n, (c, m, _) in zip(names, loaded)]
+    table = [{"run": n, "method": c["method"],
+              **{f"--{k.replace('_', '-')}" if k not in ("method", "eval store", "store") else k: c.get(k)
+                 for k in differ if k != "method"}, **m} for n, (c, m, _) in zip(names, loaded)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     header = list(dict.fromkeys(k for row in table for k in row))
@@ -76,34 +75,69 @@ def compare(runs: list[str | Path], out: str | Path) -> dict:
             "stores": sorted({c["eval store"] for c, _, _ in loaded})}
 
 
-def headline(columns: list[str]) -> list[str]:
-    """The columns worth a chart: R@1 (instance and class level), MedR, NMI, and training time."""
-    return [c for c in columns if c.endswith((" R@1", "MedR")) or " R@1 by " in c or c.startswith("NMI ")
-            or c == "train s"]
+def flags_that_differ(configs: list[dict]) -> list[str]:
+    """The config keys whose values differ between runs of the same method (runs of different methods differ in
+    everything: their method is what differs), plus "method" when several are compared, and "eval store" when
+    the stores differ."""
+    out = []
+    by_method: dict[str, list[dict]] = {}
+    for c in configs:
+        by_method.setdefault(c["method"], []).append(c)
+    for group in by_method.values():
+        keys = sorted({k for c in group for k in c} - HOW - {"method", "eval store", "store", "config"})
+        out += [k for k in keys if k not in out and len({json.dumps(c.get(k), sort_keys=True) for c in group}) > 1]
+    extra = [k for k in ("method", "eval store", "store") if len({str(c.get(k)) for c in configs}) > 1]
+    return extra + out
+
+
+def panels(columns: list[str]) -> list[tuple[str, list[str], float, str]]:
+    """(title, columns, scale, unit) of each chart: one per kind of number, its bars grouped by what it measures."""
+    r1 = [c for c in columns if c.endswith(" R@1") and " by " not in c]
+    by = [c for c in columns if " R@1 by " in c]
+    medr = [c for c in columns if c.endswith(" MedR")]
+    nmi = [c for c in columns if c.startswith("NMI ")]
+    out = [("Retrieval R@1, % (higher is better)", r1, 100, "%"),
+           ("Class-level R@1, % (higher is better)", by, 100, "%"),
+           ("Median rank of the true item (lower is better)", medr, 1, "rank"),
+           ("k-means NMI against the labels (higher is better)", nmi, 1, "NMI"),
+           ("Training time, minutes", ["train s"] if "train s" in columns else [], 1 / 60, "min")]
+    return [p for p in out if p[1]]
 
 
 def plot(table: list[dict], columns: list[str], chance: dict, path: Path) -> None:
+    """One chart per kind of number (R@1 in %, median rank marked lower-is-better, NMI, time), the runs as
+    grouped bars with a legend, chance as a black line over its group."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    cols = headline(columns)
-    ncol = min(4, len(cols))
-    nrow = math.ceil(len(cols) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.9 * nrow), squeeze=False)
+    charts = panels(columns)
     names = [row["run"] for row in table]
-    for ax, c in zip(axes.flat, cols):
-        values = [row.get(c) if row.get(c) is not None else float("nan") for row in table]
-        ax.bar(range(len(names)), values, color=[f"C{i}" for i in range(len(names))])
-        if c in chance:
-            ax.axhline(chance[c], color="k", linestyle="--", linewidth=1, label="chance")
-            ax.legend(fontsize=7, loc="upper right")
-        ax.set_title(c, fontsize=9)
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
-    for ax in list(axes.flat)[len(cols):]:
-        ax.axis("off")
-    fig.tight_layout()
+    fig, axes = plt.subplots(len(charts), 1, figsize=(max(8.0, 1.1 * max(len(c) for _, c, _, _ in charts)
+                                                           * max(1, len(names)) ** 0.5 + 3), 3.2 * len(charts)),
+                             squeeze=False)
+    width = 0.8 / max(1, len(names))
+    for ax, (title, cols, scale, unit) in zip(axes[:, 0], charts):
+        x = np.arange(len(cols))
+        for i, (name, row) in enumerate(zip(names, table)):
+            values = [row.get(c) * scale if row.get(c) is not None else np.nan for c in cols]
+            ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=name, color=f"C{i}")
+        for k, c in enumerate(cols):
+            if c in chance:
+                ax.hlines(chance[c] * scale, k - 0.42, k + 0.42, colors="k", linestyles="--", linewidth=1.2,
+                          label="chance" if k == 0 or not any(cc in chance for cc in cols[:k]) else None)
+        ax.set_title(title, fontsize=11, loc="left")
+        ax.set_ylabel(unit, fontsize=10)
+        labels = [{"train s": "all runs"}.get(c, c.replace(" R@1 by ", " by ").replace(" R@1", "")
+                                             .replace(" MedR", "").replace("NMI ", "")) for c in cols]
+        ax.set_xticks(x, labels, rotation=20 if len(cols) > 6 else 0, ha="right" if len(cols) > 6 else "center",
+                      fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), fontsize=10, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.2 * len(charts))))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -120,15 +154,21 @@ def text(result: dict, columns: list[str] | None = None) -> str:
     width = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, width))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, width)) for r in cells]
-    flags = [k for k in table[0] if k.startswith("--") or k in ("method", "eval store")]
+    flags = [k for k in table[0] if k.startswith("--") or k in ("eval store", "store")]
     if flags:
-        lines.append("flags that differ:")
-        lines += [f"  {row['run']}: " + " ".join(f"{k} {row.get(k)}" for k in flags) for row in table]
+        lines.append("flags that differ between runs of the same method:")
+        for row in table:
+            said = [f"{k} {shown_value(row[k])}" for k in flags if row.get(k) is not None]
+            lines.append(f"  {row['run']} ({row['method']}): " + (" ".join(said) or "-"))
     if len(result["stores"]) > 1:
         lines.append(f"WARNING: the runs were evaluated on different stores ({', '.join(result['stores'])})")
     if result["skipped"]:
         lines.append(f"left out (no eval.json; run `trainers eval`): {', '.join(result['skipped'])}")
     return "\n".join(lines)
+
+
+def shown_value(value) -> str:
+    return "''" if value == "" else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def fmt(column: str, value) -> str:

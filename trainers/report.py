@@ -46,14 +46,20 @@ def plot(run: str | Path) -> Path:
     # log scale: a loss of 0.05 stays visible beside one of 50 (a term that is 0, e.g. switched off, is dropped)
     if any(y > 0 for line in axes[0].lines for y in line.get_ydata()):
         axes[0].set_yscale("log")
-    axes[0].set(xlabel="step", title=f"{run.name}: losses (log scale)")
-    axes[1].set(xlabel="step", title="NMI between consecutive labellings")
+    method = json.loads((run / "config.json").read_text()).get("method", "?") if (run / "config.json").is_file() \
+        else "?"
+    axes[0].set(xlabel="step", ylabel="loss", title=f"{run.name} ({method}): losses, log scale")
+    has_nmi = bool(axes[1].lines)  # pseudo-label methods: how much each relabelling changed the labels
     if any("lr" in r for r in rows):
         axes[1].plot([r["step"] for r in rows if "lr" in r], [r["lr"] for r in rows if "lr" in r], label="lr")
-        axes[1].set_title("learning rate / NMI between labellings")
+    axes[1].set(xlabel="step", title=" and ".join(
+        t for t, shown in (("learning rate", any("lr" in r for r in rows)),
+                           ("NMI between consecutive labellings", has_nmi)) if shown))
     for ax in axes[:2]:
         if ax.lines:
             ax.legend()
+    if not axes[1].lines:
+        axes[1].axis("off")
     if len(table) > 1:
         axes[2].axis("off")
         t = axes[2].table(cellText=table[1:], colLabels=table[0], loc="center", cellLoc="right")
