@@ -112,8 +112,14 @@ def cmd_import(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .transfer import export_features
+    from .transfer import export_clips, export_features
 
+    if args.format == "parquet":
+        r = export_clips(args.store, args.out, not args.no_progress)
+        print(f"wrote the clip table ({r['clips']} clips) to {r['out']}")
+        return 0
+    if not args.group:
+        raise ValueError(f"--format {args.format} writes a feature group: give --group (e.g. resnet152)")
     r = export_features(args.store, args.group, args.format, args.out, args.dtype, not args.no_progress)
     print(f"wrote {r['videos']} videos of {r['group']} to {r['out']} ({r['format']}); "
           f"{r['skipped (not ok)']} videos without usable features skipped")
@@ -198,12 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="abort on any bad manifest row")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(fn=cmd_import)
-    p = sub.add_parser("export", help="write a group out: <video_id>.npy files or one .h5 (dataset per video)")
+    p = sub.add_parser("export", help="write a group out: <video_id>.npy files or one .h5 (dataset per video); "
+                                      "or the clip table as Parquet")
     p.add_argument("--store", required=True, help="the feature store")
-    p.add_argument("--group", required=True, help="the per-video feature group to write out (e.g. resnet152)")
-    p.add_argument("--format", choices=["npy", "h5"], required=True,
-                   help="npy: a <video_id>.npy (T, D) per video; h5: one file, a dataset per video id")
-    p.add_argument("--out", required=True, help="folder (npy) or file (h5)")
+    p.add_argument("--group", help="the per-video feature group to write out (e.g. resnet152; not for parquet)")
+    p.add_argument("--format", choices=["npy", "h5", "parquet"], required=True,
+                   help="npy: a <video_id>.npy (T, D) per video; h5: one file, a dataset per video id; parquet: "
+                        "the clip table (key, video_id, start, end, text, labels) for pandas, DuckDB, datasets")
+    p.add_argument("--out", required=True, help="folder (npy) or file (h5, parquet)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                    help="array type written (default float32; the store keeps float16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

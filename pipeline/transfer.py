@@ -155,6 +155,41 @@ def _first_dim(src: Source, store: FeatureStore) -> int:
                      f"(looked for e.g. {src.where(str(store.videos['video_id'][0]))})")
 
 
+def export_clips(store: str, out: str, progress: bool = True) -> dict:
+    """The clip table as Parquet (pandas, DuckDB, Hugging Face ``datasets`` open it): per clip its key, video_id,
+    start, end, text and label columns, written a chunk of the table at a time, then renamed into place."""
+    from tqdm import tqdm
+
+    from .store import CLIP_CHUNK
+
+    pa = require("pyarrow", "--format parquet")
+    pq = require("pyarrow.parquet", "--format parquet")
+    s = FeatureStore(store)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f"{TMP_PREFIX}{out_path.name}-{uuid.uuid4().hex[:8]}")
+    writer = None
+    try:
+        for a in tqdm(range(0, s.n_clips, CLIP_CHUNK), disable=not progress, desc="export clips", unit="chunk"):
+            idx = np.arange(a, min(s.n_clips, a + CLIP_CHUNK))
+            columns = {"key": s.clip_keys(idx).astype(str), "video_id": s.videos["video_id"][s.clip_video(idx)],
+                       "start": s.clip_rows("start", idx[0], idx[-1] + 1),
+                       "end": s.clip_rows("end", idx[0], idx[-1] + 1), "text": s.clip_values("text", idx),
+                       **{f"label_{k}": v for k, v in s.labels(idx).items()}}
+            table = pa.table({k: pa.array(np.asarray(v).tolist()) for k, v in columns.items()})
+            table = table.replace_schema_metadata({"mmcache_plan_sha256": str(s.meta.get("plan_sha256"))})
+            if writer is None:
+                writer = pq.ParquetWriter(str(tmp), table.schema)
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
+        os.replace(tmp, out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"clips": s.n_clips, "out": str(out_path)}
+
+
 def export_features(store: str, group: str, fmt: str, out: str, dtype: str = "float32",
                     progress: bool = True) -> dict:
     """Write every usable video's rows of ``group``: ``<out>/<video_id>.npy`` or one HDF5 file ``out`` with a

@@ -110,3 +110,26 @@ def test_a_feature_that_needs_an_extra_names_it_in_one_line(argv, extra, logmel_
     done = blocked(f"from {argv[0]}.cli import main\nsys.exit(main({argv[1:]!r}))")
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"pip install 'mmcache[{extra}]'" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_the_clip_table_as_parquet_opens_in_pandas_and_datasets(logmel_store, tmp_path, monkeypatch):
+    pd = pytest.importorskip("pandas", reason="pandas comes with the [test] extra (through xarray)")
+    from pipeline.cli import main
+    from pipeline.store import FeatureStore
+
+    assert main(["export", "--store", str(logmel_store), "--format", "parquet", "--out", str(tmp_path / "c.parquet"),
+                 "--no-progress"]) == 0
+    df = pd.read_parquet(tmp_path / "c.parquet")
+    s = FeatureStore(logmel_store)
+    assert list(df.columns[:5]) == ["key", "video_id", "start", "end", "text"] and len(df) == s.n_clips
+    assert df["key"].tolist() == s.clip_keys(range(s.n_clips)).tolist()
+    assert df["text"].tolist() == s.clip_values("text", range(s.n_clips)).tolist()
+    assert df["start"].tolist() == s.clip_rows("start", 0, s.n_clips).tolist()
+    assert {c for c in df.columns if c.startswith("label_")} == {f"label_{k}" for k in s.labels()}
+    assert main(["export", "--store", str(logmel_store), "--format", "h5", "--out", str(tmp_path / "x.h5")]) == 2
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # a local file: nothing to ask the hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets comes with the [test] extra")
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "c.parquet"), split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == s.n_clips and ds[0]["key"] == df["key"][0]
