@@ -67,6 +67,7 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls, aliases: dict[str, list[
                         "flags given beside it override them")
     for f in sorted(fields(cls), key=lambda f: f.name not in own):
         flag, note, t, default = "--" + f.name.replace("_", "-"), notes.get(f.name, ""), hints[f.name], _default(f)
+        note = note.replace("%", "%%")  # argparse formats help with %: a comment's "12%" is text
         names = [flag, *("--" + a.replace("_", "-") for a in aliases.get(f.name, []))]
         kw: dict = {"dest": f.name, "default": argparse.SUPPRESS}
         if t is bool:

@@ -36,8 +36,10 @@ class MMVConfig(TrainConfig):
     max_words: int = 16  # word2vec words per narration (MMV: 16)
     min_time: float = 0.0  # seconds: captions merged until a clip lasts this long (MMV uses each narration as is)
     temperature: float = 0.07  # NCE / MIL-NCE temperature on L2-normalised embeddings (MMV: 0.07)
-    weight_va: float = 1.0  # weight of the video-audio NCE (normalised by the sum of weights)
-    weight_vt: float = 1.0  # weight of the video-text MIL-NCE
+    # weight of the video-audio NCE, normalised by the sum of weights (MMV: 1, as VATT's MMV config; the paper
+    # gives 10:1 for HowTo100M alone without saying which term gets the 10)
+    weight_va: float = 1.0
+    weight_vt: float = 1.0  # weight of the video-text MIL-NCE (MMV: 1)
     loss: Literal["code", "paper"] = "code"  # code = the released loss (positives counted twice); paper = the paper's formula
     end_to_end_audio: bool = False  # train DAVEnet on the cached log-mel (else the frozen cached davenet group)
     audio_frames: int = 1000  # log-mel frames per end-to-end audio window, 100 per second
