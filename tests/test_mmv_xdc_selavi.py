@@ -247,12 +247,27 @@ def test_xdc_resumes_at_iteration_boundaries(stores, tmp_path):
     assert (tmp_path / "full" / "labels.csv").read_text() == (tmp_path / "cut" / "labels.csv").read_text()
 
 
+def killed_at(monkeypatch, step: int, cfg) -> None:
+    """Train ``cfg`` until ``step`` starts, then a KeyboardInterrupt: a kill between two checkpoints."""
+    import trainers.train
+
+    real = trainers.train.check_finite
+
+    def dies(loss, s, store):
+        if s == step:
+            raise KeyboardInterrupt
+        real(loss, s, store)
+
+    monkeypatch.setattr(trainers.train, "check_finite", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.setattr(trainers.train, "check_finite", real)
+
+
 def test_xdc_iterations_end_when_the_held_out_loss_stops_falling(stores, tmp_path, monkeypatch):
     """--held-out 0.25 --patience 1: after each epoch the heads' loss on clips never trained on; an iteration
     ends at the first epoch that does not lower it (or after --epochs), the run after --iterations; a run killed
     inside resumes to the same weights, its decisions included."""
-    import trainers.train
-
     base = dict(store=str(stores["classes"]), clusters=4, epochs=8, batch_size=16, pca=0, iterations=2,
                 held_out=0.25, patience=1, checkpoint_every=3, loader_workers=0, log_every=1000)
     full = train(XDCConfig(out=str(tmp_path / "full"), **base), progress=False)
@@ -268,17 +283,7 @@ def test_xdc_iterations_end_when_the_held_out_loss_stops_falling(stores, tmp_pat
         x["held_out_loss"] for x in first[:-1]))
     assert full["steps"] == ends[-1]["step"] < 2 * 8 * per_epoch  # ended early, on the held-out loss
     assert all(np.isfinite(losses))
-    real_check = trainers.train.check_finite
-
-    def dies(loss, step, store):
-        if step == relabels[1] + 4:
-            raise KeyboardInterrupt
-        real_check(loss, step, store)
-
-    monkeypatch.setattr(trainers.train, "check_finite", dies)
-    with pytest.raises(KeyboardInterrupt):
-        train(XDCConfig(out=str(tmp_path / "cut"), **base), progress=False)
-    monkeypatch.setattr(trainers.train, "check_finite", real_check)
+    killed_at(monkeypatch, relabels[1] + 4, XDCConfig(out=str(tmp_path / "cut"), **base))
     resumed = train(XDCConfig(out=str(tmp_path / "cut"), resume=True, **base), progress=False)
     assert resumed["steps"] == full["steps"] and full["metrics"] == resumed["metrics"]
     assert (tmp_path / "full" / "model.pt").read_bytes() == (tmp_path / "cut" / "model.pt").read_bytes()
@@ -295,18 +300,8 @@ def test_xdc_resumes_inside_an_iteration_to_the_same_weights(stores, tmp_path, m
     base = dict(store=str(stores["classes"]), clusters=4, epochs=2, batch_size=16, pca=0, iterations=2, checkpoint_every=2,
                 loader_workers=0)
     full = train(XDCConfig(out=str(tmp_path / "full"), **base), progress=False)
-    real_check = trainers.train.check_finite
     per_iteration = 2 * (192 // 16)
-
-    def dies_at_step_5_of_iteration_1(loss, step, store):
-        if step == per_iteration + 4:
-            raise KeyboardInterrupt
-        real_check(loss, step, store)
-
-    monkeypatch.setattr(trainers.train, "check_finite", dies_at_step_5_of_iteration_1)
-    with pytest.raises(KeyboardInterrupt):
-        train(XDCConfig(out=str(tmp_path / "cut"), **base), progress=False)
-    monkeypatch.setattr(trainers.train, "check_finite", real_check)
+    killed_at(monkeypatch, per_iteration + 4, XDCConfig(out=str(tmp_path / "cut"), **base))  # step 5 of iteration 1
     relabel_calls = []
     real_relabel = trainers.methods.xdc.relabel
     monkeypatch.setattr(trainers.methods.xdc, "relabel", lambda *a: relabel_calls.append(a[-1]) or real_relabel(*a))
