@@ -24,7 +24,7 @@ from synthetic import build_store, write_inputs  # noqa: E402  (the tests' synth
 
 HOWTO_VIDEOS, HOWTO_CLIPS = 1.24e6, 136e6
 TRAIN = ["--combo", "va+all", "--dim", "1024", "--videos-per-batch", "32", "--clips-per-video", "8",
-         "--min-time", "10", "--warmup", "10", "--clusters", "32", "--queue-steps", "4", "--checkpoint-every", "10000",
+         "--min-time", "10", "--warmup", "2", "--clusters", "32", "--queue-steps", "4", "--checkpoint-every", "10000",
          "--log-every", "1", "--loader-workers", "1", "--no-progress"]
 
 # runs CMD, polls FILE for its first line, prints {first_s, total_s, rss_mb} (peak of CMD and its children)
@@ -115,7 +115,7 @@ def main():
 
     small = root / f"v{args.videos[0]}"
     cfg = MCNConfig(store=str(small / "features.zarr"), out=str(small / "rate"), combo="va+all", dim=1024,
-                    videos_per_batch=32, clips_per_video=8, min_time=10, warmup=10, clusters=32, queue_steps=4,
+                    videos_per_batch=32, clips_per_video=8, min_time=10, warmup=2, clusters=32, queue_steps=4,
                     checkpoint_every=10_000, log_every=1, steps=40, loader_workers=1)
     shutil.rmtree(cfg.out, ignore_errors=True)
     first = measure([sys.executable, "-m", "trainers.cli", "mcn", "--store", cfg.store, "--out", cfg.out,

@@ -84,7 +84,7 @@ def compare(dim: int, videos: int, videos_per_batch: int, clips_per_video: int, 
                           (rng.normal(size=(300, video_dim)) / 10, rng.normal(size=(300, 1024)) / 10),
                           clips_per_video=clips_per_video)
     cfg = MCNConfig(store=str(store), out=str(d / "run"), combo="va+all", dim=dim, videos_per_batch=videos_per_batch,
-                    clips_per_video=clips_per_video, steps=steps, warmup=10, min_time=0.0, clusters=32,
+                    clips_per_video=clips_per_video, steps=steps, warmup=min(10, steps - 1), min_time=0.0, clusters=32,
                     cluster_every=20, queue_steps=4, checkpoint_every=10_000, log_every=1,
                     loader_workers=loader_workers, device=device)
     trainer, wait = trainer_rate(cfg)

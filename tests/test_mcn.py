@@ -773,8 +773,8 @@ def test_end_to_end_audio_learns_the_spoken_digit_with_the_full_loss(tmp_path, d
                     queue_steps=4, end_to_end_audio=True, audio_frames=200, loader_workers=0, checkpoint_every=10**6,
                     device=device)
     got = {}
-    for name, steps in (("untrained", 1), ("run", cfg.steps)):  # one step at lr 0: the initial weights
-        train(replace(cfg, out=str(tmp_path / name), steps=steps), progress=False)
+    for name, flags in (("untrained", dict(steps=1, warmup=0, lr=0.0)), ("run", {})):  # untrained: lr 0
+        train(replace(cfg, out=str(tmp_path / name), **flags), progress=False)
         r = evaluate(tmp_path / name, str(eval_store), label="digit")
         got[name] = r["clustering"]["digit/all/a"]["NMI"], r["retrieval"]["a->t"]["class"]["digit"]["R@1"]
     (nmi, r1), (nmi0, r10) = got["run"], got["untrained"]

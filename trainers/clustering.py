@@ -211,10 +211,10 @@ def table(results: dict) -> str:
     lines = []
     for column, scores in results.get("metrics", {}).items():
         for name, m in scores.items():
+            k_c = f"K {m['K']} {'=' if m['K'] == m['C'] else '!='} C {m['C']}"
             lines.append(f"  {column:12s} {name:14s} NMI {m['NMI']:.3f}  aNMI {m['aNMI']:.3f}  ARI {m['ARI']:.3f}  "
-                         f"acc {m['accuracy']:.3f}  purity {m['purity']:.3f} (per cluster {m['mean cluster purity']:.3f}"
-                         f", entropy {m['mean cluster entropy']:.2f})  K {m['K']}{' = ' if m['K'] == m['C'] else ' != '}"
-                         f"C {m['C']}")
+                         f"acc {m['accuracy']:.3f}  purity {m['purity']:.3f} (per cluster "
+                         f"{m['mean cluster purity']:.3f}, entropy {m['mean cluster entropy']:.2f})  {k_c}")
         if column in results.get("best_head", {}):
             b = results["best_head"][column]
             lines.append(f"  {column:12s} best head: {b['head']} (NMI {b['NMI']:.3f}; picked with the labels)")
