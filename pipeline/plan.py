@@ -37,7 +37,7 @@ def relative_to_root(path: str | None, root: Path) -> str:
     move: a later run resolves it under its own --video-root), or absolute where it lies outside the root."""
     if not path:
         return ""
-    full = Path(path).resolve()
+    full = Path(os.path.abspath(path))  # not resolved: a symlinked video stays under its root
     return os.path.relpath(full, root) if full.is_relative_to(root) else str(full)
 
 
@@ -96,7 +96,7 @@ def plan_store(store: str | os.PathLike, manifest: str, captions: str | None = N
         counts = np.concatenate([np.asarray(counts, np.int64), np.zeros(len(rest), np.int64)])
         n = len(order)
         part_size = part_size or max(1, min(MAX_PART, -(-n // (4 * max(1, workers)))))
-        video_root = Path(video_root or Path(manifest).parent).resolve()
+        video_root = Path(os.path.abspath(video_root or Path(manifest).parent))
         write_unit(tmp / "videos", {
             "video_id": np.array([videos.ids[i] for i in order], dtype=object),
             "path": np.array([relative_to_root(videos.paths[i], video_root) for i in order], dtype=object),
