@@ -23,7 +23,7 @@ from manifests.read import index_video_root
 from .part import PartJob, run_part
 from .plan import plan_checksum, plan_store, video_paths
 from .store import (CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries,
-                    record_failed_parts, write_clip_text, write_status_index, write_text)
+                    provenance_differences, record_failed_parts, write_clip_text, write_status_index, write_text)
 
 ALL_GROUPS = tuple(EXTRACTORS)
 log = logging.getLogger("mmcache")
@@ -107,18 +107,6 @@ class ExtractConfig:
         return groups
 
 
-def _differences(stored: dict, now: dict) -> list[str]:
-    """The provenance a rerun must match (extractor, weights, random-init, preprocessing), as
-    'key: stored -> now' for each key that differs (``params`` key by key)."""
-    out = []
-    for k in ("extractor", "weights_sha256", "random_init"):
-        if stored.get(k) != now.get(k):
-            out.append(f"{k}: {stored.get(k)!r} -> {now.get(k)!r}")
-    a, b = stored.get("params") or {}, now.get("params") or {}
-    out += [f"params.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # text: tokenised in the driver, streamed over the clip table a chunk at a time, committed as one unit
 
@@ -192,7 +180,7 @@ def _check_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str]) ->
     metas = {}
     for g in groups:
         meta = extractor(g, cfg.options()).provenance()
-        if g in known and (diff := _differences(known[g], meta)):
+        if g in known and (diff := provenance_differences(known[g], meta)):
             raise ExtractError(f"group {g!r} in {store.path} was made with different settings (store -> now): "
                                + "; ".join(diff) + ". Use a new --store, or the store's settings")
         metas[g] = meta

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from features.base import LOGMEL
+from pipeline.store import provenance_differences
 
 from .clips import ClipSpec
 
@@ -41,16 +42,7 @@ def differences(trained: dict[str, dict], store) -> list[str]:
     """'group.key: trained -> now' for every key the training store recorded that differs (``params`` key by
     key). A key the training store did not record (a planted or imported store) cannot be compared: skipped."""
     now = input_provenance(store, trained)
-    out = []
-    for g, was in trained.items():
-        for k in KEYS:
-            a, b = was.get(k), now[g].get(k)
-            if k == "params":
-                a, b = a or {}, b or {}
-                out += [f"{g}.params.{p}: {a[p]!r} -> {b.get(p)!r}" for p in sorted(a) if a[p] != b.get(p)]
-            elif a is not None and a != b:
-                out.append(f"{g}.{k}: {a!r} -> {b!r}")
-    return out
+    return [f"{g}.{d}" for g, was in trained.items() for d in provenance_differences(was, now[g], recorded_only=True)]
 
 
 def check_inputs(raw: dict, store, allow: bool = False) -> list[str]:

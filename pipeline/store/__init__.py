@@ -18,7 +18,7 @@ for the clips asked for.
 """
 from .columns import ColumnWriter
 from .layout import (CLIP_CHUNK, FORMAT_VERSION, PART, TMP_PREFIX, USABLE, DiskFull, StoreError, ensure_group,
-                     read_json, scratch, write_json)
+                     provenance_differences, read_json, scratch, write_json)
 from .lock import StoreLock, add_groups, clean_temporaries, record_failed_parts, update_root_attrs
 from .reader import FeatureStore, Group, Unit
 from .rows import RowReader
@@ -26,7 +26,8 @@ from .status import write_status_index
 from .text import write_clip_text, write_text
 from .units import commit, read_unit, write_part, write_unit
 
-__all__ = ["CLIP_CHUNK", "FORMAT_VERSION", "PART", "TMP_PREFIX", "USABLE", "ColumnWriter", "DiskFull",
-           "FeatureStore", "Group", "RowReader", "StoreError", "StoreLock", "Unit", "add_groups", "clean_temporaries",
-           "commit", "ensure_group", "read_json", "read_unit", "record_failed_parts", "scratch", "update_root_attrs", "write_clip_text",
-           "write_json", "write_part", "write_status_index", "write_text", "write_unit"]
+__all__ = ["CLIP_CHUNK", "FORMAT_VERSION", "PART", "TMP_PREFIX", "USABLE", "ColumnWriter", "DiskFull", "FeatureStore",
+           "Group", "RowReader", "StoreError", "StoreLock", "Unit", "add_groups", "clean_temporaries",
+           "commit", "ensure_group", "provenance_differences", "read_json", "read_unit",
+           "record_failed_parts", "scratch", "update_root_attrs", "write_clip_text", "write_json",
+           "write_part", "write_status_index", "write_text", "write_unit"]

@@ -23,6 +23,19 @@ def dimension_names(name: str, ndim: int, first: str) -> tuple[str, ...]:
     return (first, *(f"{name}_{i}" for i in range(1, ndim)))
 
 
+def provenance_differences(a: dict, b: dict, recorded_only: bool = False) -> list[str]:
+    """'key: a -> b' for each key of a group's provenance that differs (extractor, weights, random init;
+    ``params`` key by key). ``recorded_only``: only the keys ``a`` records (a planted or imported record that
+    lacks one cannot be compared)."""
+    out = []
+    for k in ("extractor", "weights_sha256", "random_init"):
+        if a.get(k) != b.get(k) and not (recorded_only and a.get(k) is None):
+            out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    pa, pb = a.get("params") or {}, b.get("params") or {}
+    keys = sorted(pa) if recorded_only else sorted(set(pa) | set(pb))
+    return out + [f"params.{k}: {pa.get(k)!r} -> {pb.get(k)!r}" for k in keys if pa.get(k) != pb.get(k)]
+
+
 # per-video statuses whose rows trainers read ('truncated': the part of the file before it broke off)
 USABLE = ("ok", "truncated")
 GROUP_JSON = {"zarr_format": 3, "node_type": "group", "attributes": {}}
