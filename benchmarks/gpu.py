@@ -95,7 +95,7 @@ def main():
     if not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py: no CUDA device is visible (torch.cuda.is_available() is False)")
     cores, gpus = os.cpu_count() or 1, torch.cuda.device_count()
-    precision = resolve("auto", "cuda")
+    precision = resolve("auto", "cuda")[0]
     print(f"{torch.cuda.get_device_name(0)} x {gpus}, {cores} CPU cores, torch {torch.__version__}, {precision}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # a benchmark leaves no GBs behind

@@ -53,6 +53,7 @@ class Extractor:
     weights: str | None = None
     weights_sha256: str | None = None
     random_init: bool = False
+    runs_model = True  # its speed depends on --precision (the precision probe times the first such frame group)
     # clip_frames consumers: the dense decode they need
     fps: float = 0.0
     frames_per_clip: int = 0

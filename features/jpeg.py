@@ -18,6 +18,7 @@ from .base import FRAMES, Extractor, Options
 
 class JPEGFrames(Extractor):
     consumes = FRAMES
+    runs_model = False
     rate = 1.0
     dim = 2  # a row: the frame's [start, end) in the unit's bytes
     dtype = object  # each frame's rows are one encoded file (bytes)

@@ -24,11 +24,20 @@ EXTRACTORS = {
 _BUILT: dict[tuple[str, Options], Extractor] = {}  # per process: frozen models load once per worker
 
 
-def extractor(name: str, opts: Options) -> Extractor:
-    """The extractor of group ``name`` built from ``opts`` (cached per process)."""
+def extractor_class(name: str) -> type[Extractor]:
     if name not in EXTRACTORS:
         raise KeyError(f"unknown feature group {name!r}; choose from {sorted(EXTRACTORS)}")
+    module, cls = EXTRACTORS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build(name: str, opts: Options) -> Extractor:
+    """A new extractor of group ``name`` (not cached: the precision probe's throw-away models)."""
+    return extractor_class(name)(name, opts)
+
+
+def extractor(name: str, opts: Options) -> Extractor:
+    """The extractor of group ``name`` built from ``opts`` (cached per process)."""
     if (name, opts) not in _BUILT:
-        module, cls = EXTRACTORS[name].split(":")
-        _BUILT[name, opts] = getattr(importlib.import_module(module), cls)(name, opts)
+        _BUILT[name, opts] = build(name, opts)
     return _BUILT[name, opts]

@@ -18,6 +18,12 @@ DESCRIPTION = "Decode each video once, run frozen extractors, write a resumable 
 def print_summary(summary: dict) -> None:
     print(f"store {summary['store']}: {summary['videos']} videos, {summary['clips']} clips; "
           f"{summary['parts_run']} part tasks run this time")
+    if summary.get("precision"):
+        why = summary.get("precision_why", {})
+        rates = ", ".join(f"{k} {v}" for k, v in why.get("frames_per_s", {}).items())
+        print(f"  precision {summary['precision']}, {summary['batch_size']} per forward"
+              + (f" (probe of {why['group']} at {why['threads']} threads, batch {why['batch']}: {rates} per s; "
+                 f"{why['source']})" if rates else f" ({why.get('source', '')})"))
     if summary.get("problems"):
         print(f"  {summary['problems']} manifest/caption problems (`pipeline status --problems N` lists them)")
     for g, counts in summary.get("status", {}).items():

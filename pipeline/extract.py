@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from features.base import Options
+from features.base import CLIP_FRAMES, FRAMES, Options
 from features.precision import resolve
 from features.registry import EXTRACTORS, extractor
 from manifests.read import index_video_root
@@ -71,12 +71,15 @@ class ExtractConfig:
     # torch device for the extractors (cpu, cuda); cuda: one local worker per GPU, each holding a Dask resource
     # GPU=1 (start --scheduler workers with --resources GPU=1), decoding in --decode-workers processes
     device: str = "cpu"
-    batch_size: int = 32  # frames per CNN forward; 3D groups take 4 clips (a GPU wants e.g. 128)
+    # frames per CNN forward (default: 32 on a GPU, 32 for fp32 on a CPU, 8 for bf16 on a CPU, where it runs
+    # 1.3x faster than 32: features/precision.py); 3D groups take 4 clips (a GPU wants e.g. 128)
+    batch_size: int | None = None
     short_side: int = 224  # decoded frame short side in pixels, long side truncated (the HowTo100M recipe: 224)
     jpeg_quality: int = 90  # frames group: JPEG quality of the stored frames, 1-100
     jpeg_short_side: int = 0  # frames group: short side of the stored frames in pixels (0: as decoded, --short-side)
-    # frozen extractors' precision; auto: bf16 on CPUs with native bf16 where a probe confirms it is faster,
-    # bf16/fp16 on CUDA, else fp32 (recorded per group; a store never mixes; HowTo100M: fp32)
+    # frozen extractors' precision; auto: the store's if it has one, else bf16/fp16 on CUDA, and on a CPU bf16
+    # where it is native and a probe of the run's frame model (at each worker's threads and batch) finds it
+    # faster, else fp32 (recorded per group with the probe's figures; a store never mixes; HowTo100M: fp32)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # pyav: in-process; ffmpeg: the HowTo100M extractor's ffmpeg CLI recipe through ffmpeg-python (imageio-ffmpeg's
     # binary or ffmpeg on PATH): the same frames, bit for bit
@@ -88,19 +91,23 @@ class ExtractConfig:
     progress: bool = True  # a progress bar
 
     def options(self) -> Options:
+        """The extractors' options; ``precision`` and ``batch_size`` as settled by ``settle``."""
+        if self.precision == "auto" or self.batch_size is None:
+            raise ValueError("settle() the precision and batch size before building extractors")
+        return Options(weights=self.weight_paths(), random_init=tuple(sorted(self.random_init)),
+                       device=self.device, batch_size=self.batch_size, short_side=self.short_side,
+                       precision=resolve(self.precision, self.device)[0], decoder=self.decoder, hwaccel=self.hwaccel,
+                       jpeg_quality=self.jpeg_quality, jpeg_short_side=self.jpeg_short_side)
+
+    def weight_paths(self) -> tuple[tuple[str, str], ...]:
         named = {"resnet152": self.resnet152_weights, "davenet": self.davenet, "word2vec": self.word2vec}
         weights = {**{g: w for g, w in named.items() if w}, **self.weights}
         # absolute before they leave the driver: a --scheduler worker resolves paths in its own folder
-        weights = {g: os.path.abspath(w) if os.path.exists(w) else w for g, w in weights.items()}
-        return Options(weights=tuple(sorted(weights.items())), random_init=tuple(sorted(self.random_init)),
-                       device=self.device, batch_size=self.batch_size, short_side=self.short_side,
-                       precision=resolve(self.precision, self.device), decoder=self.decoder, hwaccel=self.hwaccel,
-                       jpeg_quality=self.jpeg_quality, jpeg_short_side=self.jpeg_short_side)
+        return tuple(sorted((g, os.path.abspath(w) if os.path.exists(w) else w) for g, w in weights.items()))
 
     def wanted_groups(self) -> list[str]:
-        opts = self.options()
         groups = list(self.groups) if self.groups else list(dict.fromkeys(
-            ["resnet152", "logmel", *(g for g, _ in opts.weights), *opts.random_init]))
+            ["resnet152", "logmel", *(g for g, _ in self.weight_paths()), *self.random_init]))
         bad = [g for g in groups + list(self.weights) + list(self.random_init) if g not in EXTRACTORS]
         if bad:
             raise ExtractError(f"unknown group(s) {bad}; choose from {list(ALL_GROUPS)}")
@@ -167,11 +174,12 @@ def _open_or_plan(cfg: ExtractConfig) -> FeatureStore:
 
 
 def _record_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str],
-                   lock: StoreLock) -> dict[str, dict]:
+                   lock: StoreLock, why: dict) -> dict[str, dict]:
     with lock.attrs():  # read, compare and add under one lock: concurrent runs never lose a group record
         store.attrs = FeatureStore(store.path).attrs
         metas = _check_groups(cfg, store, groups)
-        store.attrs = add_groups(store.path, metas)
+        new = [g for g in metas if g not in store.groups]
+        store.attrs = add_groups(store.path, metas, {"precision": cfg.precision, "why": why} if new else None)
     return metas
 
 
@@ -231,6 +239,49 @@ def extract(cfg: ExtractConfig) -> dict:
         lock.close()
 
 
+def worker_threads(cfg: ExtractConfig) -> int | None:
+    """torch threads in each worker: the flag, else the cores shared out (a --scheduler's workers: their own)."""
+    if cfg.threads_per_worker or cfg.scheduler:
+        return cfg.threads_per_worker
+    return max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
+
+
+def settle(cfg: ExtractConfig, groups: list[str]) -> tuple[ExtractConfig, dict]:
+    """``--precision auto`` and an unset ``--batch-size`` made concrete once, before any model is built: a store
+    that holds groups keeps their precision (a store never mixes); otherwise features/precision.py decides,
+    probing the first frame model at the workers' threads and batch. Returns the config and why."""
+    import torch
+
+    from features.precision import CPU_BATCH, default_batch, probe_cpu
+    from features.registry import build, extractor_class
+
+    if cfg.precision == "auto" and (known := _recorded_precisions(cfg.store, groups)):
+        if len(known) > 1:
+            raise ExtractError(f"{cfg.store} holds groups in several precisions {sorted(known)}: pass --precision")
+        precision, why = known.pop(), {"source": f"the precision {cfg.store}'s groups were extracted in"}
+    else:
+        models = [g for g in groups if extractor_class(g).consumes in (FRAMES, CLIP_FRAMES)
+                  and extractor_class(g).runs_model]
+        threads = worker_threads(cfg) or torch.get_num_threads()
+        batch = cfg.batch_size or CPU_BATCH["bf16"]
+        opts = Options(weights=cfg.weight_paths(), random_init=tuple(sorted(cfg.random_init)), batch_size=batch,
+                       short_side=cfg.short_side)
+        probe = (lambda g=models[0]: probe_cpu(g, lambda p: build(g, replace(opts, precision=p)), threads, batch)
+                 ) if models else None
+        try:
+            precision, why = resolve(cfg.precision, cfg.device, probe)
+        except ValueError as e:
+            raise ExtractError(str(e)) from e
+    return replace(cfg, precision=precision, batch_size=cfg.batch_size or default_batch(precision, cfg.device)), why
+
+
+def _recorded_precisions(store: str, groups: list[str]) -> set[str]:
+    if not Path(store, "zarr.json").is_file():
+        return set()
+    known = FeatureStore(store).groups
+    return {known[g]["params"]["precision"] for g in groups if "precision" in known.get(g, {}).get("params", {})}
+
+
 def _gpus() -> int:
     import torch
 
@@ -243,9 +294,11 @@ def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool
     if not alone:
         log.warning("another extraction is running on %s: its temporary files are left alone", cfg.store)
     store = _open_or_plan(cfg)
-    metas = _record_groups(cfg, store, groups, lock)
+    cfg, why = settle(cfg, groups)
+    metas = _record_groups(cfg, store, groups, lock, why)
     summary: dict = {"store": str(store.path), "videos": store.n_videos, "clips": store.n_clips,
-                     "groups": groups, "parts_run": 0, "failed_parts": {}}
+                     "groups": groups, "parts_run": 0, "failed_parts": {},
+                     "precision": cfg.precision, "batch_size": cfg.batch_size, "precision_why": why}
     summary["text"] = {}
     for g in [g for g in groups if metas[g]["rate"] is None]:  # per clip, run here over the clip table
         if g == "word2vec" and not (store.path / "word2vec").is_dir():
@@ -255,9 +308,7 @@ def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool
         else:  # made by an earlier run: its counts, so every run's summary lists every group
             summary["text"][g] = store.text_status_counts(g)
     video_groups = [g for g in groups if metas[g]["rate"] is not None]  # per video; text is per clip
-    workers = cfg.workers if not cfg.scheduler else 0
-    threads = cfg.threads_per_worker or (max(1, (os.cpu_count() or 1) // max(1, workers)) if not cfg.scheduler else None)
-    jobs = _jobs(cfg, store, video_groups, threads)
+    jobs = _jobs(cfg, store, video_groups, worker_threads(cfg))
     summary["parts_run"] = len(jobs)
     if jobs:
         try:

@@ -2,9 +2,10 @@
 (1 fps frames and dense clip frames stream as they decode; the waveform and log-mel per video), and commit
 one unit per feature group. Statuses per video and group; one video's failure never loses the part.
 
-Videos decode in this process (the default on CPU: one task per core), or in ``decode_workers`` DataLoader
-processes (the default on CUDA, as the HowTo100M extractor does) while this process runs the models. Either
-way the frame models get full batches drawn from several videos (``Batcher``), and only a batch is held.
+Videos decode in a thread of this process (the default on CPU: one task per core; the decode overlaps the
+forward, as PyAV and torch release the GIL), or in ``decode_workers`` DataLoader processes (the default on CUDA,
+as the HowTo100M extractor does) while this process runs the models. Either way the frame models get full
+batches drawn from several videos (``Batcher``), and only a batch is held.
 """
 from __future__ import annotations
 
@@ -132,6 +133,7 @@ class DecodePlan:
     mel: bool  # compute the log-mel beside the decode (the logmel group, or DAVEnet with no stored log-mel)
     raw_audio: bool  # a group takes the waveform itself (kept after the log-mel is made)
     opts: Options
+    threads: int = 1  # the decoder's threads (PyAV; the ffmpeg CLI picks its own)
 
 
 @dataclass
@@ -146,7 +148,7 @@ class DecodeResult:
 def decode_video(plan: DecodePlan, path: str, sink) -> DecodeResult:
     """Decode one video once: frames to ``sink(kind, group, array)`` as they come, the log-mel computed here."""
     opts = plan.opts
-    read = decode if opts.decoder == "pyav" else partial(decode_ffmpeg, hwaccel=opts.hwaccel)
+    read = partial(decode, threads=plan.threads) if opts.decoder == "pyav" else partial(decode_ffmpeg, hwaccel=opts.hwaccel)
     streams = [FrameStream(fps, side, lambda b, g=g: sink(CLIP_FRAMES, g, np.stack(b)), t * CLIPS_PER_FORWARD)
                for g, fps, side, t in plan.clips]
     out = DecodeResult()
@@ -171,15 +173,19 @@ def decode_video(plan: DecodePlan, path: str, sink) -> DecodeResult:
     return out
 
 
-def _in_process(job: PartJob, plan: DecodePlan, batcher: Batcher, of: dict):
-    """Each video decoded here, its frames fed to the models as they decode."""
-    for i, (_, path) in enumerate(job.videos):
-        yield i, decode_video(plan, path, lambda kind, group, arr, i=i: batcher.take(kind, i, group, arr, of[FRAMES]))
+def _fed(messages, batcher: Batcher, of: dict):
+    """Frames from the decodes to the models as they come; yields (video, DecodeResult) as each video ends."""
+    for kind, i, group, item in messages:
+        if kind == "done":
+            yield i, item
+        else:
+            batcher.take(kind, i, group, item, of[FRAMES])
 
 
 class _Decodes(IterableDataset):
     """The part's videos decoded in DataLoader worker processes (an IterableDataset: worker k takes videos
-    k, k + n, ...): messages (kind, video, group, array) as frames decode, then ("done", video, None, DecodeResult)."""
+    k, k + n, ...; iterated in this process, all of them): each video in a thread, sending messages
+    (kind, video, group, array) as frames decode, then ("done", video, None, DecodeResult)."""
 
     def __init__(self, job: PartJob, plan: DecodePlan):
         self.videos, self.plan = [p for _, p in job.videos], plan
@@ -191,22 +197,45 @@ class _Decodes(IterableDataset):
         import torch
 
         info = torch.utils.data.get_worker_info()
-        for i in range(info.id if info else 0, len(self.videos), info.num_workers if info else 1):
-            q: queue.Queue = queue.Queue(maxsize=2)  # the decode thread waits while two batches are unread
+        mine = range(info.id if info else 0, len(self.videos), info.num_workers if info else 1)
+        q: queue.Queue = queue.Queue(maxsize=2)  # the decode thread waits while two batches are unread
+        stop = threading.Event()
 
-            def work(i=i, q=q):
+        def put(msg) -> None:
+            while not stop.is_set():
                 try:
-                    res = decode_video(self.plan, self.videos[i], lambda kind, g, arr: q.put((kind, i, g, arr)))
-                except Exception as e:  # never lose the part: this video fails, the rest go on
-                    res = DecodeResult(failure=DecodeFailure("extract_error", f"{type(e).__name__}: {e}"))
-                if res.dec is not None and not self.plan.raw_audio:  # only the log-mel travels back
-                    res.dec.audio = None
-                q.put(("done", i, None, res))
+                    return q.put(msg, timeout=0.5)
+                except queue.Full:
+                    pass
+            raise _Stopped
 
-            threading.Thread(target=work, daemon=True).start()
-            while (msg := q.get())[0] != "done":
+        def work():
+            try:
+                for i in mine:
+                    try:
+                        res = decode_video(self.plan, self.videos[i], lambda kind, g, arr, i=i: put((kind, i, g, arr)))
+                    except _Stopped:
+                        return
+                    except Exception as e:  # never lose the part: this video fails, the rest go on
+                        res = DecodeResult(failure=DecodeFailure("extract_error", f"{type(e).__name__}: {e}"))
+                    if res.dec is not None and not self.plan.raw_audio:  # only the log-mel travels back
+                        res.dec.audio = None
+                    put(("done", i, None, res))
+            except _Stopped:  # the reader went away (its task failed): end, holding no file open
+                return
+
+        threading.Thread(target=work, daemon=True).start()
+        try:
+            for _ in mine:
+                while (msg := q.get())[0] != "done":
+                    yield msg
                 yield msg
-            yield msg
+        finally:
+            stop.set()
+
+
+class _Stopped(Exception):
+    pass
 
 
 def _as_is(message):
@@ -226,11 +255,7 @@ def _pooled(job: PartJob, plan: DecodePlan, batcher: Batcher, of: dict, workers:
     loader = DataLoader(_Decodes(job, plan), batch_size=None, num_workers=workers, collate_fn=_as_is,
                         multiprocessing_context=context)
     try:
-        for kind, i, group, item in loader:
-            if kind == "done":
-                yield i, item
-            else:
-                batcher.take(kind, i, group, item, of[FRAMES])
+        yield from _fed(loader, batcher, of)
     except AssertionError as e:
         if "daemonic" in str(e):
             raise RuntimeError("--decode-workers needs Dask workers that may start processes: start them with "
@@ -276,20 +301,21 @@ def run_part(job: PartJob) -> dict:
     opts = replace(job.opts, device=_this_gpu(job.opts.device)) if cuda else job.opts
     exts = {g: extractor(g, opts) for g in job.groups}
     of = {kind: [g for g, e in exts.items() if e.consumes == kind] for kind in (FRAMES, CLIP_FRAMES, AUDIO, LOGMEL)}
+    n = len(job.videos)
     # log-mel consumers (DAVEnet) read the log-mel this run computes, or the stored one, or compute it unstored
     stored_mel = _stored_logmel(job) if of[LOGMEL] and LOGMEL not in exts else None
     want_mel = LOGMEL in exts or (bool(of[LOGMEL]) and stored_mel is None)
     raw = [g for g in of[AUDIO] if g != LOGMEL]
-    plan = DecodePlan(frames=bool(of[FRAMES]), audio=bool(raw) or want_mel, mel=want_mel, raw_audio=bool(raw), opts=opts,
-                      clips=tuple((g, exts[g].fps, exts[g].side, exts[g].frames_per_clip) for g in of[CLIP_FRAMES]))
-    n = len(job.videos)
-    results = {g: Column(n) for g in job.groups}
-    batcher = Batcher({g: exts[g] for g in of[FRAMES] + of[CLIP_FRAMES]}, opts.batch_size)
     workers = job.decode_workers
     if workers is None:
         workers = max(1, (os.cpu_count() or 1) // max(1, torch.cuda.device_count())) if cuda else 0
-    decoded = (_pooled(job, plan, batcher, of, min(workers, n)) if workers and n > 1
-               else _in_process(job, plan, batcher, of))
+    pooled = workers and n > 1
+    plan = DecodePlan(frames=bool(of[FRAMES]), audio=bool(raw) or want_mel, mel=want_mel, raw_audio=bool(raw), opts=opts,
+                      clips=tuple((g, exts[g].fps, exts[g].side, exts[g].frames_per_clip) for g in of[CLIP_FRAMES]),
+                      threads=1 if pooled else job.threads or 1)
+    results = {g: Column(n) for g in job.groups}
+    batcher = Batcher({g: exts[g] for g in of[FRAMES] + of[CLIP_FRAMES]}, opts.batch_size)
+    decoded = _pooled(job, plan, batcher, of, min(workers, n)) if pooled else _fed(_Decodes(job, plan), batcher, of)
     kept = {}  # the decode of each video, its audio dropped: the frame groups finish once every forward is done
     for i, d in decoded:
         _finish_audio(i, d, exts, of, stored_mel, results)

@@ -15,6 +15,22 @@ from pipeline.demo import write_video
 REAL_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def probe_cache(tmp_path_factory):
+    """The precision probe's per-machine cache in a temporary file, never the user's ~/.cache (subprocesses
+    inherit it): the first extraction with --precision auto probes, the rest read its figures."""
+    import os
+
+    path = tmp_path_factory.mktemp("cache") / "probe.json"
+    old = os.environ.get("MMCACHE_PROBE_CACHE")
+    os.environ["MMCACHE_PROBE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MMCACHE_PROBE_CACHE", None)
+    else:
+        os.environ["MMCACHE_PROBE_CACHE"] = old
+
+
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
         not torch.cuda.is_available(), reason="needs a CUDA device (run there with: pytest -k cuda)"))])
 def device(request) -> str:

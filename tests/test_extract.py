@@ -75,6 +75,32 @@ def test_features_equal_direct_extractor_calls(odd_store, odd_dataset, weights):
     assert abs(len(mel.video(i)) - 401) <= 8  # 4 s at 100 frames/s, give or take AAC padding
 
 
+def test_fp32_rows_are_bit_for_bit_those_of_the_sequential_pipeline(real_videos, weights, tmp_path):
+    """The decode thread overlapping the forward changes no row at fp32: every stored ResNet-152 row equals, bit
+    for bit, the extractor run as the pipeline always ran it (the part's 1 fps frames, in video order, 32 per
+    forward across videos), and the log-mel equals the direct call on the decoded audio."""
+    from features.audio import logmel
+
+    (tmp_path / "v").mkdir()
+    for name, path in real_videos.items():
+        (tmp_path / "v" / f"{name}.mp4").symlink_to(path)
+    (tmp_path / "v" / "m.csv").write_text("video_id\n" + "".join(f"{n}\n" for n in real_videos))
+    cfg = ExtractConfig(manifest=str(tmp_path / "v" / "m.csv"), store=str(tmp_path / "s.zarr"), workers=0,
+                        groups=["resnet152", "logmel"], resnet152_weights=weights["resnet152"], part_size=2,
+                        short_side=64, precision="fp32", threads_per_worker=2, progress=False)
+    summary = extract(cfg)
+    assert summary["batch_size"] == 32 and summary["status"]["resnet152"] == {"ok": 2}
+    decoded = [decode(str(p), short_side=64) for p in real_videos.values()]
+    frames = np.concatenate([d.frames for d in decoded])
+    ext = extractor("resnet152", Options(weights=(("resnet152", weights["resnet152"]),), short_side=64))
+    want = np.concatenate([ext(frames[a:a + 32]) for a in range(0, len(frames), 32)]).astype(np.float16)
+    s = FeatureStore(tmp_path / "s.zarr")
+    rows, mel = s.load_group("resnet152"), s.load_group("logmel")
+    np.testing.assert_array_equal(np.concatenate([rows.video(i) for i in range(2)]), want)
+    for i, d in enumerate(decoded):
+        np.testing.assert_array_equal(mel.video(i), logmel(d.audio).astype(np.float16))
+
+
 def test_frames_group_stores_each_decoded_frame_as_a_jpeg(odd_store, odd_dataset, weights, tmp_path):
     """--groups frames: one JPEG per 1 fps frame, in the same single decode as the CNN groups; each decodes
     to the frame the decoder gave (up to JPEG's loss), rows line up with resnet152's, statuses are shared,
@@ -593,6 +619,10 @@ def test_precision_is_recorded_and_a_store_never_mixes_precisions(odd_dataset, w
     assert FeatureStore(store).groups["resnet152"]["params"]["precision"] == "bf16"
     with pytest.raises(ExtractError, match="different settings"):
         extract(config(odd_dataset, store, weights, groups=["resnet152"], precision="fp32"))
+    # auto keeps the store's precision, whatever this machine's probe would say; the batch follows it
+    again = extract(config(odd_dataset, store, weights, groups=["resnet152", "logmel"], precision="auto"))
+    assert (again["precision"], again["batch_size"]) == ("bf16", 8) and "extracted in" in again["precision_why"]["source"]
+    assert FeatureStore(store).attrs["precision_choice"]["precision"] == "bf16"  # recorded with the new group
 
 
 @pytest.mark.slow
@@ -711,7 +741,7 @@ def test_extract_flags_are_the_config_dataclass(tmp_path):
                          "--weights", "hf_text=/x", "--weights", "r3d_18=/y.pth", "--no-progress", "--precision", "fp32"])
     cfg = config_from_args(ExtractConfig, args, sub)
     assert (cfg.groups, cfg.weights, cfg.progress, cfg.precision, cfg.batch_size) == (
-        ["resnet152", "frames"], {"hf_text": "/x", "r3d_18": "/y.pth"}, False, "fp32", 32)
+        ["resnet152", "frames"], {"hf_text": "/x", "r3d_18": "/y.pth"}, False, "fp32", None)  # None: by precision
     assert all(field_comments(ExtractConfig).get(f.name) for f in fields(ExtractConfig))
     saved = tmp_path / "extract.json"
     saved.write_text(json.dumps({"manifest": "a.csv", "store": "b.zarr", "batch_size": 64, "weights": {"x": "1"}}))

@@ -1,4 +1,5 @@
 import math
+import time
 
 import numpy as np
 import pytest
@@ -255,18 +256,44 @@ def test_hf_text_with_real_minilm_weights_equals_sentence_transformers():
     assert ids[0][0] == 101 and ids[0][-1] == 102 and len(ids[4]) == 2  # [CLS] ... [SEP]; empty: [CLS] [SEP]
 
 
-def test_precision_is_detected_never_assumed(monkeypatch):
+def test_precision_is_detected_never_assumed(monkeypatch, tmp_path):
+    """auto: fp32 without native bf16 (no probe run); with it, the probe's figures decide at the threshold, and
+    a second run on the same machine, model, threads and batch reads them back instead of probing again."""
     from features import precision
 
-    assert precision.resolve("fp32", "cpu") == "fp32" and precision.resolve("bf16", "cpu") == "bf16"
+    assert precision.resolve("fp32", "cpu")[0] == "fp32" and precision.resolve("bf16", "cpu")[0] == "bf16"
     with pytest.raises(ValueError, match="fp16 needs --device cuda"):
         precision.resolve("fp16", "cpu")
     with pytest.raises(ValueError, match="choose auto"):
         precision.resolve("int8", "cpu")
+    ran = []
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})  # avx2 only: bf16 is emulated, slow
-    precision.bf16_faster_on_cpu.cache_clear()
-    assert precision.resolve("auto", "cpu") == "fp32"
-    precision.bf16_faster_on_cpu.cache_clear()
+    assert precision.resolve("auto", "cpu", lambda: ran.append(1))[0] == "fp32" and not ran
+
+    class Timed:  # an extractor whose forward takes a set time per frame
+        side, frames_per_clip = 0, 0
+
+        def __init__(self, per_frame):
+            self.per_frame, self.opts = per_frame, Options(short_side=16)
+
+        def __call__(self, x):
+            assert x.shape == (4, 16, 21, 3) and torch.get_num_threads() == 1  # the run's batch and threads
+            time.sleep(self.per_frame * len(x))
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setenv("MMCACHE_PROBE_CACHE", str(tmp_path / "probe.json"))
+    for fp32, bf16, chosen in [(0.02, 0.005, "bf16"), (0.02, 0.018, "fp32")]:
+        built = []
+
+        def build(p, fp32=fp32, bf16=bf16):
+            built.append(p)
+            return Timed({"fp32": fp32, "bf16": bf16}[p])
+        got, why = precision.resolve("auto", "cpu", lambda: precision.probe_cpu(f"net{fp32}{bf16}", build, 1, 4))
+        assert got == chosen and why["source"] == "measured now" and built == ["fp32", "bf16"]
+        assert why["frames_per_s"]["fp32"] < why["frames_per_s"]["bf16"]
+        again = precision.resolve("auto", "cpu", lambda: precision.probe_cpu(f"net{fp32}{bf16}", build, 1, 4))
+        assert again[0] == chosen and "measured earlier" in again[1]["source"] and len(built) == 2
+    assert precision.default_batch("bf16", "cpu") == 8 and precision.default_batch("fp32", "cpu") == 32
 
 
 def test_bf16_features_match_fp32_on_real_frames(weights, real_videos):

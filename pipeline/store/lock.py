@@ -84,11 +84,14 @@ def record_failed_parts(store, ran: set[int], failures: dict[int, str]) -> None:
         lock.close()
 
 
-def add_groups(store: str | os.PathLike, metas: dict[str, dict]) -> dict:
-    """Record the provenance of new feature groups in the root attributes; returns the root attributes."""
+def add_groups(store: str | os.PathLike, metas: dict[str, dict], precision: dict | None = None) -> dict:
+    """Record the provenance of new feature groups in the root attributes (and, for them, how their precision
+    was chosen: ``precision_choice``, the probe's figures); returns the root attributes."""
     def change(attrs):
         groups = dict(attrs.get("groups", {}))
         attrs["groups"] = {**groups, **{g: m for g, m in metas.items() if g not in groups}}
+        if precision is not None:
+            attrs["precision_choice"] = precision
         return attrs
     return update_root_attrs(store, change)
 
