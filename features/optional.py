@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 EXTRAS = {"ffmpeg": "ffmpeg", "imageio_ffmpeg": "ffmpeg", "transformers": "hf", "h5py": "h5",
-          "pyarrow": "parquet", "pyarrow.parquet": "parquet", "bokeh": "dashboard"}
+          "pyarrow": "parquet", "pyarrow.parquet": "parquet", "bokeh": "dashboard", "upath": "cloud"}
 
 
 class MissingExtra(ImportError):

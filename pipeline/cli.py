@@ -133,11 +133,21 @@ def cmd_export(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    import contextlib
+
+    from .store.location import is_url
     from .store.verify import repair, verify
     from .store import FeatureStore, StoreLock
 
     store = FeatureStore(args.store)
-    lock = StoreLock(store.path)
+    if is_url(args.store):  # read-only there: checked where it is, repaired in the local copy it was synced from
+        if args.repair:
+            print(f"error: --repair works on a local store; verify and repair the copy {args.store} was synced "
+                  "from, then sync it again", file=sys.stderr)
+            return 2
+        lock = contextlib.nullcontext()
+    else:
+        lock = StoreLock(store.path)
     try:
         if args.repair and not lock.run():
             print(f"error: an extraction is running on {store.path}; --repair when it has finished", file=sys.stderr)
@@ -159,7 +169,8 @@ def cmd_verify(args) -> int:
             return EXIT_FAILURES
         plan = repair(store, report)
     finally:
-        lock.close()
+        if hasattr(lock, "close"):
+            lock.close()
     for unit in report.repaired:
         print(f"  removed {unit}")
     if plan:

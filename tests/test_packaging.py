@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRA_MODULES = ["ffmpeg", "imageio_ffmpeg", "pyarrow", "h5py", "bokeh", "transformers"]
+EXTRA_MODULES = ["ffmpeg", "imageio_ffmpeg", "pyarrow", "h5py", "bokeh", "transformers", "upath", "s3fs"]
 
 
 def declared() -> tuple[set[str], set[str]]:
@@ -101,6 +101,8 @@ def logmel_store(odd_dataset, tmp_path_factory):
      "parquet"),
     (["pipeline", "extract", "--manifest", "{tmp}/m.csv", "--store", "{tmp}/t.zarr", "--groups", "hf_text",
       "--weights", "hf_text={tmp}"], "hf"),
+    (["pipeline", "status", "--store", "s3://bucket/store.zarr"], "cloud"),
+    (["trainers", "mcn", "--store", "s3://bucket/store.zarr", "--out", "{tmp}/run"], "cloud"),
 ])
 def test_a_feature_that_needs_an_extra_names_it_in_one_line(argv, extra, logmel_store, tmp_path):
     (tmp_path / "m.parquet").write_bytes(b"PAR1")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.store.location import canonical
+
 
 def probe_accuracy(x: np.ndarray, y: np.ndarray, folds: int = 5, test: np.ndarray | None = None,
                    seed: int = 0) -> dict:
@@ -57,7 +59,7 @@ def read_embeddings(run: Path, store: str) -> tuple[np.ndarray, dict[str, dict[s
     path, ev = run / "embeddings.zarr", run / "eval.json"
     if not path.is_dir() or not ev.is_file():
         raise FileNotFoundError(f"{run} has no exported embeddings: run `trainers eval --run {run} --store {store}`")
-    if Path(json.loads(ev.read_text())["store"]).resolve() != Path(store).resolve():
+    if canonical(json.loads(ev.read_text())["store"]) != canonical(store):
         raise ValueError(f"{path} holds the embeddings of {json.loads(ev.read_text())['store']}, not {store}: run "
                          f"`trainers eval --run {run} --store {store}` first")
     g = zarr.open_group(str(path), mode="r")

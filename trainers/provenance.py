@@ -15,6 +15,7 @@ from pathlib import Path
 
 from features.base import LOGMEL
 from pipeline.store import provenance_differences
+from pipeline.store.location import canonical
 
 from .clips import ClipSpec
 
@@ -88,5 +89,5 @@ def code_and_machine(device: str) -> dict:
 
 def store_record(store) -> dict:
     """The training store as a results table cites it: its path, plan checksum and size."""
-    return {"path": str(Path(store.path).resolve()), "plan_sha256": store.meta.get("plan_sha256"),
+    return {"path": canonical(store.path), "plan_sha256": store.meta.get("plan_sha256"),
             "videos": store.n_videos, "clips": store.n_clips}

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .location import is_local, locate, zarr_location
 from .layout import CLIP_CHUNK, FORMAT_VERSION, PART, USABLE, StoreError, attributes_of, damaged, read_json
 from .rows import RowReader
 from .seal import offsets_problem
@@ -43,7 +44,7 @@ class FeatureStore:
     MAX_UNITS = 16  # open units kept (their mapped pages count as RSS until the unit is dropped)
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = locate(path)  # a local folder, or an fsspec URL (pipeline/store/location.py)
         if not (self.path / "zarr.json").is_file():
             raise StoreError(f"no feature store at {self.path} (run `pipeline extract` first)")
         self.attrs = read_json(self.path / "zarr.json").get("attributes", {})
@@ -90,11 +91,12 @@ class FeatureStore:
         parts = self.path / "parts"
         if not parts.is_dir():
             return set()
-        return {int(d[1:]) for d in os.listdir(parts) if d.startswith("p") and (parts / d / group).is_dir()}
+        names = os.listdir(parts) if is_local(parts) else [d.name for d in parts.iterdir()]
+        return {int(d[1:]) for d in names if d.startswith("p") and (parts / d / group).is_dir()}
 
     def problems(self, limit: int | None = None) -> list[str]:
         """The first ``limit`` manifest/caption problems found while planning."""
-        arr = zarr.open_array(str(self.path / "problems"), mode="r")
+        arr = zarr.open_array(zarr_location(self.path / "problems"), mode="r")
         return arr[:limit].astype(object).tolist() if arr.shape[0] else []
 
     # ---- per video (in RAM on first use) --------------------------------------------------
@@ -109,12 +111,12 @@ class FeatureStore:
     @cached_property
     def clip_offsets(self) -> np.ndarray:
         """(n_videos + 1,): the clips of video i are clip rows clip_offsets[i]:clip_offsets[i+1]."""
-        return zarr.open_array(str(self.path / "videos" / "clip_offsets"), mode="r")[...]
+        return zarr.open_array(zarr_location(self.path / "videos" / "clip_offsets"), mode="r")[...]
 
     # ---- per clip (read on demand) ----------------------------------------------------------
     @cached_property
     def _clips(self) -> zarr.Group:
-        return zarr.open_group(str(self.path / "clips"), mode="r")
+        return zarr.open_group(zarr_location(self.path / "clips"), mode="r")
 
     @cached_property
     def _columns(self) -> dict[str, RowReader]:
@@ -171,8 +173,10 @@ class FeatureStore:
         index = self.path / "status" / group
         if not index.is_dir():
             return None
-        g = zarr.open_group(str(index), mode="r")
+        g = zarr.open_group(zarr_location(index), mode="r")
         committed = self.committed(group)
+        if not is_local(self.path):  # object storage keeps no folder times: a synced store is read as synced
+            return g if g.attrs.get("parts") == len(committed) else None
         newest = max((self.unit_path(p, group).stat().st_mtime_ns for p in committed), default=0)
         return g if g.attrs.get("parts") == len(committed) and newest <= g.attrs.get("written_ns", -1) else None
 
@@ -182,7 +186,7 @@ class FeatureStore:
                "error": np.full(self.n_videos, "", dtype=object), "duration": np.zeros(self.n_videos)}
         for p in self.committed(group):
             a, b = self.part_range(p)
-            g = zarr.open_group(str(self.unit_path(p, group)), mode="r")
+            g = zarr.open_group(zarr_location(self.unit_path(p, group)), mode="r")
             for k in out:
                 value = g[k][...]
                 out[k][a:b] = value.astype(object) if value.dtype.kind == "T" else value
@@ -300,6 +304,7 @@ class FeatureStore:
             n = u.offsets[local + 1] - u.offsets[local]
             a = np.minimum(n, first[sel])
             a, b = u.offsets[local] + a, u.offsets[local] + np.maximum(a, np.minimum(n, last[sel]))
+            u.data.prefetch(a, b)  # object storage: the unit's chunks in one request
             for j, lo, hi in zip(sel.tolist(), a.tolist(), b.tolist()):
                 out[j] = u.data.rows(lo, hi)
         return out
@@ -329,7 +334,7 @@ class FeatureStore:
     def _text(self) -> zarr.Group:
         if not (self.path / "word2vec").is_dir():
             raise KeyError(f"no word2vec group in {self.path} (extract with --word2vec)")
-        return zarr.open_group(str(self.path / "word2vec"), mode="r")
+        return zarr.open_group(zarr_location(self.path / "word2vec"), mode="r")
 
     @cached_property
     def _text_readers(self) -> dict[str, RowReader]:
@@ -396,7 +401,7 @@ class FeatureStore:
         unit = self.path / ("word2vec" if group == "word2vec" else f"text/{group}")
         if "counts" in (recorded := attributes_of(unit)):
             return dict(recorded["counts"])
-        arr = zarr.open_array(str(unit / "status"), mode="r")
+        arr = zarr.open_array(zarr_location(unit / "status"), mode="r")
         counts: Counter = Counter()
         for a in range(0, arr.shape[0], CLIP_CHUNK):
             counts.update(arr[a:a + CLIP_CHUNK].astype(object).tolist())
@@ -410,5 +415,5 @@ class FeatureStore:
     def _status_array(self, group: str) -> zarr.Array:
         cache = self.__dict__.setdefault("_status_arrays", {})
         if group not in cache:
-            cache[group] = zarr.open_array(str(self.path / "text" / group / "status"), mode="r")
+            cache[group] = zarr.open_array(zarr_location(self.path / "text" / group / "status"), mode="r")
         return cache[group]

@@ -9,13 +9,13 @@ unit's shapes and offsets against the plan.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .layout import read_json, write_json
+from .location import walk
 
 CRC_KEY = "mmcache_crc32"
 BLOCK = 1 << 24
@@ -33,7 +33,7 @@ def offsets_problem(offsets: np.ndarray, rows: int, want: int) -> str | None:
 def crc32(path: Path) -> tuple[int, int]:
     """(bytes, CRC-32) of a file, read in 16 MB blocks."""
     crc, size = 0, 0
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         while block := f.read(BLOCK):
             crc, size = zlib.crc32(block, crc), size + len(block)
     return size, crc
@@ -41,18 +41,18 @@ def crc32(path: Path) -> tuple[int, int]:
 
 def arrays_under(path: Path):
     """Every Zarr array folder at or under ``path`` (folders holding a zarr.json with node_type array)."""
-    for folder, dirs, files in os.walk(path):
+    for folder, dirs, files in walk(path):
         if "zarr.json" in files:
-            meta = json.loads(Path(folder, "zarr.json").read_text())
+            meta = json.loads((folder / "zarr.json").read_text())
             if meta.get("node_type") == "array":
                 dirs.clear()  # chunk folders below
-                yield Path(folder), meta
+                yield folder, meta
 
 
 def chunk_files(array: Path) -> list[str]:
     """Chunk files of an array, relative to it ('c/0/0')."""
-    return sorted(str(Path(folder, f).relative_to(array)) for folder, _, files in os.walk(array / "c")
-                  for f in files)
+    base = str(array).rstrip("/")
+    return sorted(f"{str(folder)[len(base):].lstrip('/')}/{f}" for folder, _, files in walk(array / "c") for f in files)
 
 
 def seal(path: Path) -> None:

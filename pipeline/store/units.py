@@ -92,7 +92,9 @@ def write_part(store: str | os.PathLike, part: int, group: str, rows: list, stat
 
 
 def read_unit(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-    group = zarr.open_group(str(path), mode="r")
+    from .location import locate, zarr_location
+
+    group = zarr.open_group(zarr_location(locate(path)), mode="r")
     out = {}
     for name, arr in group.arrays():
         value = arr[...]
