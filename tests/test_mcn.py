@@ -351,6 +351,7 @@ def test_ablation_switches_remove_their_losses(planted, tmp_path):
         train(small(planted[0], tmp_path / "r", steps=3), progress=False)
 
 
+@pytest.mark.slow  # three 80-step runs in subprocesses, one killed: 21 s
 def test_killed_training_resumes_to_the_same_model(planted, tmp_path):
     args = [sys.executable, "-m", "trainers.cli", "mcn", "--store", str(planted[0]), "--combo", "all", "--dim", "64",
             "--videos-per-batch", "8", "--clips-per-video", "4", "--steps", "80", "--warmup", "5", "--lr", "1e-3",

@@ -102,7 +102,6 @@ def logmel_store(odd_dataset, tmp_path_factory):
     (["pipeline", "extract", "--manifest", "{tmp}/m.csv", "--store", "{tmp}/t.zarr", "--groups", "hf_text",
       "--weights", "hf_text={tmp}"], "hf"),
     (["pipeline", "status", "--store", "s3://bucket/store.zarr"], "cloud"),
-    (["trainers", "mcn", "--store", "s3://bucket/store.zarr", "--out", "{tmp}/run"], "cloud"),
 ])
 def test_a_feature_that_needs_an_extra_names_it_in_one_line(argv, extra, logmel_store, tmp_path):
     (tmp_path / "m.parquet").write_bytes(b"PAR1")
