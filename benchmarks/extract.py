@@ -104,7 +104,7 @@ def decode_section(tmp: Path) -> float:
     seconds = sum(decode(str(p), frames=False).duration for p in paths)
     ours = {t: rate(paths, seconds, lambda p, t=t: decode(p, threads=t)) for t in sorted({1, CORES})}
     peer = {t: rate(paths, seconds, lambda p, t=t: peer_decode(p, threads=t)) for t in (1, 0)}
-    with mp.get_context("spawn").Pool(CORES) as pool:  # one video per core, each timed inside its process
+    with mp.get_context("spawn").Pool(CORES) as pool:  # one video per core at a time: the pool's wall time
         pool.map(_decode_one_thread, [str(paths[0])] * CORES)  # imports and first open out of the timing
         t = time.perf_counter()
         pool.map(_decode_one_thread, [str(p) for p in paths] * CORES)
