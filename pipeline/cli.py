@@ -133,21 +133,16 @@ def cmd_export(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    import contextlib
-
     from .store.location import is_url
     from .store.verify import repair, verify
     from .store import FeatureStore, StoreLock
 
     store = FeatureStore(args.store)
-    if is_url(args.store):  # read-only there: checked where it is, repaired in the local copy it was synced from
-        if args.repair:
-            print(f"error: --repair works on a local store; verify and repair the copy {args.store} was synced "
-                  "from, then sync it again", file=sys.stderr)
-            return 2
-        lock = contextlib.nullcontext()
-    else:
-        lock = StoreLock(store.path)
+    if is_url(args.store) and args.repair:  # read-only there: repaired in the local copy it was synced from
+        print(f"error: --repair works on a local store; verify and repair the copy {args.store} was synced "
+              "from, then sync it again", file=sys.stderr)
+        return 2
+    lock = None if is_url(args.store) else StoreLock(store.path)
     try:
         if args.repair and not lock.run():
             print(f"error: an extraction is running on {store.path}; --repair when it has finished", file=sys.stderr)
@@ -169,7 +164,7 @@ def cmd_verify(args) -> int:
             return EXIT_FAILURES
         plan = repair(store, report)
     finally:
-        if hasattr(lock, "close"):
+        if lock is not None:
             lock.close()
     for unit in report.repaired:
         print(f"  removed {unit}")

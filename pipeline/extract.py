@@ -96,7 +96,7 @@ class ExtractConfig:
             raise ValueError("settle() the precision and batch size before building extractors")
         return Options(weights=self.weight_paths(), random_init=tuple(sorted(self.random_init)),
                        device=self.device, batch_size=self.batch_size, short_side=self.short_side,
-                       precision=resolve(self.precision, self.device)[0], decoder=self.decoder, hwaccel=self.hwaccel,
+                       precision=self.precision, decoder=self.decoder, hwaccel=self.hwaccel,
                        jpeg_quality=self.jpeg_quality, jpeg_short_side=self.jpeg_short_side)
 
     def weight_paths(self) -> tuple[tuple[str, str], ...]:
@@ -246,7 +246,7 @@ def worker_threads(cfg: ExtractConfig) -> int | None:
     return max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
 
 
-def settle(cfg: ExtractConfig, groups: list[str]) -> tuple[ExtractConfig, dict]:
+def settle(cfg: ExtractConfig, groups: list[str], store: FeatureStore) -> tuple[ExtractConfig, dict]:
     """``--precision auto`` and an unset ``--batch-size`` made concrete once, before any model is built: a store
     that holds groups keeps their precision (a store never mixes); otherwise features/precision.py decides,
     probing the first frame model at the workers' threads and batch. Returns the config and why."""
@@ -255,7 +255,9 @@ def settle(cfg: ExtractConfig, groups: list[str]) -> tuple[ExtractConfig, dict]:
     from features.precision import CPU_BATCH, default_batch, probe_cpu
     from features.registry import build, extractor_class
 
-    if cfg.precision == "auto" and (known := _recorded_precisions(cfg.store, groups)):
+    known = {store.groups[g]["params"]["precision"] for g in groups
+             if "precision" in store.groups.get(g, {}).get("params", {})}
+    if cfg.precision == "auto" and known:
         if len(known) > 1:
             raise ExtractError(f"{cfg.store} holds groups in several precisions {sorted(known)}: pass --precision")
         precision, why = known.pop(), {"source": f"the precision {cfg.store}'s groups were extracted in"}
@@ -275,13 +277,6 @@ def settle(cfg: ExtractConfig, groups: list[str]) -> tuple[ExtractConfig, dict]:
     return replace(cfg, precision=precision, batch_size=cfg.batch_size or default_batch(precision, cfg.device)), why
 
 
-def _recorded_precisions(store: str, groups: list[str]) -> set[str]:
-    if not Path(store, "zarr.json").is_file():
-        return set()
-    known = FeatureStore(store).groups
-    return {known[g]["params"]["precision"] for g in groups if "precision" in known.get(g, {}).get("params", {})}
-
-
 def _gpus() -> int:
     import torch
 
@@ -294,7 +289,7 @@ def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool
     if not alone:
         log.warning("another extraction is running on %s: its temporary files are left alone", cfg.store)
     store = _open_or_plan(cfg)
-    cfg, why = settle(cfg, groups)
+    cfg, why = settle(cfg, groups, store)
     metas = _record_groups(cfg, store, groups, lock, why)
     summary: dict = {"store": str(store.path), "videos": store.n_videos, "clips": store.n_clips,
                      "groups": groups, "parts_run": 0, "failed_parts": {},

@@ -214,8 +214,6 @@ class _Decodes(IterableDataset):
                 for i in mine:
                     try:
                         res = decode_video(self.plan, self.videos[i], lambda kind, g, arr, i=i: put((kind, i, g, arr)))
-                    except _Stopped:
-                        return
                     except Exception as e:  # never lose the part: this video fails, the rest go on
                         res = DecodeResult(failure=DecodeFailure("extract_error", f"{type(e).__name__}: {e}"))
                     if res.dec is not None and not self.plan.raw_audio:  # only the log-mel travels back
@@ -234,8 +232,8 @@ class _Decodes(IterableDataset):
             stop.set()
 
 
-class _Stopped(Exception):
-    pass
+class _Stopped(BaseException):
+    """The decode thread's reader is gone: not an Exception, so no video's error handling catches it."""
 
 
 def _as_is(message):

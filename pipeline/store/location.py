@@ -15,7 +15,7 @@ def is_url(path) -> bool:
 
 def locate(path):
     """``path`` as the read side uses it: a Path for a local folder (``file://`` URLs too), a UPath for a URL."""
-    if isinstance(path, Path) or (not isinstance(path, (str, os.PathLike)) and hasattr(path, "fs")):
+    if isinstance(path, Path) or hasattr(path, "fs"):  # already located (a UPath carries its filesystem)
         return path
     text = os.fspath(path)
     if text.startswith("file://"):
