@@ -52,7 +52,7 @@ def bare_rate(cfg: MCNConfig, steps: int) -> float:
     model = build_model(cfg, reader.video_dim, reader.vectors.shape[1]).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     clusterers = {n: Clusterer(cfg.queue_steps * cfg.videos_per_batch * max(1, cfg.clips_per_video // 2), cfg.dim,
-                               cfg.clusters) for n in model.spaces}
+                               cfg.clusters, dev) for n in model.spaces}
     model.train()
     cuda = dev.startswith("cuda")
     for step in range(steps):
