@@ -3,7 +3,9 @@
 1. Extraction with --device cuda (one Dask worker per GPU, the host's cores decoding in DataLoader processes,
    frames of several videos per forward) against its limit measured in the same run:
    min(decoding on every core at once, the bare GPU ResNet-152 forward in the GPU's fastest precision);
-   the GPU's utilisation is sampled (nvidia-smi) while it runs.
+   the GPU's utilisation is sampled (nvidia-smi) while it runs. Where NVDEC is (PyNvVideoCodec), the same with
+   --decoder nvdec, against NVDEC's own decode limit (NVDEC_SESSIONS videos at once). Each run's pace is
+   extrapolated to host-hours for HowTo100M's 482 million video-seconds.
 2. The MCN trainer against the bare forward+backward on the GPU at MCN's own sizes (D = 6144, 128 x 32 clips,
    4096-d video), via benchmarks/train.py.
 Exits with a message where no CUDA device is visible. The videos are the real ones of ../shared/data/videos,
@@ -31,11 +33,35 @@ from features.base import Options  # noqa: E402
 from features.frames import ResNetFrames  # noqa: E402
 from features.precision import resolve  # noqa: E402
 from pipeline.decode import decode  # noqa: E402
+from pipeline.decode_nvdec import decode_nvdec, unavailable  # noqa: E402
+from pipeline.part import NVDEC_SESSIONS  # noqa: E402
 from pipeline.extract import ExtractConfig, extract  # noqa: E402
+
+
+HOWTO100M_VIDEO_SECONDS = 482e6  # about 134,000 video-hours
 
 
 def _decode_seconds(path: str) -> float:
     return decode(path).duration
+
+
+def nvdec_limit(paths: list, sessions: int) -> float:
+    """Video-s/s of NVDEC decoding the videos (frames picked and scaled as extraction does, audio on the CPU),
+    ``sessions`` at once, the frames dropped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(path) -> float:
+        return decode_nvdec(str(path), on_frames=lambda b: None).duration
+
+    decode_nvdec(str(paths[0]), on_frames=lambda b: None)  # NVDEC's and CUDA's start-up, outside the timing
+    t = time.perf_counter()
+    with ThreadPoolExecutor(sessions) as pool:
+        total = sum(pool.map(one, paths))
+    return total / (time.perf_counter() - t)
+
+
+def hours(rate: float) -> str:
+    return f"{HOWTO100M_VIDEO_SECONDS / rate / 3600:,.0f} host-hours for HowTo100M"
 
 
 def gpu_forward(frames, precision: str, batch: int) -> float:
@@ -113,24 +139,34 @@ def main():
     best = max(forward, key=forward.get)
     limit = min(decode_limit, forward[best])
 
-    cfg = ExtractConfig(manifest=str(tmp / "m.csv"), store=str(tmp / "s.zarr"), groups=["resnet152", "logmel"],
-                        random_init=["resnet152"], device="cuda", precision=best, batch_size=args.batch_size,
-                        part_size=max(4, args.videos // (2 * gpus)), progress=False)
-    with Utilisation() as util:
-        t = time.perf_counter()
-        summary = extract(cfg)
-        pipeline = total / (time.perf_counter() - t)
-    inside = total * gpus / summary["task_seconds"]
+    nvdec = None if (why := unavailable()) else nvdec_limit(paths, NVDEC_SESSIONS)
     print(f"workload: {args.videos} real videos, {total:.0f} video-s")
     print(f"decode limit, {cores} processes at once:  {decode_limit:9.1f} video-s/s")
+    print(f"NVDEC decode limit, {NVDEC_SESSIONS} sessions:      " + (f"{nvdec:9.1f} video-s/s" if nvdec else f"n/a: {why}"))
     for p, r in forward.items():
         print(f"bare GPU ResNet-152 forward, {p}:       {r:9.1f} frames/s = video-s/s (batch {args.batch_size})")
-    print(f"limit = min(decode, {best} forward):       {limit:9.1f} video-s/s")
-    print(f"pipeline extract --device cuda:          {pipeline:9.1f} video-s/s = {pipeline / limit:.2f} of the limit "
-          f"({summary.get('decode_workers')} decode workers per GPU worker; incl. start-up)")
-    print(f"  same, time inside tasks only:          {inside:9.1f} video-s/s = {inside / limit:.2f} of the limit")
-    print(f"GPU utilisation during extraction:       {util.summary()}")
-    print(f"statuses: {summary['status']}")
+    for decoder, decoding in (("pyav", decode_limit), ("nvdec", nvdec)):
+        if decoding is None:
+            continue
+        limit = min(decoding, forward[best])
+        cfg = ExtractConfig(manifest=str(tmp / "m.csv"), store=str(tmp / f"{decoder}.zarr"),
+                            groups=["resnet152", "logmel"], random_init=["resnet152"], device="cuda", precision=best,
+                            batch_size=args.batch_size, part_size=max(4, args.videos // (2 * gpus)), decoder=decoder,
+                            progress=False)
+        with Utilisation() as util:
+            t = time.perf_counter()
+            summary = extract(cfg)
+            pipeline = total / (time.perf_counter() - t)
+        inside = total * gpus / summary["task_seconds"]
+        print(f"--decoder {decoder}: limit = min(decode, {best} forward) = {limit:.1f} video-s/s")
+        print(f"  pipeline extract --device cuda:        {pipeline:9.1f} video-s/s = {pipeline / limit:.2f} of the "
+              f"limit, incl. start-up ({summary.get('decode_workers')} decode processes per GPU worker); "
+              f"{hours(pipeline)}")
+        print(f"  same, time inside tasks only:          {inside:9.1f} video-s/s = {inside / limit:.2f} of the limit; "
+              f"{hours(inside)}")
+        print(f"  GPU utilisation during extraction:     {util.summary()}")
+        print(f"  statuses: {summary['status']}; NVDEC's videos taken by the CPU: "
+              f"{summary.get('nvdec_cpu_fallback', 0)}")
     if not args.skip_train:
         compare(dim=6144, videos=256, videos_per_batch=128, clips_per_video=32, video_dim=4096,
                 steps=args.train_steps, device="cuda", loader_workers=min(4, max(1, cores - 2)))

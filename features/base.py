@@ -28,7 +28,7 @@ class Options:
     batch_size: int = 32  # frames (or clips) per forward
     short_side: int = 224  # 1 fps frames
     precision: str = "fp32"  # resolved (features/precision.py): fp32, bf16 or fp16; recorded per group
-    decoder: str = "pyav"  # pyav (in-process) or ffmpeg (the CLI through ffmpeg-python): recorded per frame group
+    decoder: str = "pyav"  # pyav (in-process), ffmpeg (the CLI through ffmpeg-python) or nvdec: recorded per frame group
     hwaccel: str | None = None  # ffmpeg -hwaccel (cuda, vaapi, ...), ffmpeg decoder only
     jpeg_quality: int = 90  # the frames group: JPEG quality 1..100
     jpeg_short_side: int = 0  # the frames group: short side of the stored frames (0: as decoded, --short-side)

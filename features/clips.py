@@ -44,8 +44,8 @@ class VideoClipModel(Extractor):
 
     def __init__(self, name: str, opts: Options):
         super().__init__(name, opts)
-        if opts.decoder != "pyav":
-            raise ValueError(f"{name}: 3D clip groups decode dense frames in-process; use --decoder pyav")
+        if opts.decoder == "ffmpeg":
+            raise ValueError(f"{name}: 3D clip groups decode dense frames in-process; use --decoder pyav or nvdec")
         model, self.weights_sha256 = frozen_torchvision(name, opts, name, f"--weights {name}=PATH")
         head, self.dim = strip_head(model)
         self.side, mean, std, normalise = INPUT.get(name, (112, *KINETICS))

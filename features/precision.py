@@ -87,9 +87,10 @@ def frames_per_second(build, batch: int, threads: int) -> float:
         torch.set_num_threads(before)
 
 
-def probe_cpu(group: str, build, threads: int, batch: int = CPU_BATCH["bf16"]) -> dict:
+def probe_cpu(group: str, build, threads: int, batch: int = CPU_BATCH["bf16"], before=None) -> dict:
     """fp32 against bf16 for ``group``'s model (``build(precision)`` makes it) at ``threads`` threads: the
-    figures, the choice and where they came from (measured now, or this machine's cache)."""
+    figures, the choice and where they came from (measured now, or this machine's cache). ``before()`` is called
+    before measuring (not for a cached answer)."""
     key = "|".join([cpu_name(), hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12],
                     f"{os.cpu_count()} cpus", f"torch {torch.__version__}", group, f"{threads} threads",
                     f"batch {batch}"])
@@ -100,6 +101,8 @@ def probe_cpu(group: str, build, threads: int, batch: int = CPU_BATCH["bf16"]) -
         cache = {}
     if key in cache:
         return {**cache[key], "source": f"measured earlier on this machine ({path})"}
+    if before is not None:
+        before()
     rates = {p: round(frames_per_second(lambda p=p: build(p), batch, threads), 2) for p in ("fp32", "bf16")}
     found = {"group": group, "threads": threads, "batch": batch, "frames_per_s": rates,
              "chosen": "bf16" if rates["fp32"] < FASTER * rates["bf16"] else "fp32",

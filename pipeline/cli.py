@@ -24,6 +24,9 @@ def print_summary(summary: dict) -> None:
         print(f"  precision {summary['precision']}, {summary['batch_size']} per forward"
               + (f" (probe of {why['group']} at {why['threads']} threads, batch {why['batch']}: {rates} per s; "
                  f"{why['source']})" if rates else f" ({why.get('source', '')})"))
+    if summary.get("decoder") == "nvdec":
+        print(f"  decoder nvdec; {summary.get('nvdec_cpu_fallback', 0)} videos NVDEC could not take went to the CPU "
+              "decoder this time")
     if summary.get("problems"):
         print(f"  {summary['problems']} manifest/caption problems (`pipeline status --problems N` lists them)")
     for g, counts in summary.get("status", {}).items():

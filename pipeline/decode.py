@@ -46,6 +46,7 @@ class Decoded:
     n_frames: int = 0  # frames selected (also when they went to ``on_frames`` instead of ``frames``)
     truncated: str | None = None  # the file broke off: what decoded, of how much, and why (duration = decoded)
     skipped: int = 0  # video packets never decoded: no selected frame needs them (pipeline/gop.py)
+    cpu_fallback: str | None = None  # --decoder nvdec: why this video was decoded on the CPU instead
 
 
 MEDIA_DEMUXERS = ",".join(["mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "flv", "mpeg",

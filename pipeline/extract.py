@@ -20,6 +20,7 @@ from features.precision import resolve
 from features.registry import EXTRACTORS, extractor
 from manifests.read import index_video_root
 
+from .decode_nvdec import unavailable as nvdec_unavailable
 from .part import PartJob, run_part
 from .plan import plan_checksum, plan_store, video_paths
 from .store import (CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries,
@@ -62,7 +63,8 @@ class ExtractConfig:
     threads_per_worker: int | None = None  # torch threads per worker (default: cores // workers)
     # decoding processes per worker feeding its models frames from several videos at once (default: 0 on CPU,
     # where each worker decodes for itself; with --device cuda the host's cores // its GPUs); Dask workers of
-    # --scheduler then need DASK_DISTRIBUTED__WORKER__DAEMON=False
+    # --scheduler then need DASK_DISTRIBUTED__WORKER__DAEMON=False; with --decoder nvdec: videos NVDEC decodes at
+    # once per worker, a thread and a decoder session each (default 4)
     decode_workers: int | None = None
     scheduler: str | None = None  # address of an existing Dask scheduler (tcp://host:8786)
     # videos per part = one task, one commit (default: at least 4 parts per worker, at most 64 videos; fixed when
@@ -82,8 +84,10 @@ class ExtractConfig:
     # faster, else fp32 (recorded per group with the probe's figures; a store never mixes; HowTo100M: fp32)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # pyav: in-process; ffmpeg: the HowTo100M extractor's ffmpeg CLI recipe through ffmpeg-python (imageio-ffmpeg's
-    # binary or ffmpeg on PATH): the same frames, bit for bit
-    decoder: Literal["pyav", "ffmpeg"] = "pyav"
+    # binary or ffmpeg on PATH): the same frames, bit for bit; nvdec: the GPU's video decoder (PyNvVideoCodec,
+    # `pip install 'mmcache[nvdec]'`), the same frames picked, scaled on the GPU (not bit-identical: recorded); where
+    # there is none, one line says so and the CPU decodes (pyav)
+    decoder: Literal["pyav", "ffmpeg", "nvdec"] = "pyav"
     hwaccel: str | None = None  # ffmpeg -hwaccel method for --decoder ffmpeg (cuda, vaapi, ...)
     retry_failed: bool = False  # recompute parts holding failed or truncated videos (off: committed parts are kept)
     # Dask's diagnostic dashboard (bokeh) on the local cluster (or the scheduler's); its address is printed
@@ -229,6 +233,9 @@ def extract(cfg: ExtractConfig) -> dict:
     if cfg.hwaccel and cfg.decoder != "ffmpeg":
         raise ExtractError(f"--hwaccel {cfg.hwaccel} is an ffmpeg CLI option: pass --decoder ffmpeg with it (the "
                            "default decoder, PyAV in-process, decodes on the CPU)")
+    if cfg.decoder == "nvdec" and not cfg.scheduler and (why := nvdec_unavailable()):
+        print(f"--decoder nvdec: {why}; decoding on the CPU (pyav) instead, recorded as such", flush=True)
+        cfg = replace(cfg, decoder="pyav")
     if cfg.workers is None:
         cfg = replace(cfg, workers=_gpus() if cfg.device.startswith("cuda") else os.cpu_count() or 1)
     groups = cfg.wanted_groups()
@@ -246,10 +253,11 @@ def worker_threads(cfg: ExtractConfig) -> int | None:
     return max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
 
 
-def settle(cfg: ExtractConfig, groups: list[str], store: FeatureStore) -> tuple[ExtractConfig, dict]:
+def settle(cfg: ExtractConfig, groups: list[str], store: FeatureStore, quiet=None) -> tuple[ExtractConfig, dict]:
     """``--precision auto`` and an unset ``--batch-size`` made concrete once, before any model is built: a store
     that holds groups keeps their precision (a store never mixes); otherwise features/precision.py decides,
-    probing the first frame model at the workers' threads and batch. Returns the config and why."""
+    probing the first frame model at the workers' threads and batch (``quiet()`` first, when it measures).
+    Returns the config and why."""
     import torch
 
     from features.precision import CPU_BATCH, default_batch, probe_cpu
@@ -268,8 +276,8 @@ def settle(cfg: ExtractConfig, groups: list[str], store: FeatureStore) -> tuple[
         batch = cfg.batch_size or CPU_BATCH["bf16"]
         opts = Options(weights=cfg.weight_paths(), random_init=tuple(sorted(cfg.random_init)), batch_size=batch,
                        short_side=cfg.short_side)
-        probe = (lambda g=models[0]: probe_cpu(g, lambda p: build(g, replace(opts, precision=p)), threads, batch)
-                 ) if models else None
+        probe = (lambda g=models[0]: probe_cpu(g, lambda p: build(g, replace(opts, precision=p)), threads, batch,
+                                               before=quiet)) if models else None
         try:
             precision, why = resolve(cfg.precision, cfg.device, probe)
         except ValueError as e:
@@ -288,12 +296,24 @@ def _gpus() -> int:
 def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool) -> dict:
     if not alone:
         log.warning("another extraction is running on %s: its temporary files are left alone", cfg.store)
+    local = not cfg.scheduler and cfg.workers != 0
+    early = EarlyCluster(cfg) if local and _work_pending(cfg, groups) else None
+    try:
+        return _extract_with(cfg, groups, lock, early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _extract_with(cfg: ExtractConfig, groups: list[str], lock: StoreLock, early: EarlyCluster | None) -> dict:
     store = _open_or_plan(cfg)
-    cfg, why = settle(cfg, groups, store)
+    # a probe that measures waits for the workers' start: it must time an idle machine
+    cfg, why = settle(cfg, groups, store, quiet=early.wait if early is not None else None)
     metas = _record_groups(cfg, store, groups, lock, why)
     summary: dict = {"store": str(store.path), "videos": store.n_videos, "clips": store.n_clips,
                      "groups": groups, "parts_run": 0, "failed_parts": {},
-                     "precision": cfg.precision, "batch_size": cfg.batch_size, "precision_why": why}
+                     "precision": cfg.precision, "batch_size": cfg.batch_size, "precision_why": why,
+                     "decoder": cfg.decoder}
     summary["text"] = {}
     for g in [g for g in groups if metas[g]["rate"] is None]:  # per clip, run here over the clip table
         if g == "word2vec" and not (store.path / "word2vec").is_dir():
@@ -307,7 +327,7 @@ def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool
     summary["parts_run"] = len(jobs)
     if jobs:
         try:
-            _run(jobs, cfg, summary)
+            _run(jobs, cfg, summary, early)
         finally:  # `pipeline status` names why a part is still pending
             record_failed_parts(store, {j.part for j in jobs}, summary["failed_parts"])
     with lock.attrs():  # one writer of the status index at a time
@@ -320,7 +340,67 @@ def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool
     return summary
 
 
-def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
+def _local_cluster(cfg: ExtractConfig):
+    """The local Dask cluster: ``cfg.workers`` processes, each with torch, the decoders and the extractors'
+    code imported as it starts (2.1 s a worker on 2 cores, paid by its first task otherwise)."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    cuda = cfg.device.startswith("cuda")
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers: glibc then hands CNN activation buffers
+    # back to the OS and faults them in again on every batch (ResNet-152 forward 8% slower, measured).
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+               if k != "MALLOC_TRIM_THRESHOLD_"}
+    # decode workers are processes started by the task: the worker must not be a daemon
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
+                          "distributed.worker.daemon": not (cuda or cfg.decode_workers)}):
+        return LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
+                            dashboard_address=":0" if cfg.dashboard else None,
+                            resources={"GPU": 1} if cuda else None, preload=["pipeline.part"],
+                            silence_logs=logging.CRITICAL)  # failures are reported by the driver, once
+
+
+class EarlyCluster:
+    """The local cluster started in a thread as the run begins, so that its workers spawn and import while the
+    driver plans the store, settles the precision and tokenises the captions. ``wait()`` gives it; ``close()``
+    (idempotent) ends it, also when it was never used (a run that found nothing to do)."""
+
+    def __init__(self, cfg: ExtractConfig):
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="mmcache-cluster")
+        self.future = pool.submit(_local_cluster, cfg)
+        pool.shutdown(wait=False)
+        self.closed = False
+
+    def wait(self):
+        return self.future.result()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.future.result().close()
+            except Exception:  # it failed to start: the run has already said so, or did not need it
+                pass
+
+
+def _work_pending(cfg: ExtractConfig, groups: list[str]) -> bool:
+    """Whether this run will run part tasks, as far as the store says before planning: a new store, a group it
+    lacks, a video group with uncommitted parts, or --retry-failed."""
+    path = Path(cfg.store)
+    if cfg.retry_failed or not (path / "zarr.json").exists():
+        return True
+    try:
+        store = FeatureStore(path)
+    except Exception:  # _open_or_plan says what is wrong with it
+        return False
+    return any(g not in store.groups or (store.groups[g]["rate"] is not None
+                                         and len(store.committed(g)) < store.n_parts) for g in groups)
+
+
+def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, early: EarlyCluster | None = None) -> None:
     from tqdm import tqdm
 
     bar = tqdm(total=sum(len(j.videos) for j in jobs), unit="video", disable=not cfg.progress,
@@ -336,6 +416,8 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
             seconds += result["seconds"]
             summary["decode_workers"] = max(summary.get("decode_workers", 0), result.get("decode_workers", 0))
             summary["task_seconds"] = summary.get("task_seconds", 0.0) + result["wall"]
+            if result.get("cpu_fallback"):  # --decoder nvdec: videos NVDEC could not take
+                summary["nvdec_cpu_fallback"] = summary.get("nvdec_cpu_fallback", 0) + result["cpu_fallback"]
             failed += max((sum(n for k, n in st.items() if k != "ok") for st in result["status"].values()),
                           default=0)
         bar.update(len(job.videos))
@@ -358,28 +440,14 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
             bar.close()
         return
 
-    import dask
-    from dask.distributed import Client, LocalCluster, as_completed
-
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+    from dask.distributed import Client, as_completed
 
     cluster = None
-    cuda = cfg.device.startswith("cuda")
-    gpu = {"resources": {"GPU": 1}} if cuda else {}  # a GPU task runs only on a worker that holds a GPU
+    gpu = {"resources": {"GPU": 1}} if cfg.device.startswith("cuda") else {}  # only on a worker holding a GPU
     if cfg.scheduler:
         client = Client(cfg.scheduler)
     else:
-        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers: glibc then hands CNN activation buffers
-        # back to the OS and faults them in again on every batch (ResNet-152 forward 8% slower, measured).
-        environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
-                   if k != "MALLOC_TRIM_THRESHOLD_"}
-        # decode workers are processes started by the task: the worker must not be a daemon
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
-                              "distributed.worker.daemon": not (cuda or cfg.decode_workers)}):
-            cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0" if cfg.dashboard else None,
-                                   resources={"GPU": 1} if cuda else None,
-                                   silence_logs=logging.CRITICAL)  # failures are reported by the driver, once
+        cluster = early.wait() if early is not None else _local_cluster(cfg)
         client = Client(cluster)
     if cfg.dashboard:
         summary["dashboard"] = client.dashboard_link
@@ -409,5 +477,7 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict) -> None:
     finally:
         bar.close()
         client.close()
-        if cluster is not None:
+        if early is not None:
+            early.close()
+        elif cluster is not None:
             cluster.close()

@@ -60,6 +60,14 @@ class _Picker:
         frame = av.VideoFrame.from_ndarray(np.frombuffer(np.uint32(index).tobytes(), np.uint8)[None], format="gray")
         frame.pts, frame.time_base, frame.duration = pts, self.time_base, duration
         self.graph.push(frame)
+        self._pull()
+
+    def finish(self) -> None:
+        """The end of the stream: the filter's end-of-stream rule outputs its last frames."""
+        self.graph.push(None)
+        self._pull()
+
+    def _pull(self) -> None:
         while True:
             try:
                 out = self.graph.pull()

@@ -23,9 +23,11 @@ from features.registry import extractor
 
 from .decode import DecodeFailure, FrameStream, decode
 from .decode_ffmpeg import decode_ffmpeg
+from .decode_nvdec import decode_nvdec, unavailable
 from .store import USABLE, read_unit, write_part
 
 CLIPS_PER_FORWARD = 4
+NVDEC_SESSIONS = 4  # --decoder nvdec: videos decoded at once per GPU worker (an H100 has 7 NVDEC engines)
 
 
 @dataclass
@@ -134,6 +136,7 @@ class DecodePlan:
     raw_audio: bool  # a group takes the waveform itself (kept after the log-mel is made)
     opts: Options
     threads: int = 1  # the decoder's threads (PyAV; the ffmpeg CLI picks its own)
+    at_once: int = 1  # videos decoded at once in each decoding process, a thread each (NVDEC: one session each)
 
 
 @dataclass
@@ -148,7 +151,8 @@ class DecodeResult:
 def decode_video(plan: DecodePlan, path: str, sink) -> DecodeResult:
     """Decode one video once: frames to ``sink(kind, group, array)`` as they come, the log-mel computed here."""
     opts = plan.opts
-    read = partial(decode, threads=plan.threads) if opts.decoder == "pyav" else partial(decode_ffmpeg, hwaccel=opts.hwaccel)
+    read = {"pyav": partial(decode, threads=plan.threads), "ffmpeg": partial(decode_ffmpeg, hwaccel=opts.hwaccel),
+            "nvdec": partial(decode_nvdec, gpu=int(opts.device.partition(":")[2] or 0))}[opts.decoder]
     streams = [FrameStream(fps, side, lambda b, g=g: sink(CLIP_FRAMES, g, np.stack(b)), t * CLIPS_PER_FORWARD)
                for g, fps, side, t in plan.clips]
     out = DecodeResult()
@@ -198,7 +202,7 @@ class _Decodes(IterableDataset):
 
         info = torch.utils.data.get_worker_info()
         mine = range(info.id if info else 0, len(self.videos), info.num_workers if info else 1)
-        q: queue.Queue = queue.Queue(maxsize=2)  # the decode thread waits while two batches are unread
+        q: queue.Queue = queue.Queue(maxsize=2 * self.plan.at_once)  # decode threads wait while it is full
         stop = threading.Event()
 
         def put(msg) -> None:
@@ -209,9 +213,9 @@ class _Decodes(IterableDataset):
                     pass
             raise _Stopped
 
-        def work():
+        def work(videos):
             try:
-                for i in mine:
+                for i in videos:
                     try:
                         res = decode_video(self.plan, self.videos[i], lambda kind, g, arr, i=i: put((kind, i, g, arr)))
                     except Exception as e:  # never lose the part: this video fails, the rest go on
@@ -222,7 +226,8 @@ class _Decodes(IterableDataset):
             except _Stopped:  # the reader went away (its task failed): end, holding no file open
                 return
 
-        threading.Thread(target=work, daemon=True).start()
+        for k in range(self.plan.at_once):
+            threading.Thread(target=work, args=(mine[k::self.plan.at_once],), daemon=True).start()
         try:
             for _ in mine:
                 while (msg := q.get())[0] != "done":
@@ -293,6 +298,8 @@ def run_part(job: PartJob) -> dict:
         raise FileNotFoundError(f"this worker ({socket.gethostname()}, working folder {os.getcwd()}) cannot see the "
                                 f"store {job.store}: run every Dask worker where that path is the driver's store "
                                 "(a shared filesystem, the same mount point)")
+    if job.opts.decoder == "nvdec" and (why := unavailable()):  # a --scheduler worker without NVDEC
+        raise RuntimeError(f"--decoder nvdec: {why} on this worker")
     if job.threads:
         torch.set_num_threads(job.threads)
     cuda = job.opts.device.startswith("cuda")
@@ -304,13 +311,15 @@ def run_part(job: PartJob) -> dict:
     stored_mel = _stored_logmel(job) if of[LOGMEL] and LOGMEL not in exts else None
     want_mel = LOGMEL in exts or (bool(of[LOGMEL]) and stored_mel is None)
     raw = [g for g in of[AUDIO] if g != LOGMEL]
-    workers = job.decode_workers
-    if workers is None:
+    workers, at_once = job.decode_workers, 1
+    if opts.decoder == "nvdec":  # threads of this process, a session each (processes would each hold a CUDA context)
+        workers, at_once = 0, min(n, job.decode_workers or NVDEC_SESSIONS)
+    elif workers is None:
         workers = max(1, (os.cpu_count() or 1) // max(1, torch.cuda.device_count())) if cuda else 0
     pooled = workers and n > 1
     plan = DecodePlan(frames=bool(of[FRAMES]), audio=bool(raw) or want_mel, mel=want_mel, raw_audio=bool(raw), opts=opts,
                       clips=tuple((g, exts[g].fps, exts[g].side, exts[g].frames_per_clip) for g in of[CLIP_FRAMES]),
-                      threads=1 if pooled else job.threads or 1)
+                      threads=1 if pooled else job.threads or 1, at_once=at_once)
     results = {g: Column(n) for g in job.groups}
     batcher = Batcher({g: exts[g] for g in of[FRAMES] + of[CLIP_FRAMES]}, opts.batch_size)
     decoded = _pooled(job, plan, batcher, of, min(workers, n)) if pooled else _fed(_Decodes(job, plan), batcher, of)
@@ -327,7 +336,9 @@ def run_part(job: PartJob) -> dict:
         write_part(job.store, job.part, group, r.ordered(r.rows), r.ordered(r.status), r.ordered(r.error),
                    r.ordered(r.duration), exts[group].dim, {"videos": [v for v, _ in job.videos]}, replace=job.replace)
     seconds = sum(d.dec.duration for d in kept.values() if d.dec is not None)
+    fallback = sum(1 for d in kept.values() if d.dec is not None and d.dec.cpu_fallback)
     return {"part": job.part, "groups": job.groups, "videos": n, "seconds": seconds, "decode_workers": workers,
+            "cpu_fallback": fallback,
             "status": {g: dict(Counter(r.ordered(r.status))) for g, r in results.items()}, "wall": time.time() - t0}
 
 

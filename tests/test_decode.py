@@ -53,11 +53,10 @@ def test_frames_are_the_ones_the_fps_rule_picks(real_videos):
         np.testing.assert_array_equal(a, b)
 
 
-def test_variable_frame_rate(tmp_path):
-    path = tmp_path / "vfr.mp4"
-    times = np.cumsum(np.r_[0, np.random.default_rng(0).uniform(0.02, 0.3, 60)])  # irregular gaps
+def write_vfr(path, times):
+    """mpeg4 (an older codec too) 64x48 frames at ``times`` (seconds), each flat grey of its own level."""
     with av.open(str(path), "w") as out:
-        s = out.add_stream("mpeg4", rate=30)  # an older codec too
+        s = out.add_stream("mpeg4", rate=30)
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
         s.codec_context.time_base = Fraction(1, 1000)
         for i, t in enumerate(times):
@@ -67,6 +66,11 @@ def test_variable_frame_rate(tmp_path):
                 out.mux(p)
         for p in s.encode():
             out.mux(p)
+
+
+def test_variable_frame_rate(tmp_path):
+    path = tmp_path / "vfr.mp4"
+    write_vfr(path, np.cumsum(np.r_[0, np.random.default_rng(0).uniform(0.02, 0.3, 60)]))  # irregular gaps
     d = decode(str(path), audio=False, short_side=48)
     ref = frames_by_rule(path, 48)
     assert len(d.frames) == len(ref) > 5

@@ -15,7 +15,7 @@ import torch
 from features.base import Options
 from features.registry import extractor
 from pipeline.decode import decode
-from pipeline.extract import ExtractConfig, ExtractError, extract
+from pipeline.extract import ExtractConfig, ExtractError, _work_pending, extract
 from pipeline.store import FeatureStore, read_unit
 from synthetic import tiny_text_model
 
@@ -189,9 +189,11 @@ def test_batched_read_equals_slicing_the_loaded_group(odd_store):
 def test_second_run_does_no_work_and_new_group_adds_only_itself(odd_dataset, weights, tmp_path):
     store = tmp_path / "s.zarr"
     cfg = config(odd_dataset, store, weights, groups=["resnet152", "logmel"])
+    assert _work_pending(cfg, ["resnet152", "logmel"])  # a new store: the cluster starts as the run begins
     assert extract(cfg)["parts_run"] == 4
     before = {p: p.stat().st_mtime_ns for p in store.glob("parts/*/resnet152")}
-    assert extract(cfg)["parts_run"] == 0
+    assert not _work_pending(cfg, ["resnet152", "logmel"]) and _work_pending(cfg, ["davenet"])  # nothing to do:
+    assert extract(cfg)["parts_run"] == 0  # no cluster is started
     summary = extract(config(odd_dataset, store, weights, groups=["davenet"], davenet=weights["davenet"]))
     assert summary["parts_run"] == 4 and summary["status"]["davenet"]["ok"] == 3
     assert {p: p.stat().st_mtime_ns for p in store.glob("parts/*/resnet152")} == before
@@ -330,6 +332,7 @@ def test_units_are_sized_to_their_data(odd_store):
     assert clips == 8 * s.n_clips
 
 
+@pytest.mark.slow  # two extractions at once, 10 s (fast tier < 4 min)
 def test_concurrent_extractions_keep_every_group_and_each_others_temporaries(odd_dataset, weights, tmp_path):
     base = [sys.executable, "-m", "pipeline.cli", "extract", "--manifest", odd_dataset["manifest"],
             "--captions", odd_dataset["captions"], "--video-root", odd_dataset["video_root"],
@@ -490,6 +493,7 @@ def test_disk_full_is_one_clear_line_leaves_no_debris_and_the_rerun_resumes(odd_
         np.testing.assert_array_equal(after[k], before[k], err_msg=k)
 
 
+@pytest.mark.slow  # 12 s (fast tier < 4 min)
 def test_3d_and_hf_groups_extract_in_the_same_decode_as_direct_calls(odd_dataset, weights, tmp_path):
     import torch
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection

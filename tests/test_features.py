@@ -288,11 +288,15 @@ def test_precision_is_detected_never_assumed(monkeypatch, tmp_path):
         def build(p, fp32=fp32, bf16=bf16):
             built.append(p)
             return Timed({"fp32": fp32, "bf16": bf16}[p])
-        got, why = precision.resolve("auto", "cpu", lambda: precision.probe_cpu(f"net{fp32}{bf16}", build, 1, 4))
-        assert got == chosen and why["source"] == "measured now" and built == ["fp32", "bf16"]
+        waited = []  # the run's cluster start, waited for before measuring (an idle machine), not for the cache
+        got, why = precision.resolve("auto", "cpu", lambda: precision.probe_cpu(f"net{fp32}{bf16}", build, 1, 4,
+                                                                               before=lambda: waited.append(built[:])))
+        assert got == chosen and why["source"] == "measured now" and built == ["fp32", "bf16"] and waited == [[]]
         assert why["frames_per_s"]["fp32"] < why["frames_per_s"]["bf16"]
-        again = precision.resolve("auto", "cpu", lambda: precision.probe_cpu(f"net{fp32}{bf16}", build, 1, 4))
+        again = precision.resolve("auto", "cpu", lambda: precision.probe_cpu(f"net{fp32}{bf16}", build, 1, 4,
+                                                                             before=lambda: waited.append(1)))
         assert again[0] == chosen and "measured earlier" in again[1]["source"] and len(built) == 2
+        assert waited == [[]]
     assert precision.default_batch("bf16", "cpu") == 8 and precision.default_batch("fp32", "cpu") == 32
 
 

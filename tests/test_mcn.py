@@ -124,6 +124,7 @@ def test_streamed_batches_equal_in_ram_batches_in_worker_processes(planted):
     assert len(set(np.concatenate([b["clips"].numpy() for b in streamed]) // 4)) > 8  # videos vary by step
 
 
+@pytest.mark.slow  # learning run, ~11 s (fast tier < 4 min)
 def test_mcn_learns_planted_structure(planted, tmp_path, device):
     train(small(planted[0], tmp_path / "run", device=device), progress=False)
     r = evaluate(tmp_path / "run", str(planted[1]), label="task")
@@ -163,6 +164,7 @@ def class_level_v_to_t(run: Path, store: Path) -> float:
     return float((label[top] == label).mean())
 
 
+@pytest.mark.slow  # 12 s (fast tier < 4 min)
 def test_end_to_end_video_trains_a_cnn_on_the_cached_jpeg_frames(framed, tmp_path, device):
     """--end-to-end-video ARCH: a torchvision CNN reads each clip's cached JPEG frames (decoded, scaled,
     cropped in the loader) and learns the planted class structure with the MCN losses; frames are the

@@ -133,6 +133,7 @@ def test_xdc_balances_each_target_labelling_on_its_own():
 
 # ---- each trainer learns planted structure -----------------------------------------------------------
 
+@pytest.mark.slow  # learning run, ~7 s (fast tier < 4 min)
 def test_mmv_fac_learns_retrieval(stores, tmp_path, device):
     cfg = MMVConfig(store=str(stores["train"]), out=str(tmp_path / "mmv"), batch_size=64, steps=150, warmup=10,
                     lr=2e-3, candidates=3, dim_va=64, dim_vat=32, text_dim=128, device=device)

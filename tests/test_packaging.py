@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRA_MODULES = ["ffmpeg", "imageio_ffmpeg", "pyarrow", "h5py", "bokeh", "transformers", "upath", "s3fs"]
+EXTRA_MODULES = ["ffmpeg", "imageio_ffmpeg", "pyarrow", "h5py", "bokeh", "transformers", "upath", "s3fs",
+                 "PyNvVideoCodec"]
 
 
 def declared() -> tuple[set[str], set[str]]:
@@ -49,7 +50,7 @@ def test_every_third_party_import_is_declared_and_the_heavy_ones_are_extras():
         if not names & (core | extras | {"torch"}):  # torch brings nothing else mmcache imports by name
             missing[module] = sorted(names)
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
-    for heavy in ("ffmpeg-python", "imageio-ffmpeg", "pyarrow", "h5py", "bokeh", "transformers"):
+    for heavy in ("ffmpeg-python", "imageio-ffmpeg", "pyarrow", "h5py", "bokeh", "transformers", "pynvvideocodec"):
         assert heavy in extras and heavy not in core
     assert "pillow" in core and "numcodecs" not in core and "pytest" not in core
 

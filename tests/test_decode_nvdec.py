@@ -1,0 +1,257 @@
+"""`--decoder nvdec`: the frames NVDEC is asked for are exactly the CPU path's picks; the path from NVDEC's
+frames to the extractors (rotation, scaling, batches, the CPU fallback) runs here on a stand-in PyNvVideoCodec
+that decodes with PyAV; the real NVDEC is compared with the CPU decode where a GPU and PyNvVideoCodec are."""
+import sys
+import types
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from pipeline.decode import DecodeFailure, FrameStream, _scaled_size, decode
+from pipeline.decode_nvdec import decode_nvdec, fps_picks, unavailable
+from pipeline.demo import write_video
+from test_decode import scaled, write_pattern, write_vfr
+
+
+def all_frames(path):
+    with av.open(str(path)) as c:
+        return list(c.decode(video=0))
+
+
+@pytest.mark.parametrize("name", ["v_GGSY1Qvo990", "v_ZNVhz7ctTq0"])
+def test_picks_from_timestamps_are_the_frames_the_cpu_decode_gives(real_videos, name):
+    """1 fps and a dense 8 fps selection: frame picks[k] of a full decode, scaled as the CLI does, is bit for bit
+    the k-th frame `pipeline.decode` gives; nothing but the first frame is decoded to choose them."""
+    path = str(real_videos[name])
+    info, (one, dense) = fps_picks(path, [1.0, 8.0])
+    cpu = decode(path, audio=False).frames
+    cpu_dense = []
+    decode(path, frames=False, audio=False, streams=[FrameStream(8.0, 112, cpu_dense.extend, 8)])
+    frames = all_frames(path)
+    assert info["frames"] == len(frames) and info["codec"] == "h264" and info["rotation"] == 0
+    assert len(one) == len(cpu) and len(dense) == len(cpu_dense) > 100
+    for picks, got, side in ((one, cpu, 224), (dense, cpu_dense, 112)):
+        w, h = _scaled_size(*info["size"], side)
+        for k, i in enumerate(picks):
+            np.testing.assert_array_equal(scaled(frames[i], w, h), got[k])
+
+
+def test_picks_with_b_frames_and_a_variable_frame_rate(tmp_path):
+    """Reordered decode (B-frames, keyframe every 15) and irregular gaps: the picks still match frame by frame."""
+    write_video(tmp_path / "b.mp4", 9.0, size=(96, 64), fps=30, gop=15, tone=None)
+    path = tmp_path / "vfr.mp4"
+    write_vfr(path, np.cumsum(np.r_[0, np.random.default_rng(1).uniform(0.02, 0.4, 40)]))
+    for video in (tmp_path / "b.mp4", path):
+        info, (one,) = fps_picks(str(video), [1.0])
+        cpu = decode(str(video), audio=False, short_side=48).frames
+        frames = all_frames(video)
+        w, h = _scaled_size(*info["size"], 48)
+        assert len(one) == len(cpu) >= 8
+        for k, i in enumerate(one):
+            np.testing.assert_array_equal(scaled(frames[i], w, h), cpu[k])
+
+
+class StandIn:
+    """PyNvVideoCodec as `decode_nvdec` uses it, decoding with PyAV on the CPU: every frame in presentation order as
+    interleaved RGB (H, W, 3) in coded orientation, as NVDEC gives it; records the indices asked for."""
+    asked: list = []
+    opened: list = []
+
+    class OutputColorType:
+        NATIVE, RGB, RGBP = "native", "rgb", "rgbp"
+
+    class SimpleDecoder:
+        def __init__(self, path, gpu_id=0, use_device_memory=True, output_color_type=None):
+            StandIn.opened.append((path, output_color_type))
+            self.frames = [f.to_ndarray(format="rgb24") for f in all_frames(path)]
+
+        def __len__(self):
+            return len(self.frames)
+
+        def get_batch_frames_by_index(self, idx):
+            StandIn.asked.append(list(idx))
+            return [torch.from_numpy(self.frames[i]) for i in idx]
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    module = types.ModuleType("PyNvVideoCodec")
+    module.OutputColorType, module.SimpleDecoder = StandIn.OutputColorType, StandIn.SimpleDecoder
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", module)
+    StandIn.asked, StandIn.opened = [], []
+    return StandIn
+
+
+def test_nvdec_path_hands_on_the_picked_frames_scaled_in_batches(real_videos, stand_in):
+    path = str(real_videos["v_GGSY1Qvo990"])
+    batches = []
+    d = decode_nvdec(path, on_frames=batches.append, batch=8)
+    cpu = decode(path)
+    info, (one,) = fps_picks(path, [1.0])
+    assert stand_in.opened == [(path, "rgb")] and sum(stand_in.asked, []) == one  # exactly the picks, in order
+    assert [len(b) for b in batches] == [8, 8, 2] and d.n_frames == 18 and d.cpu_fallback is None
+    got = np.stack(sum(batches, []))
+    assert got.shape == (18, 224, 298, 3) and got.dtype == np.uint8
+    # another scaler than swscale's: close to the CPU frames, not equal
+    diff = np.abs(got.astype(int) - np.stack(cpu.frames).astype(int))
+    assert diff.mean() < 3.0 and np.percentile(diff, 99) < 30
+    np.testing.assert_array_equal(d.audio, cpu.audio)  # the audio is the CPU decode's
+    assert d.duration == cpu.duration
+
+
+def test_nvdec_path_keeps_frames_without_a_callback_and_serves_dense_selections(tmp_path, stand_in):
+    write_video(tmp_path / "b.mp4", 6.0, size=(96, 64), fps=30, gop=15, tone=None)
+    path = str(tmp_path / "b.mp4")
+    dense, cpu_dense = [], []
+    d = decode_nvdec(path, audio=False, short_side=64, streams=[FrameStream(24.0, 32, dense.extend, 8)])
+    cpu = decode(path, audio=False, short_side=64, streams=[FrameStream(24.0, 32, cpu_dense.extend, 8)])
+    assert len(d.frames) == len(cpu.frames) == d.n_frames == 6 and len(dense) == len(cpu_dense) > 100
+    assert len(stand_in.opened) == 1  # one decode serves both selections
+    assert np.abs(np.stack(d.frames).astype(int) - np.stack(cpu.frames).astype(int)).mean() < 6
+
+
+@pytest.mark.parametrize("rotation,turns", [(-90, -1), (90, 1), (180, 2)])
+def test_nvdec_path_applies_the_display_matrix(tmp_path, stand_in, rotation, turns):
+    write_pattern(tmp_path / "plain.mp4")
+    write_pattern(tmp_path / "turned.mp4", rotation)
+    plain = decode_nvdec(str(tmp_path / "plain.mp4"), audio=False, short_side=64).frames
+    turned = decode_nvdec(str(tmp_path / "turned.mp4"), audio=False, short_side=64).frames
+    assert fps_picks(str(tmp_path / "turned.mp4"), [1.0])[0]["rotation"] == (-rotation) % 360
+    assert len(turned) == len(plain) == 3
+    for a, b in zip(turned, plain):  # short side 64 either way: no scaling; swscale's RGB conversion of a frame
+        # varies by a level or two with its buffers' alignment (SIMD or not), so not bit for bit
+        assert np.abs(a.astype(int) - np.rot90(b, turns).astype(int)).max() <= 4
+    if rotation == -90:  # clockwise, as the phone held it: the red top is now on the right
+        assert turned[0][40, -5, 0] > 200 and turned[0][40, 5, 2] > 200
+
+
+def test_what_nvdec_cannot_take_goes_to_the_cpu(tmp_path, stand_in, monkeypatch):
+    """A codec NVDEC lacks, or a count that disagrees: the CPU decodes it (same frames, bit for bit), and says why;
+    NVDEC breaking off after frames went on is a failure of the video, never frames handed twice."""
+    write_video(tmp_path / "v.mp4", 4.0, size=(96, 64), tone=None, codec="libx264")
+    write_video(tmp_path / "p.mkv", 4.0, size=(96, 64), tone=None, codec="ffv1")
+    for name, why in (("p.mkv", "codec ffv1"), ("v.mp4", "counts 3 frames")):
+        if name == "v.mp4":
+            monkeypatch.setattr(StandIn.SimpleDecoder, "__len__", lambda self: 3)
+        d = decode_nvdec(str(tmp_path / name), audio=False, short_side=64)
+        assert why in d.cpu_fallback
+        for a, b in zip(d.frames, decode(str(tmp_path / name), audio=False, short_side=64).frames, strict=True):
+            np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(StandIn.SimpleDecoder, "__len__", lambda self: len(self.frames))
+    monkeypatch.setattr("pipeline.decode_nvdec.CHUNK", 2)
+    calls = []
+
+    def broken(self, idx):
+        calls.append(idx)
+        if len(calls) > 1:
+            return []
+        return [torch.from_numpy(self.frames[i]) for i in idx]
+    monkeypatch.setattr(StandIn.SimpleDecoder, "get_batch_frames_by_index", broken)
+    got = []
+    with pytest.raises(DecodeFailure, match="NVDEC broke off mid-video"):
+        decode_nvdec(str(tmp_path / "v.mp4"), audio=False, short_side=64, on_frames=got.extend, batch=1)
+    assert len(got) == 2
+
+
+def test_no_nvdec_here_says_why_and_the_run_decodes_on_the_cpu(tmp_path, capsys):
+    from pipeline.extract import ExtractConfig, extract
+    from pipeline.store import FeatureStore
+
+    if unavailable() is None:
+        pytest.skip("NVDEC is available here: the fallback line is not printed")
+    v = tmp_path / "videos"
+    v.mkdir()
+    write_video(v / "a.mp4", 3.0, size=(96, 64))
+    (tmp_path / "m.csv").write_text("video_id,start,end,text\na,0,2,hello\n")
+    s = extract(ExtractConfig(manifest=str(tmp_path / "m.csv"), store=str(tmp_path / "s.zarr"),
+                              groups=["resnet152"], random_init=["resnet152"], decoder="nvdec", workers=0,
+                              precision="fp32", progress=False))
+    assert "--decoder nvdec: " in capsys.readouterr().out and s["decoder"] == "pyav"
+    assert FeatureStore(tmp_path / "s.zarr").groups["resnet152"]["params"]["decoder"] == "pyav"
+    assert s["status"]["resnet152"] == {"ok": 1}
+
+
+@pytest.mark.slow  # 12 s: three extractions
+def test_a_run_with_nvdec_records_it_and_a_store_refuses_the_other_decoder(real_videos, tmp_path, stand_in,
+                                                                           monkeypatch, capsys):
+    """Through `pipeline extract` (the stand-in as NVDEC): the frame group records decoder nvdec, its rows are
+    near the CPU decode's, the summary counts CPU fallbacks, and resuming the store with pyav is refused."""
+    from pipeline.cli import print_summary
+    from pipeline.extract import ExtractConfig, ExtractError, extract
+    from pipeline.store import FeatureStore
+
+    monkeypatch.setattr("pipeline.extract.nvdec_unavailable", lambda: None)
+    monkeypatch.setattr("pipeline.part.unavailable", lambda: None)
+    rows = []
+    for i, (name, path) in enumerate(real_videos.items()):
+        rows.append(f"{name},{path},0,4,clip {i}")
+    (tmp_path / "m.csv").write_text("video_id,path,start,end,text\n" + "\n".join(rows) + "\n")
+    runs = {}
+    for decoder in ("nvdec", "pyav"):
+        cfg = ExtractConfig(manifest=str(tmp_path / "m.csv"), store=str(tmp_path / f"{decoder}.zarr"),
+                            groups=["resnet152"], random_init=["resnet152"], decoder=decoder, workers=0,
+                            precision="fp32", progress=False, allow_outside_root=True)
+        runs[decoder] = extract(cfg)
+    assert runs["nvdec"]["decoder"] == "nvdec" and runs["nvdec"]["status"]["resnet152"] == {"ok": 2}
+    print_summary(runs["nvdec"])
+    assert "decoder nvdec; 0 videos NVDEC could not take" in capsys.readouterr().out
+    a, b = FeatureStore(tmp_path / "nvdec.zarr"), FeatureStore(tmp_path / "pyav.zarr")
+    assert a.groups["resnet152"]["params"]["decoder"] == "nvdec"
+    x, y = (s.video_rows("resnet152", 0)() for s in (a, b))
+    assert x.shape == y.shape and not np.array_equal(x, y)
+    with pytest.raises(ExtractError, match="decoder"):
+        extract(ExtractConfig(manifest=str(tmp_path / "m.csv"), store=str(tmp_path / "nvdec.zarr"),
+                              groups=["resnet152"], random_init=["resnet152"], decoder="pyav", workers=0,
+                              precision="fp32", progress=False, allow_outside_root=True))
+
+
+@pytest.mark.skipif(unavailable() is not None, reason=f"no NVDEC here: {unavailable()}")
+def test_real_nvdec_picks_the_cpu_frames_and_resnet_rows_agree(real_videos):
+    """On a GPU: each NVDEC frame is the CPU decode's frame at the same pick (closer to it than to the frames
+    either side), and the ResNet-152 rows of both decodes agree (cosine printed)."""
+    from features.base import Options
+    from features.frames import ResNetFrames
+
+    for name, path in real_videos.items():
+        d = decode_nvdec(str(path), audio=False)
+        cpu = decode(str(path), audio=False)
+        assert d.cpu_fallback is None and len(d.frames) == len(cpu.frames)
+        a, b = np.stack(d.frames).astype(np.float32), np.stack(cpu.frames).astype(np.float32)
+        same = np.abs(a - b).mean(axis=(1, 2, 3))
+        assert same.mean() < 4.0, same
+        shifted = np.abs(a[1:] - b[:-1]).mean(axis=(1, 2, 3))
+        assert (same[1:] <= shifted + 1e-3).all()
+        enc = ResNetFrames("resnet152", Options(random_init=("resnet152",), device="cuda"))
+        x, y = enc(np.stack(d.frames)), enc(np.stack(cpu.frames))
+        cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+        print(f"{name}: NVDEC vs CPU frames mean |diff| {same.mean():.2f}, ResNet-152 cosine min {cos.min():.5f} "
+              f"mean {cos.mean():.5f}")
+        assert cos.min() > 0.99
+
+
+def test_unavailable_names_what_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no CUDA device" in unavailable()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", None)  # not installed
+    assert "not installed (pip install 'mmcache[nvdec]')" in unavailable()
+    monkeypatch.delitem(sys.modules, "PyNvVideoCodec")
+    (tmp_path / "PyNvVideoCodec.py").write_text("raise RuntimeError('Failed to load NVENC library: "
+                                                "libnvidia-encode.so.1: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # installed, but the driver has no video libraries
+    assert "cannot load the driver's video libraries (RuntimeError: Failed to load NVENC" in unavailable()
+
+
+def test_a_truncated_file_is_kept_as_the_cpu_decoder_keeps_it(real_videos, tmp_path, stand_in):
+    data = real_videos["v_GGSY1Qvo990"].read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    try:
+        cpu = decode(str(tmp_path / "cut.mp4"))
+    except DecodeFailure as e:
+        with pytest.raises(DecodeFailure, match=e.status):
+            decode_nvdec(str(tmp_path / "cut.mp4"))
+        return
+    d = decode_nvdec(str(tmp_path / "cut.mp4"))
+    assert cpu.truncated and d.truncated == cpu.truncated and d.n_frames == cpu.n_frames
