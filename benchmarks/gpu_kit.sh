@@ -2,7 +2,7 @@
 # What a lent GPU machine needs to run mmcache's CUDA tests and benchmarks/gpu.py, prepared here in one go.
 #
 #   bash benchmarks/gpu_kit.sh          # here: writes .gpu/ (git-ignored through .git/info/exclude)
-#   bash benchmarks/gpu_session.sh      # there, with .gpu carried: installs it, runs the checks, logs to $OUT
+#   bash benchmarks/gpu_session.sh tests; ... bench   # there, with .gpu carried: installs it, runs, logs to $OUT
 #
 # The GPU image has Python 3.12 with torch, numpy, scipy, scikit-learn, pillow, matplotlib, transformers, pytest
 # and xarray, but not the decoders, Zarr, Dask or gensim; nothing can be fetched there, and what travels is at
@@ -48,4 +48,4 @@ for wheel in Path(sys.argv[1]).glob("*.whl"):
 PY
 cp ../shared/data/videos/*.mp4 "$kit/videos/"
 echo "gpu_kit: $(du -sb "$kit" | cut -f1) bytes in $kit (the checkout travels too: at most 64 MiB in all); carry it:"
-echo "  run(carry=['$kit'], command='bash benchmarks/gpu_session.sh', timeout_s=600)"
+echo "  run(carry=['$kit'], command='bash benchmarks/gpu_session.sh tests', timeout_s=400), then the same with bench"
