@@ -407,6 +407,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow  # 11 s: every unit damaged in turn, then repaired (fast tier < 4 min)
 def test_verify_finds_each_damaged_unit_readers_refuse_it_and_repair_recomputes_it(odd_store, odd_dataset,
                                                                                   weights, tmp_path):
     from pipeline.store import StoreError
@@ -653,7 +654,7 @@ def test_a_rerun_summary_still_lists_the_text_groups(odd_store, odd_dataset, wei
     assert "  word2vec   empty_caption=1, no_known_words=1, ok=4" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])  # 1: a decode process, 9 s
 def test_decode_workers_feed_one_model_and_give_the_same_store(odd_dataset, weights, odd_store, tmp_path, workers):
     """--decode-workers (the CUDA default): videos decode in DataLoader processes while the task's own process
     runs the models on frames from several videos at once; in-process and on a Dask worker, the same store."""
