@@ -167,6 +167,7 @@ def test_mmv_graphs_and_fac_shares_the_va_to_vat_head(graph, stores, tmp_path):
     assert ("at" in other) == (graph == "shared")  # disjoint: audio and text never share a space
 
 
+@pytest.mark.slow  # learning run, 3 s (fast tier < 4 min)
 def test_xdc_clusters_recover_the_planted_classes(stores, tmp_path, device):
     # 192 clips: PCA-whitening to many dims would amplify noise directions, so L2 only (--pca 0)
     cfg = XDCConfig(store=str(stores["classes"]), out=str(tmp_path / "xdc"), clusters=4, iterations=4, epochs=2,
@@ -177,6 +178,7 @@ def test_xdc_clusters_recover_the_planted_classes(stores, tmp_path, device):
     assert (tmp_path / "xdc" / "labels.csv").read_text().count("\n") == 193
 
 
+@pytest.mark.slow  # learning run, 6 s (fast tier < 4 min)
 def test_selavi_heads_recover_the_planted_classes(stores, tmp_path, device):
     cfg = SeLaViConfig(store=str(stores["classes"]), out=str(tmp_path / "selavi"), heads=3, clusters=4, epochs=15,
                        batch_size=32, label_updates=10, distribution="gauss", device=device)

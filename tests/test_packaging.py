@@ -62,6 +62,7 @@ def blocked(code: str, modules=EXTRA_MODULES) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow  # 11 s: an extraction and a training run in a subprocess (fast tier < 4 min)
 def test_extract_and_train_run_without_any_extra(odd_dataset, tmp_path):
     good = tmp_path / "clips.csv"
     with open(good, "w", newline="") as f:
