@@ -110,6 +110,14 @@ class FrameStream:
             del self.pending[:len(done)]
 
 
+def selections(out: Decoded, frames: bool, fps: float, short_side: int, on_frames, batch: int,
+               streams) -> list[FrameStream]:
+    """The frame selections of one decode: the 1 fps frames (to ``on_frames`` ``batch`` at a time, or kept in
+    ``out.frames``) if asked for, then ``streams``."""
+    return ([FrameStream(fps, short_side, on_frames or out.frames.extend, batch if on_frames else 1)]
+            if frames else []) + list(streams)
+
+
 def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float = 1.0,
            short_side: int = 224, threads: int = 1,
            on_frames: Callable[[list[np.ndarray]], None] | None = None, batch: int = 32,
@@ -128,8 +136,7 @@ def decode(path: str | None, frames: bool = True, audio: bool = True, fps: float
         out = Decoded(duration=_duration(container, vstream, astream))
         if audio and astream is None:
             out.audio_error = "no audio track"
-        picks = ([FrameStream(fps, short_side, on_frames or out.frames.extend, batch if on_frames else 1)]
-                 if frames else []) + list(streams)
+        picks = selections(out, frames, fps, short_side, on_frames, batch, streams)
         wanted = [s for s, on in ((vstream, video), (astream, audio)) if s is not None and on]
         resampler = None
         chunks: list[np.ndarray] = []

@@ -2,8 +2,8 @@
 
 Which frames: the same rule as the CPU path. FFmpeg's own ``fps`` filter is run on stand-in frames that carry the
 demuxed packets' timestamps in presentation order (pipeline/gop.py's picker), so the choice is made before
-anything is decoded (the CPU decodes only the first frame, for its size and display matrix: ``fps_picks``; tests/test_decode_nvdec.py
-checks that the picked frames are exactly the ones `pipeline.decode` gives). NVDEC then decodes those frames
+anything is decoded (the CPU decodes only the first frame, for its size and display matrix: ``fps_picks``;
+tests/test_decode_nvdec.py checks that the picked frames are exactly the ones `pipeline.decode` gives). NVDEC then decodes those frames
 (and what they reference) into RGB in GPU memory; the display matrix is applied, each frame is scaled to the
 short side on the GPU (bicubic, antialiased) and handed on, ``batch`` at a time, as the CPU path does. The audio
 decodes on the CPU with PyAV.
@@ -22,7 +22,7 @@ import av
 import numpy as np
 
 from .decode import (Decoded, DecodeFailure, FrameStream, _check_extent, _scaled_size, _stream_seconds, decode,
-                     display_size, open_media)
+                     display_size, open_media, selections)
 from .gop import _Picker
 
 CHUNK = 32  # frames fetched from NVDEC at a time (full resolution on the GPU: 6 MB each at 1080p)
@@ -124,8 +124,7 @@ def decode_nvdec(path: str | None, frames: bool = True, audio: bool = True, fps:
         if info["codec"] not in CODECS:
             raise _CpuOnly(f"codec {info['codec']} is not decoded by NVDEC")
         out = decode(path, frames=False, audio=True) if audio else Decoded(duration=0.0)
-        picks = ([FrameStream(fps, short_side, on_frames or out.frames.extend, batch if on_frames else 1)]
-                 if frames else []) + list(streams)
+        picks = selections(out, frames, fps, short_side, on_frames, batch, streams)
         handed = _run_nvdec(path, info, picks, chosen, gpu)
     except _CpuOnly as why:
         if any(p.n for p in picks):  # frames already went on: a second decode would hand them twice
