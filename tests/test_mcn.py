@@ -14,7 +14,7 @@ import zarr
 
 from pipeline.store import FeatureStore
 from trainers.clips import MERGE_CAP, ClipSpec, merge_captions
-from trainers.data import ClipReader
+from trainers.data import ClipReader, _pool
 from trainers.evaluate import evaluate
 from trainers.loader import step_loader
 from trainers.methods.mcn import MCNConfig, MCNSampler, clip_spec
@@ -84,6 +84,36 @@ def test_loader_pools_like_mcn(planted):
     np.testing.assert_allclose(np.linalg.norm(b["video"], axis=1), np.ones(192), rtol=1e-5)
     assert b["words"].shape == (192, 20) and (b["words"][:, 3:] == len(reader.vectors) - 1).all()
     assert (reader.vectors[-1] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_pool_is_the_max_and_mean_of_each_clips_rows(dtype):
+    """Clips of every length (empty, one row, past the video's end, nested, repeated) against a float64 loop:
+    max exactly, mean to float32 rounding, a NaN row propagates (training then stops on the loss), never read
+    past the rows asked for."""
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(40, 24)).astype(dtype)
+    rows[7, 3] = np.nan
+    rows[9, 5] = -np.inf
+    read = []
+
+    def reader(lo, hi):
+        read.append((lo, hi))
+        return rows[lo:min(hi, len(rows))].copy()  # the store's rows(): clamped to the video
+
+    a = np.array([0, 3, 3, 10, 12, 30, 38, 39, 45, 5, 8])
+    b = np.array([2, 3, 12, 11, 30, 40, 45, 39, 47, 9, 2])  # empty: 3..3, 39..39, 45.. (past the end), 8..2
+    for op, ref in ((np.maximum, np.max), (np.add, np.mean)):
+        got = _pool(reader, a, b, op)
+        assert got.dtype == np.float32 and got.shape == (len(a), 24)
+        for i, (x, y) in enumerate(zip(a, b)):
+            want = ref(rows[x:y].astype(np.float64), axis=0) if min(y, 40) > x else np.zeros(24)
+            if op is np.maximum:
+                np.testing.assert_array_equal(got[i], want.astype(np.float32))
+            else:
+                np.testing.assert_allclose(got[i], want, rtol=2e-6, atol=1e-6)
+        assert np.isnan(got[9, 3]) and np.isnan(got[2, 3]) and not got[[1, 7, 8, 10]].any()
+        assert read[-1] == (0, 47) and (op is np.maximum or got[2, 5] == -np.inf)
 
 
 def in_ram_batch(store, clips, min_time, max_words=20):
