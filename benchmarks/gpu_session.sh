@@ -4,7 +4,7 @@
 # /tmp/gpu-out), each step's exit status at the end.
 #
 #   bash benchmarks/gpu_session.sh tests                             # CUDA and NVDEC tests (< 5 min)
-#   GPU_VIDEOS=32 GPU_SECONDS=60 bash benchmarks/gpu_session.sh bench   # benchmarks/gpu.py (< 6 min)
+#   GPU_VIDEOS=32 GPU_SECONDS=60 bash benchmarks/gpu_session.sh bench   # gpu.py, nvdec_cpu.py (< 8 min)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-out}
@@ -33,5 +33,6 @@ if [ "$what" = tests ]; then
   step tests 270 python3 -m pytest -q -p no:cacheprovider -m "slow or not slow" -k "cuda or gpu or nvdec" tests
 else
   step gpu 330 python3 benchmarks/gpu.py --videos "${GPU_VIDEOS:-32}" --seconds "${GPU_SECONDS:-60}" --train-steps 30
+  step nvdec_cpu 100 python3 benchmarks/nvdec_cpu.py --videos 32 --seconds 30 --processes 4 8
 fi
 echo "gpu_session: ${status[*]}" | tee "$out/status.log"

@@ -26,7 +26,8 @@ def print_summary(summary: dict) -> None:
                  f"{why['source']})" if rates else f" ({why.get('source', '')})"))
     if summary.get("decoder") == "nvdec":
         print(f"  decoder nvdec; {summary.get('nvdec_cpu_fallback', 0)} videos NVDEC could not take went to the CPU "
-              "decoder this time")
+              f"decoder this time; picks, audio and log-mel made in {summary.get('nvdec_prepare_processes', 0)} CPU "
+              "processes per worker")
     if summary.get("problems"):
         print(f"  {summary['problems']} manifest/caption problems (`pipeline status --problems N` lists them)")
     for g, counts in summary.get("status", {}).items():

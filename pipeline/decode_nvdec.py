@@ -6,7 +6,8 @@ anything is decoded (the CPU decodes only the first frame, for its size and disp
 tests/test_decode_nvdec.py checks that the picked frames are exactly the ones `pipeline.decode` gives). NVDEC then decodes those frames
 (and what they reference) into RGB in GPU memory; the display matrix is applied, each frame is scaled to the
 short side on the GPU (bicubic, antialiased) and handed on, ``batch`` at a time, as the CPU path does. The audio
-decodes on the CPU with PyAV.
+decodes on the CPU with PyAV. Those CPU parts (``prepare``: the picks and the audio) hold the GIL most of the time,
+so `pipeline/part.py` runs them in CPU processes beside the NVDEC sessions, a few videos ahead.
 
 The frames are not bit-identical to the CPU path's (another YUV->RGB conversion and another scaler), so the
 decoder is recorded in each frame group's provenance (a store extracted with one decoder refuses another). A video
@@ -16,6 +17,7 @@ at all, the run says so in one line and decodes on the CPU, recorded as pyav (``
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import av
@@ -112,20 +114,50 @@ def scale_gpu(x, size: tuple[int, int]) -> list[np.ndarray]:
     return out
 
 
+@dataclass
+class Prepared:
+    """The CPU's share of one NVDEC decode (picklable: made in a CPU process while NVDEC decodes other videos)."""
+    key: tuple  # (frame rates, audio): what it was prepared for
+    info: dict | None = None  # fps_picks' info
+    chosen: list[list[int]] | None = None  # the frames each selection picks
+    decoded: Decoded | None = None  # the audio decoded (frames none)
+    cpu_only: str | None = None  # why NVDEC cannot take this video: the CPU decodes it whole
+    failure: DecodeFailure | None = None  # the video's failure (no video stream, unreadable)
+
+
+def prepare(path: str, rates: list[float], audio: bool) -> Prepared:
+    """Which frames, and the audio: everything of an NVDEC decode but NVDEC's."""
+    key = (tuple(rates), audio)
+    try:
+        info, chosen = fps_picks(path, rates)
+        if info["codec"] not in CODECS:
+            raise _CpuOnly(f"codec {info['codec']} is not decoded by NVDEC")
+        return Prepared(key, info, chosen, decode(path, frames=False, audio=True) if audio else Decoded(duration=0.0))
+    except _CpuOnly as why:
+        return Prepared(key, cpu_only=str(why))
+    except DecodeFailure as f:
+        return Prepared(key, failure=f)
+
+
 def decode_nvdec(path: str | None, frames: bool = True, audio: bool = True, fps: float = 1.0,
                  short_side: int = 224, on_frames: Callable[[list[np.ndarray]], None] | None = None,
-                 batch: int = 32, streams: list[FrameStream] = (), gpu: int = 0, **_) -> Decoded:
-    """As `pipeline.decode.decode`, the frames decoded by NVDEC on GPU ``gpu``. Raises DecodeFailure."""
+                 batch: int = 32, streams: list[FrameStream] = (), gpu: int = 0, prepared: Prepared | None = None,
+                 **_) -> Decoded:
+    """As `pipeline.decode.decode`, the frames decoded by NVDEC on GPU ``gpu``; ``prepared``: this video's
+    ``prepare`` (made here when None). Raises DecodeFailure."""
     if not (frames or streams):
         return decode(path, frames=False, audio=audio)
     picks: list[FrameStream] = []
+    rates = ([fps] if frames else []) + [s.fps for s in streams]
+    prep = prepared if prepared is not None and prepared.key == (tuple(rates), audio) else prepare(path, rates, audio)
+    if prep.failure:
+        raise prep.failure
     try:
-        info, chosen = fps_picks(path, ([fps] if frames else []) + [s.fps for s in streams])
-        if info["codec"] not in CODECS:
-            raise _CpuOnly(f"codec {info['codec']} is not decoded by NVDEC")
-        out = decode(path, frames=False, audio=True) if audio else Decoded(duration=0.0)
+        if prep.cpu_only:
+            raise _CpuOnly(prep.cpu_only)
+        out = prep.decoded
         picks = selections(out, frames, fps, short_side, on_frames, batch, streams)
-        handed = _run_nvdec(path, info, picks, chosen, gpu)
+        handed = _run_nvdec(path, prep.info, picks, prep.chosen, gpu)
     except _CpuOnly as why:
         if any(p.n for p in picks):  # frames already went on: a second decode would hand them twice
             raise DecodeFailure("decode_error", f"NVDEC broke off mid-video: {why}") from None
@@ -135,7 +167,7 @@ def decode_nvdec(path: str | None, frames: bool = True, audio: bool = True, fps:
         return out
     out.n_frames = handed[0] if frames else 0
     if frames and out.truncated is None:  # a video stream that stops short of its declared length
-        _check_extent(out, info["declared"], None, fps, None)
+        _check_extent(out, prep.info["declared"], None, fps, None)
     if out.duration <= 0:
         out.duration = out.n_frames / fps
     return out

@@ -64,7 +64,8 @@ class ExtractConfig:
     # decoding processes per worker feeding its models frames from several videos at once (default: 0 on CPU,
     # where each worker decodes for itself; with --device cuda the host's cores // its GPUs); Dask workers of
     # --scheduler then need DASK_DISTRIBUTED__WORKER__DAEMON=False; with --decoder nvdec: videos NVDEC decodes at
-    # once per worker, a thread and a decoder session each (default 4)
+    # once per worker, a thread and a decoder session each (default 4), each video's picks, audio and log-mel
+    # made ahead in as many CPU processes (at most the worker's cores - 1)
     decode_workers: int | None = None
     scheduler: str | None = None  # address of an existing Dask scheduler (tcp://host:8786)
     # videos per part = one task, one commit (default: at least 4 parts per worker, at most 64 videos; fixed when
@@ -352,9 +353,9 @@ def _local_cluster(cfg: ExtractConfig):
     # back to the OS and faults them in again on every batch (ResNet-152 forward 8% slower, measured).
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
-    # decode workers are processes started by the task: the worker must not be a daemon
+    # decode workers (and NVDEC's CPU processes) are processes started by the task: the worker must not be a daemon
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
-                          "distributed.worker.daemon": not (cuda or cfg.decode_workers)}):
+                          "distributed.worker.daemon": not (cuda or cfg.decode_workers or cfg.decoder == "nvdec")}):
         return LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
                             dashboard_address=":0" if cfg.dashboard else None,
                             resources={"GPU": 1} if cuda else None, preload=["pipeline.part"],
@@ -418,6 +419,8 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, early: EarlyClu
             summary["task_seconds"] = summary.get("task_seconds", 0.0) + result["wall"]
             if result.get("cpu_fallback"):  # --decoder nvdec: videos NVDEC could not take
                 summary["nvdec_cpu_fallback"] = summary.get("nvdec_cpu_fallback", 0) + result["cpu_fallback"]
+            summary["nvdec_prepare_processes"] = max(summary.get("nvdec_prepare_processes", 0),
+                                                     result.get("prepare_processes", 0))
             failed += max((sum(n for k, n in st.items() if k != "ok") for st in result["status"].values()),
                           default=0)
         bar.update(len(job.videos))

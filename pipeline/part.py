@@ -5,7 +5,9 @@ one unit per feature group. Statuses per video and group; one video's failure ne
 Videos decode in a thread of this process (the default on CPU: one task per core; the decode overlaps the
 forward, as PyAV and torch release the GIL), or in ``decode_workers`` DataLoader processes (the default on CUDA,
 as the HowTo100M extractor does) while this process runs the models. Either way the frame models get full
-batches drawn from several videos (``Batcher``), and only a batch is held.
+batches drawn from several videos (``Batcher``), and only a batch is held. With ``--decoder nvdec`` the NVDEC
+sessions are threads of this process, and the CPU's share of each decode (which frames, the audio: it holds the
+GIL) is made a few videos ahead in as many CPU processes (``_Ahead``).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from features.registry import extractor
 
 from .decode import DecodeFailure, FrameStream, decode
 from .decode_ffmpeg import decode_ffmpeg
-from .decode_nvdec import decode_nvdec, unavailable
+from .decode_nvdec import Prepared, decode_nvdec, prepare, unavailable
 from .store import USABLE, read_unit, write_part
 
 CLIPS_PER_FORWARD = 4
@@ -148,11 +150,14 @@ class DecodeResult:
     mel_error: str | None = None
 
 
-def decode_video(plan: DecodePlan, path: str, sink) -> DecodeResult:
-    """Decode one video once: frames to ``sink(kind, group, array)`` as they come, the log-mel computed here."""
+def decode_video(plan: DecodePlan, path: str, sink, ahead: Ahead | None = None) -> DecodeResult:
+    """Decode one video once: frames to ``sink(kind, group, array)`` as they come, the log-mel computed here
+    (``ahead``: NVDEC's CPU share of it and its log-mel, made in a CPU process)."""
     opts = plan.opts
+    prepared = ahead.prepared if ahead is not None else None
     read = {"pyav": partial(decode, threads=plan.threads), "ffmpeg": partial(decode_ffmpeg, hwaccel=opts.hwaccel),
-            "nvdec": partial(decode_nvdec, gpu=int(opts.device.partition(":")[2] or 0))}[opts.decoder]
+            "nvdec": partial(decode_nvdec, gpu=int(opts.device.partition(":")[2] or 0), prepared=prepared)
+            }[opts.decoder]
     streams = [FrameStream(fps, side, lambda b, g=g: sink(CLIP_FRAMES, g, np.stack(b)), t * CLIPS_PER_FORWARD)
                for g, fps, side, t in plan.clips]
     out = DecodeResult()
@@ -169,11 +174,39 @@ def decode_video(plan: DecodePlan, path: str, sink) -> DecodeResult:
                 out.dec = read(path, frames=False, audio=True)
             except DecodeFailure as f2:
                 out.failure = f2
-    if plan.mel and out.dec is not None and out.dec.audio is not None:
-        try:  # rounded as stored, so DAVEnet sees the same input whether the log-mel was just computed or read
-            out.mel = extractor(LOGMEL, opts)(out.dec.audio).astype(np.float16).astype(np.float32)
-        except Exception as e:
-            out.mel_error = f"{type(e).__name__}: {e}"
+    if ahead is not None and prepared is not None and out.dec is prepared.decoded:  # NVDEC used what came ahead
+        out.mel, out.mel_error = ahead.mel, ahead.mel_error
+    elif plan.mel and out.dec is not None and out.dec.audio is not None:
+        out.mel, out.mel_error = _logmel(out.dec.audio, opts)
+    return out
+
+
+def _logmel(audio: np.ndarray, opts: Options) -> tuple[np.ndarray | None, str | None]:
+    """(log-mel, None) or (None, the error). Rounded as stored, so DAVEnet sees the same input whether the log-mel
+    was just computed or read."""
+    try:
+        return extractor(LOGMEL, opts)(audio).astype(np.float16).astype(np.float32), None
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
+@dataclass
+class Ahead:
+    """One video's share of an NVDEC decode made in a CPU process: which frames and the audio (``prepared``),
+    and the log-mel of that audio (the audio itself travels back only when a group takes the waveform)."""
+    prepared: Prepared
+    mel: np.ndarray | None = None
+    mel_error: str | None = None
+
+
+def _prepare(path: str, rates: list[float], plan: DecodePlan) -> Ahead:
+    """In a CPU process: ``decode_nvdec.prepare``, and the log-mel when the plan asks for one."""
+    out = Ahead(prepare(path, rates, plan.audio))
+    decoded = out.prepared.decoded
+    if plan.mel and decoded is not None and decoded.audio is not None:
+        out.mel, out.mel_error = _logmel(decoded.audio, plan.opts)
+        if not plan.raw_audio:
+            decoded.audio = None
     return out
 
 
@@ -191,8 +224,8 @@ class _Decodes(IterableDataset):
     k, k + n, ...; iterated in this process, all of them): each video in a thread, sending messages
     (kind, video, group, array) as frames decode, then ("done", video, None, DecodeResult)."""
 
-    def __init__(self, job: PartJob, plan: DecodePlan):
-        self.videos, self.plan = [p for _, p in job.videos], plan
+    def __init__(self, job: PartJob, plan: DecodePlan, ahead: _Ahead | None = None):
+        self.videos, self.plan, self.ahead = [p for _, p in job.videos], plan, ahead
 
     def __iter__(self):
         import queue
@@ -217,7 +250,8 @@ class _Decodes(IterableDataset):
             try:
                 for i in videos:
                     try:
-                        res = decode_video(self.plan, self.videos[i], lambda kind, g, arr, i=i: put((kind, i, g, arr)))
+                        res = decode_video(self.plan, self.videos[i], lambda kind, g, arr, i=i: put((kind, i, g, arr)),
+                                           self.ahead.get(i) if self.ahead else None)
                     except Exception as e:  # never lose the part: this video fails, the rest go on
                         res = DecodeResult(failure=DecodeFailure("extract_error", f"{type(e).__name__}: {e}"))
                     if res.dec is not None and not self.plan.raw_audio:  # only the log-mel travels back
@@ -235,6 +269,59 @@ class _Decodes(IterableDataset):
                 yield msg
         finally:
             stop.set()
+
+
+_POOLS: dict = {}  # processes -> the ProcessPoolExecutor that prepares NVDEC's videos, kept for the next parts
+
+
+def _prepare_pool(processes: int):
+    """This process's pool of ``processes`` CPU processes, started once (forked from a clean server, never from
+    this CUDA process) and reused by every part it runs after."""
+    pool = _POOLS.get(processes)
+    if pool is None or getattr(pool, "_broken", False):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["pipeline.part"])
+        pool = _POOLS[processes] = ProcessPoolExecutor(processes, mp_context=context)
+    return pool
+
+
+class _Ahead:
+    """NVDEC's CPU share of the part's videos (``_prepare``: which frames, the audio, its log-mel; Python-bound,
+    so threads would queue on the GIL) made in ``processes`` CPU processes, at most ``ahead`` videos before the
+    NVDEC sessions take them. Where processes cannot start, each session prepares its own videos."""
+
+    def __init__(self, plan: DecodePlan, paths: list[str], processes: int, ahead: int):
+        import threading
+
+        self.paths, self.ahead, self.processes = paths, ahead, processes
+        self.args = (([1.0] if plan.frames else []) + [fps for _, fps, _, _ in plan.clips], plan)
+        self.futures, self.submitted, self.lock = {}, 0, threading.Lock()
+
+    def get(self, i: int) -> Ahead | None:
+        """Video ``i``'s share, made ahead (None: the session prepares it itself)."""
+        with self.lock:
+            try:
+                while self.processes and self.submitted < min(len(self.paths), i + 1 + self.ahead):
+                    self.futures[self.submitted] = _prepare_pool(self.processes).submit(
+                        _prepare, self.paths[self.submitted], *self.args)
+                    self.submitted += 1
+            except Exception:  # e.g. a daemonic Dask worker may not start processes: prepare in the sessions
+                self.processes = 0
+            future = self.futures.pop(i, None)
+        try:
+            return future.result() if future is not None else None
+        except Exception:  # the pool broke (a process killed): the session prepares it
+            return None
+
+    def close(self) -> None:
+        """Drop what this part will not take (the pool stays for the next part)."""
+        with self.lock:
+            for future in self.futures.values():
+                future.cancel()
+            self.futures.clear()
 
 
 class _Stopped(BaseException):
@@ -322,13 +409,23 @@ def run_part(job: PartJob) -> dict:
                       threads=1 if pooled else job.threads or 1, at_once=at_once)
     results = {g: Column(n) for g in job.groups}
     batcher = Batcher({g: exts[g] for g in of[FRAMES] + of[CLIP_FRAMES]}, opts.batch_size)
-    decoded = _pooled(job, plan, batcher, of, min(workers, n)) if pooled else _fed(_Decodes(job, plan), batcher, of)
+    # NVDEC: CPU processes prepare the videos, two each ahead: one per session, leaving this process a core of
+    # its GPU's share (none for a single video)
+    cores = (os.cpu_count() or 1) // max(1, torch.cuda.device_count() if cuda else 1)
+    ahead = (_Ahead(plan, [p for _, p in job.videos], min(at_once, max(1, cores - 1)), 2 * at_once)
+             if opts.decoder == "nvdec" and n > 1 and (plan.frames or plan.clips) else None)
+    decoded = _pooled(job, plan, batcher, of, min(workers, n)) if pooled else \
+        _fed(_Decodes(job, plan, ahead), batcher, of)
     kept = {}  # the decode of each video, its audio dropped: the frame groups finish once every forward is done
-    for i, d in decoded:
-        _finish_audio(i, d, exts, of, stored_mel, results)
-        if d.dec is not None:
-            d.dec.audio = None
-        kept[i] = d
+    try:
+        for i, d in decoded:
+            _finish_audio(i, d, exts, of, stored_mel, results)
+            if d.dec is not None:
+                d.dec.audio = None
+            kept[i] = d
+    finally:
+        if ahead is not None:
+            ahead.close()
     batcher.flush()
     for i in range(n):
         _finish_frames(i, kept[i], of, batcher, results)
@@ -338,6 +435,7 @@ def run_part(job: PartJob) -> dict:
     seconds = sum(d.dec.duration for d in kept.values() if d.dec is not None)
     fallback = sum(1 for d in kept.values() if d.dec is not None and d.dec.cpu_fallback)
     return {"part": job.part, "groups": job.groups, "videos": n, "seconds": seconds, "decode_workers": workers,
+            "prepare_processes": ahead.processes if ahead else 0,
             "cpu_fallback": fallback,
             "status": {g: dict(Counter(r.ordered(r.status))) for g, r in results.items()}, "wall": time.time() - t0}
 

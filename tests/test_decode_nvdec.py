@@ -155,6 +155,49 @@ def test_what_nvdec_cannot_take_goes_to_the_cpu(tmp_path, stand_in, monkeypatch)
     assert len(got) == 2
 
 
+def test_the_cpu_share_is_prepared_ahead_in_cpu_processes(real_videos, tmp_path, stand_in):
+    """NVDEC sessions are threads of one process, and the picks and the audio decode hold the GIL (two threads ran
+    them at 0.53x the speed of one here), so CPU processes prepare them, and the log-mel, a bounded window ahead:
+    the same picks, frames and log-mel as a session preparing its own video, only the log-mel travels back, a
+    video's own failure is kept as its status, and the window does not outrun the sessions."""
+    import os
+
+    from features.base import Options
+    from pipeline.decode_nvdec import Prepared, prepare
+    from pipeline.part import _POOLS, DecodePlan, _Ahead, decode_video
+
+    (tmp_path / "notes.txt").write_text("not a video")
+    paths = [str(p) for p in real_videos.values()] + [str(tmp_path / "notes.txt")]
+    plan = DecodePlan(frames=True, clips=(), audio=True, mel=True, raw_audio=False, opts=Options(decoder="nvdec"))
+    ahead = _Ahead(plan, paths, processes=2, ahead=1)
+    try:
+        got = ahead.get(0)
+        assert ahead.submitted == 2 and sorted(ahead.futures) == [1]  # a window of 1
+        pids = {p.pid for p in _POOLS[2]._processes.values()}
+        assert pids and os.getpid() not in pids
+        here = prepare(paths[0], [1.0], True)
+        assert got.prepared.key == ((1.0,), True) and got.prepared.chosen == here.chosen
+        assert got.prepared.info == here.info and got.prepared.cpu_only is None and got.prepared.failure is None
+        assert got.prepared.decoded.audio is None and got.prepared.decoded.duration == here.decoded.duration
+        frames, results = {}, {}
+        for name, share in (("ahead", got), ("session", None)):
+            frames[name] = []
+            results[name] = decode_video(plan, paths[0], lambda kind, g, x, k=name: frames[k].extend(x), share)
+            assert results[name].dec.n_frames == 18 and results[name].dec.cpu_fallback is None
+        for a, b in zip(frames["ahead"], frames["session"], strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert results["ahead"].dec is got.prepared.decoded  # NVDEC used what came ahead
+        np.testing.assert_array_equal(results["ahead"].mel, results["session"].mel)
+        assert results["ahead"].mel.shape[1] == 40 and results["ahead"].mel_error is None
+        assert ahead.get(1).prepared.chosen == prepare(paths[1], [1.0], True).chosen
+        res = decode_video(plan, paths[2], lambda *a: None, ahead.get(2))
+        assert res.failure is not None and res.failure.status == "decode_error" and "Invalid data" in str(res.failure)
+        other = Prepared(((8.0,), True))  # prepared for other selections: the session prepares its own
+        assert decode_nvdec(paths[0], frames=True, audio=True, prepared=other).n_frames == 18
+    finally:
+        ahead.close()
+
+
 def test_no_nvdec_here_says_why_and_the_run_decodes_on_the_cpu(tmp_path, capsys):
     from pipeline.extract import ExtractConfig, extract
     from pipeline.store import FeatureStore
@@ -192,9 +235,10 @@ def test_a_run_with_nvdec_records_it_and_a_store_refuses_the_other_decoder(real_
     for decoder in ("nvdec", "pyav"):
         cfg = ExtractConfig(manifest=str(tmp_path / "m.csv"), store=str(tmp_path / f"{decoder}.zarr"),
                             groups=["resnet152"], random_init=["resnet152"], decoder=decoder, workers=0,
-                            precision="fp32", progress=False, allow_outside_root=True)
+                            precision="fp32", progress=False, allow_outside_root=True, part_size=2)
         runs[decoder] = extract(cfg)
     assert runs["nvdec"]["decoder"] == "nvdec" and runs["nvdec"]["status"]["resnet152"] == {"ok": 2}
+    assert runs["nvdec"]["nvdec_prepare_processes"] >= 1  # the picks and audio were made in CPU processes
     print_summary(runs["nvdec"])
     assert "decoder nvdec; 0 videos NVDEC could not take" in capsys.readouterr().out
     a, b = FeatureStore(tmp_path / "nvdec.zarr"), FeatureStore(tmp_path / "pyav.zarr")
