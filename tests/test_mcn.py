@@ -142,7 +142,10 @@ def test_streamed_batches_equal_in_ram_batches_in_worker_processes(planted):
     cfg = small(planted[0], "x", min_time=5.0, videos_per_batch=4)  # merging joins 3 captions per clip
     reader = ClipReader(cfg.store, clip_spec(cfg))
     sampler = MCNSampler(reader.usable_videos(), cfg.videos_per_batch, cfg.clips_per_video, cfg.seed)
-    streamed = list(step_loader(cfg.store, clip_spec(cfg), sampler, 10, 16, workers=2))
+    loader = step_loader(cfg.store, clip_spec(cfg), sampler, 10, 16, workers=2)
+    # workers fork from a clean server, never from the trainer and its threads (Python 3.12+ warns of deadlocks)
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    streamed = list(loader)
     assert len(streamed) == 6
     for step, b in zip(range(10, 16), streamed):
         clips = sampler(reader, step)
