@@ -279,13 +279,20 @@ def _prepare_pool(processes: int):
     this CUDA process) and reused by every part it runs after."""
     pool = _POOLS.get(processes)
     if pool is None or getattr(pool, "_broken", False):
-        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["pipeline.part"])
-        pool = _POOLS[processes] = ProcessPoolExecutor(processes, mp_context=context)
+        pool = _POOLS[processes] = ProcessPoolExecutor(processes, mp_context=_forkserver())
     return pool
+
+
+def _forkserver():
+    """Processes forked from a clean server process that has imported torch and the decoders once, not from this
+    one (its CUDA context and Dask's threads must not be forked)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["pipeline.part"])
+    return context
 
 
 class _Ahead:
@@ -334,16 +341,10 @@ def _as_is(message):
 
 def _pooled(job: PartJob, plan: DecodePlan, batcher: Batcher, of: dict, workers: int):
     """Videos decoded in ``workers`` processes while this one runs the models on frames from all of them."""
-    import multiprocessing
-
     from torch.utils.data import DataLoader
 
-    # forkserver: the workers fork from a clean server process that has imported torch and the decoders once,
-    # not from this one (its CUDA context and Dask's threads must not be forked)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["pipeline.part"])
     loader = DataLoader(_Decodes(job, plan), batch_size=None, num_workers=workers, collate_fn=_as_is,
-                        multiprocessing_context=context)
+                        multiprocessing_context=_forkserver())
     try:
         yield from _fed(loader, batcher, of)
     except AssertionError as e:
