@@ -8,6 +8,7 @@ fresh subprocesses, fits a line through peak RSS and extrapolates the largest N 
 Usage: python benchmarks/clustering_scale.py [--clips 50000 100000 200000] [--ram-gb 24]
 """
 import argparse
+import atexit
 import json
 import shutil
 import sys
@@ -36,6 +37,8 @@ def main():
     ap.add_argument("--keep", help="build the stores here and keep them")
     args = ap.parse_args()
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench-cluster-"))
+    if not args.keep:  # a benchmark leaves no GBs behind, also when a run fails
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
     results = {m: [] for m in RUNS}
     for n in args.clips:
         d = root / f"c{n}"
@@ -60,8 +63,6 @@ def main():
         print(f"{method}: {rss.min():.0f}..{rss.max():.0f} MB measured, slope {slope * 1e6 / 1024:.2f} GB per "
               f"million clips, {tslope * 1e6 / 60:.0f} min per million clips for this run -> {fits}")
     print(json.dumps(results))
-    if not args.keep:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

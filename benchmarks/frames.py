@@ -50,7 +50,7 @@ def main():
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-frames-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # a benchmark leaves no GBs behind
-    paths = workload(tmp / "videos", args.videos, args.seconds, "real")
+    paths = workload(tmp / "videos", args.videos, args.seconds)
     (tmp / "m.csv").write_text("video_id\n" + "".join(f"v{i}\n" for i in range(args.videos)))
 
     best = float("inf")

@@ -9,7 +9,9 @@
 2. The MCN trainer against the bare forward+backward on the GPU at MCN's own sizes (D = 6144, 128 x 32 clips,
    4096-d video), via benchmarks/train.py.
 Exits with a message where no CUDA device is visible. The videos are the real ones of ../shared/data/videos,
-remuxed to --seconds each (benchmarks/extract.py's workload).
+remuxed to --seconds each (benchmarks/extract.py's workload). ``--device cpu`` rehearses the same steps on the
+CPU (no NVDEC, no nvidia-smi), small: a script broken here would otherwise waste a GPU lease
+(tests/test_benchmarks.py runs it so).
 """
 import argparse
 import atexit
@@ -64,21 +66,22 @@ def hours(rate: float) -> str:
     return f"{HOWTO100M_VIDEO_SECONDS / rate / 3600:,.0f} host-hours for HowTo100M"
 
 
-def gpu_forward(frames, precision: str, batch: int) -> float:
+def gpu_forward(frames, precision: str, batch: int, device: str = "cuda", seconds: float = 5.0) -> float:
     """Frames per second of the bare ResNet-152 on the GPU (batches already on the device)."""
-    enc = ResNetFrames("resnet152", Options(random_init=("resnet152",), precision=precision, device="cuda",
+    enc = ResNetFrames("resnet152", Options(random_init=("resnet152",), precision=precision, device=device,
                                             batch_size=batch))
-    x = torch.from_numpy(frames[:batch]).cuda().permute(0, 3, 1, 2).float().div_(255).contiguous(
+    x = torch.from_numpy(frames[:batch]).to(device).permute(0, 3, 1, 2).float().div_(255).contiguous(
         memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.inference_mode(), enc.autocast():
         for _ in range(3):
             enc.model(x)
-        torch.cuda.synchronize()
+        sync()
         t, n = time.perf_counter(), 0
-        while time.perf_counter() - t < 5:
+        while time.perf_counter() - t < seconds:
             enc.model(x)
             n += len(x)
-        torch.cuda.synchronize()
+        sync()
     return n / (time.perf_counter() - t)
 
 
@@ -117,15 +120,18 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--train-steps", type=int, default=40)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--device", default="cuda", help="cpu: a rehearsal of every step on the CPU (use small sizes)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py: no CUDA device is visible (torch.cuda.is_available() is False)")
-    cores, gpus = os.cpu_count() or 1, torch.cuda.device_count()
-    precision = resolve("auto", "cuda")[0]
-    print(f"{torch.cuda.get_device_name(0)} x {gpus}, {cores} CPU cores, torch {torch.__version__}, {precision}")
+    cores, gpus = os.cpu_count() or 1, torch.cuda.device_count() if cuda else 1
+    precision = resolve("auto", "cuda")[0] if cuda else "fp32"
+    name = torch.cuda.get_device_name(0) if cuda else "CPU (a rehearsal: no GPU figure means anything)"
+    print(f"{name} x {gpus}, {cores} CPU cores, torch {torch.__version__}, {precision}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # a benchmark leaves no GBs behind
-    paths = workload(tmp / "videos", args.videos, args.seconds, "real")
+    paths = workload(tmp / "videos", args.videos, args.seconds)
     (tmp / "m.csv").write_text("video_id\n" + "".join(f"v{i}\n" for i in range(args.videos)))
 
     t = time.perf_counter()
@@ -135,11 +141,13 @@ def main():
     frames = decode(str(paths[0]), audio=False).frames
     import numpy as np
     frames = np.stack((frames * (args.batch_size // len(frames) + 1))[:args.batch_size])
-    forward = {p: gpu_forward(frames, p, args.batch_size) for p in dict.fromkeys(["fp32", precision])}
+    forward = {p: gpu_forward(frames, p, args.batch_size, args.device, 5.0 if cuda else 1.0)
+               for p in dict.fromkeys(["fp32", precision])}
     best = max(forward, key=forward.get)
     limit = min(decode_limit, forward[best])
 
-    nvdec = None if (why := unavailable()) else nvdec_limit(paths, NVDEC_SESSIONS)
+    why = unavailable() if cuda else "a CPU rehearsal"
+    nvdec = None if why else nvdec_limit(paths, NVDEC_SESSIONS)
     print(f"workload: {args.videos} real videos, {total:.0f} video-s")
     print(f"decode limit, {cores} processes at once:  {decode_limit:9.1f} video-s/s")
     print(f"NVDEC decode limit, {NVDEC_SESSIONS} sessions:      " + (f"{nvdec:9.1f} video-s/s" if nvdec else f"n/a: {why}"))
@@ -150,26 +158,27 @@ def main():
             continue
         limit = min(decoding, forward[best])
         cfg = ExtractConfig(manifest=str(tmp / "m.csv"), store=str(tmp / f"{decoder}.zarr"),
-                            groups=["resnet152", "logmel"], random_init=["resnet152"], device="cuda", precision=best,
-                            batch_size=args.batch_size, part_size=max(4, args.videos // (2 * gpus)), decoder=decoder,
-                            progress=False)
+                            groups=["resnet152", "logmel"], random_init=["resnet152"], device=args.device,
+                            precision=best, batch_size=args.batch_size, part_size=max(4, args.videos // (2 * gpus)),
+                            decoder=decoder, progress=False)
         with Utilisation() as util:
             t = time.perf_counter()
             summary = extract(cfg)
             pipeline = total / (time.perf_counter() - t)
         inside = total * gpus / summary["task_seconds"]
         print(f"--decoder {decoder}: limit = min(decode, {best} forward) = {limit:.1f} video-s/s")
-        print(f"  pipeline extract --device cuda:        {pipeline:9.1f} video-s/s = {pipeline / limit:.2f} of the "
-              f"limit, incl. start-up ({summary.get('decode_workers')} decode processes per GPU worker); "
-              f"{hours(pipeline)}")
+        print(f"  {'pipeline extract --device ' + args.device + ':':39s}{pipeline:9.1f} video-s/s = "
+              f"{pipeline / limit:.2f} of the limit, incl. start-up ({summary.get('decode_workers')} decode processes "
+              f"per GPU worker); {hours(pipeline)}")
         print(f"  same, time inside tasks only:          {inside:9.1f} video-s/s = {inside / limit:.2f} of the limit; "
               f"{hours(inside)}")
         print(f"  GPU utilisation during extraction:     {util.summary()}")
         print(f"  statuses: {summary['status']}; NVDEC's videos taken by the CPU: "
               f"{summary.get('nvdec_cpu_fallback', 0)}")
     if not args.skip_train:
-        compare(dim=6144, videos=256, videos_per_batch=128, clips_per_video=32, video_dim=4096,
-                steps=args.train_steps, device="cuda", loader_workers=min(4, max(1, cores - 2)))
+        mcn = dict(dim=6144, videos=256, videos_per_batch=128, clips_per_video=32, video_dim=4096) if cuda else \
+            dict(dim=128, videos=32, videos_per_batch=8, clips_per_video=4, video_dim=256)  # MCN's sizes; rehearsal
+        compare(**mcn, steps=args.train_steps, device=args.device, loader_workers=min(4, max(1, cores - 2)))
 
 
 if __name__ == "__main__":
