@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchvision
 
 from .base import FRAMES, Extractor, Options
 from .weights import load_into, load_state_dict, sha256, state_dict_sha256
@@ -19,6 +18,8 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 def frozen_torchvision(arch: str, opts: Options, group: str, flag: str) -> tuple[torch.nn.Module, str]:
     """A torchvision model with the user's state_dict (or random-init on purpose), and its checksum."""
+    import torchvision  # here, not at the top: importing it takes 2 s (torch._dynamo), and the trainers, decoding
+    # processes and loader workers import this module without building a torchvision model
     torch.manual_seed(0)  # random-init weights must be identical in every worker
     if opts.is_random(group):
         model = torchvision.models.get_model(arch, weights=None)

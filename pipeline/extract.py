@@ -353,12 +353,14 @@ def _local_cluster(cfg: ExtractConfig):
     # back to the OS and faults them in again on every batch (ResNet-152 forward 8% slower, measured).
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
-    # decode workers (and NVDEC's CPU processes) are processes started by the task: the worker must not be a daemon
+    # decode workers (and NVDEC's CPU processes) are processes started by the task: the worker must not be a
+    # daemon, and starts their server as it starts (pipeline/processes.py), not on its first part
+    spawns = bool(cfg.decode_workers if cfg.decode_workers is not None else cuda) or cfg.decoder == "nvdec"
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
                           "distributed.worker.daemon": not (cuda or cfg.decode_workers or cfg.decoder == "nvdec")}):
         return LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
-                            dashboard_address=":0" if cfg.dashboard else None,
-                            resources={"GPU": 1} if cuda else None, preload=["pipeline.part"],
+                            dashboard_address=":0" if cfg.dashboard else None, resources={"GPU": 1} if cuda else None,
+                            preload=["pipeline.part"] + (["pipeline.processes"] if spawns else []),
                             silence_logs=logging.CRITICAL)  # failures are reported by the driver, once
 
 

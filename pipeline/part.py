@@ -4,7 +4,8 @@ one unit per feature group. Statuses per video and group; one video's failure ne
 
 Videos decode in a thread of this process (the default on CPU: one task per core; the decode overlaps the
 forward, as PyAV and torch release the GIL), or in ``decode_workers`` DataLoader processes (the default on CUDA,
-as the HowTo100M extractor does) while this process runs the models. Either way the frame models get full
+as the HowTo100M extractor does) while this process runs the models; there each process takes the next video as
+it finishes one, longest first, and its frames are taken as they come. Either way the frame models get full
 batches drawn from several videos (``Batcher``), and only a batch is held. With ``--decoder nvdec`` the NVDEC
 sessions are threads of this process, and the CPU's share of each decode (which frames, the audio: it holds the
 GIL) is made a few videos ahead in as many CPU processes (``_Ahead``).
@@ -26,6 +27,7 @@ from features.registry import extractor
 from .decode import DecodeFailure, FrameStream, decode
 from .decode_ffmpeg import decode_ffmpeg
 from .decode_nvdec import Prepared, decode_nvdec, prepare, unavailable
+from .processes import forkserver
 from .store import USABLE, read_unit, write_part
 
 CLIPS_PER_FORWARD = 4
@@ -220,21 +222,28 @@ def _fed(messages, batcher: Batcher, of: dict):
 
 
 class _Decodes(IterableDataset):
-    """The part's videos decoded in DataLoader worker processes (an IterableDataset: worker k takes videos
-    k, k + n, ...; iterated in this process, all of them): each video in a thread, sending messages
-    (kind, video, group, array) as frames decode, then ("done", video, None, DecodeResult)."""
+    """The part's videos decoded in DataLoader worker processes (an IterableDataset; iterated in this process,
+    all of them): each video in a thread, sending messages (kind, video, group, array) as frames decode, then
+    ("done", video, None, DecodeResult). Every thread of every process takes the next video as it finishes one
+    (``order``: longest first where several share the part, so no decoder is left with a long video at the
+    end while the others wait), and ("end", ...) when none is left."""
 
-    def __init__(self, job: PartJob, plan: DecodePlan, ahead: _Ahead | None = None):
-        self.videos, self.plan, self.ahead = [p for _, p in job.videos], plan, ahead
+    def __init__(self, job: PartJob, plan: DecodePlan, shared: bool = False):
+        self.videos, self.plan, self.ahead = [p for _, p in job.videos], plan, None  # ahead: _Ahead, NVDEC's
+        self.order = _longest_first(self.videos) if shared else list(range(len(self.videos)))
+        self.next = forkserver().Value("q", 0)  # the next position in ``order``: shared by the processes
+
+    def take(self) -> int | None:
+        """The position in ``order`` of the next video to decode (None: every video is taken)."""
+        with self.next.get_lock():
+            k = self.next.value
+            self.next.value = k + 1
+        return k if k < len(self.order) else None
 
     def __iter__(self):
         import queue
         import threading
 
-        import torch
-
-        info = torch.utils.data.get_worker_info()
-        mine = range(info.id if info else 0, len(self.videos), info.num_workers if info else 1)
         q: queue.Queue = queue.Queue(maxsize=2 * self.plan.at_once)  # decode threads wait while it is full
         stop = threading.Event()
 
@@ -246,29 +255,42 @@ class _Decodes(IterableDataset):
                     pass
             raise _Stopped
 
-        def work(videos):
+        def work():
             try:
-                for i in videos:
+                while (k := self.take()) is not None:
+                    i = self.order[k]
                     try:
                         res = decode_video(self.plan, self.videos[i], lambda kind, g, arr, i=i: put((kind, i, g, arr)),
-                                           self.ahead.get(i) if self.ahead else None)
+                                           self.ahead.get(k) if self.ahead else None)
                     except Exception as e:  # never lose the part: this video fails, the rest go on
                         res = DecodeResult(failure=DecodeFailure("extract_error", f"{type(e).__name__}: {e}"))
                     if res.dec is not None and not self.plan.raw_audio:  # only the log-mel travels back
                         res.dec.audio = None
                     put(("done", i, None, res))
+                put(("end", None, None, None))
             except _Stopped:  # the reader went away (its task failed): end, holding no file open
                 return
 
-        for k in range(self.plan.at_once):
-            threading.Thread(target=work, args=(mine[k::self.plan.at_once],), daemon=True).start()
+        for _ in range(self.plan.at_once):
+            threading.Thread(target=work, daemon=True).start()
         try:
-            for _ in mine:
-                while (msg := q.get())[0] != "done":
+            ended = 0
+            while ended < self.plan.at_once:
+                msg = q.get()
+                if msg[0] == "end":
+                    ended += 1
+                else:
                     yield msg
-                yield msg
         finally:
             stop.set()
+
+
+def _longest_first(paths: list[str]) -> list[int]:
+    """The videos' indices, largest file first (a file's size stands for its decode's length; a missing file
+    fails at once, last)."""
+    import os
+
+    return sorted(range(len(paths)), key=lambda i: -os.path.getsize(paths[i]) if os.path.isfile(paths[i]) else 1)
 
 
 _POOLS: dict = {}  # processes -> the ProcessPoolExecutor that prepares NVDEC's videos, kept for the next parts
@@ -281,24 +303,15 @@ def _prepare_pool(processes: int):
     if pool is None or getattr(pool, "_broken", False):
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = _POOLS[processes] = ProcessPoolExecutor(processes, mp_context=_forkserver())
+        pool = _POOLS[processes] = ProcessPoolExecutor(processes, mp_context=forkserver())
     return pool
-
-
-def _forkserver():
-    """Processes forked from a clean server process that has imported torch and the decoders once, not from this
-    one (its CUDA context and Dask's threads must not be forked)."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["pipeline.part"])
-    return context
 
 
 class _Ahead:
     """NVDEC's CPU share of the part's videos (``_prepare``: which frames, the audio, its log-mel; Python-bound,
     so threads would queue on the GIL) made in ``processes`` CPU processes, at most ``ahead`` videos before the
-    NVDEC sessions take them. Where processes cannot start, each session prepares its own videos."""
+    NVDEC sessions take them (``paths`` in the order they take them). Where processes cannot start, each session
+    prepares its own videos."""
 
     def __init__(self, plan: DecodePlan, paths: list[str], processes: int, ahead: int):
         import threading
@@ -308,7 +321,7 @@ class _Ahead:
         self.futures, self.submitted, self.lock = {}, 0, threading.Lock()
 
     def get(self, i: int) -> Ahead | None:
-        """Video ``i``'s share, made ahead (None: the session prepares it itself)."""
+        """The share of the ``i``-th video the sessions take, made ahead (None: the session prepares it itself)."""
         with self.lock:
             try:
                 while self.processes and self.submitted < min(len(self.paths), i + 1 + self.ahead):
@@ -339,12 +352,13 @@ def _as_is(message):
     return message
 
 
-def _pooled(job: PartJob, plan: DecodePlan, batcher: Batcher, of: dict, workers: int):
+def _pooled(decodes: _Decodes, batcher: Batcher, of: dict, workers: int):
     """Videos decoded in ``workers`` processes while this one runs the models on frames from all of them."""
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(_Decodes(job, plan), batch_size=None, num_workers=workers, collate_fn=_as_is,
-                        multiprocessing_context=_forkserver())
+    # in_order=False: each process's messages as they come (in order, a process waits for the slowest one's)
+    loader = DataLoader(decodes, batch_size=None, num_workers=workers, collate_fn=_as_is,
+                        multiprocessing_context=forkserver(), in_order=False)
     try:
         yield from _fed(loader, batcher, of)
     except AssertionError as e:
@@ -413,10 +427,11 @@ def run_part(job: PartJob) -> dict:
     # NVDEC: CPU processes prepare the videos, two each ahead: one per session, leaving this process a core of
     # its GPU's share (none for a single video)
     cores = (os.cpu_count() or 1) // max(1, torch.cuda.device_count() if cuda else 1)
-    ahead = (_Ahead(plan, [p for _, p in job.videos], min(at_once, max(1, cores - 1)), 2 * at_once)
-             if opts.decoder == "nvdec" and n > 1 and (plan.frames or plan.clips) else None)
-    decoded = _pooled(job, plan, batcher, of, min(workers, n)) if pooled else \
-        _fed(_Decodes(job, plan, ahead), batcher, of)
+    decodes = _Decodes(job, plan, shared=bool(pooled) or at_once > 1)
+    ahead = decodes.ahead = (_Ahead(plan, [decodes.videos[i] for i in decodes.order], min(at_once, max(1, cores - 1)),
+                                    2 * at_once)
+                             if opts.decoder == "nvdec" and n > 1 and (plan.frames or plan.clips) else None)
+    decoded = _pooled(decodes, batcher, of, min(workers, n)) if pooled else _fed(decodes, batcher, of)
     kept = {}  # the decode of each video, its audio dropped: the frame groups finish once every forward is done
     try:
         for i, d in decoded:

@@ -671,6 +671,37 @@ def test_decode_workers_feed_one_model_and_give_the_same_store(odd_dataset, weig
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.parametrize("processes", [0, 2])
+def test_each_decoder_takes_the_next_video_largest_first_each_video_once(odd_dataset, processes):
+    """A part's decoders (the threads of NVDEC's sessions, the processes of --decode-workers) take the next video
+    as each finishes one, the largest file first (a decoder left with a long video at the end idles the others):
+    every video is decoded exactly once, whichever decoder takes it, failures included."""
+    from features.base import AUDIO, CLIP_FRAMES, FRAMES, LOGMEL
+    from pipeline.part import Batcher, DecodePlan, PartJob, _Decodes, _fed, _longest_first, _pooled
+
+    root = Path(odd_dataset["video_root"])
+    paths = [str(p) for p in sorted(root.glob("*.mp4"))] + [str(root / "gone.mp4")]
+    sizes = [os.path.getsize(p) if os.path.isfile(p) else -1 for p in paths]
+    order = _longest_first(paths)
+    assert [sizes[i] for i in order] == sorted(sizes, reverse=True) and paths[order[-1]].endswith("gone.mp4")
+
+    job = PartJob("", 0, [(Path(p).stem, p) for p in paths], [], Options())
+    plan = DecodePlan(frames=True, clips=(), audio=True, mel=False, raw_audio=False, opts=Options(short_side=64),
+                      at_once=1 if processes else 3)
+    decodes = _Decodes(job, plan, shared=True)
+    assert decodes.order == order
+    of = {kind: [] for kind in (FRAMES, CLIP_FRAMES, AUDIO, LOGMEL)}
+    batcher = Batcher({}, 8)
+    done = list(_pooled(decodes, batcher, of, processes) if processes else _fed(decodes, batcher, of))
+    assert sorted(i for i, _ in done) == list(range(len(paths)))  # each once
+    for i, d in done:
+        name = Path(paths[i]).stem
+        if name.startswith("good") or name in ("long", "silent"):
+            assert d.failure is None and d.dec.duration == decode(paths[i], audio=False).duration, name
+        elif name in ("empty", "gone"):
+            assert d.failure is not None and d.failure.status in ("decode_error", "missing"), name
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run there with: pytest -k cuda)")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_extraction_on_a_gpu_worker_gives_the_cpu_store(odd_dataset, weights, odd_store, tmp_path, precision):

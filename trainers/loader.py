@@ -7,6 +7,8 @@ import os
 import numpy as np
 import torch
 
+from pipeline.processes import forkserver
+
 from .clips import ClipSpec
 from .data import ClipReader
 
@@ -40,29 +42,13 @@ def step_loader(store: str, spec: ClipSpec, sample, first: int, last: int, worke
     """Batches for steps first..last-1, in order, formed by ``workers`` processes (0: in this process);
     ``pin``: page-locked batches, for non-blocking copies to a GPU; ``seed``: of the augmentations."""
     # its own generator: creating the loader must not draw from the global torch RNG (dropout, init). Workers
-    # fork from a clean server process, never from this one: it runs threads (TensorBoard's writer, tqdm's
-    # monitor, CUDA's), and a fork while one holds a lock can deadlock the child (Python 3.12+ warns of it)
+    # fork from a clean server process (pipeline/processes.py), never from this threaded one
     return torch.utils.data.DataLoader(StepBatches(store, spec, sample, seed), batch_size=None,
                                        sampler=range(first, last), num_workers=workers,
                                        prefetch_factor=4 if workers else None, persistent_workers=False,
                                        pin_memory=pin,
-                                       multiprocessing_context=_context() if workers else None,
+                                       multiprocessing_context=forkserver() if workers else None,
                                        generator=torch.Generator().manual_seed(0))
-
-
-def _context():
-    """The forkserver context. Its server, started once per training process, imports what this process has of
-    mmcache, so a worker unpickles its dataset and sampler without importing anything (a sampler's module anew
-    took 1.4 s a loader)."""
-    import multiprocessing
-    import sys
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(sorted(m for m in sys.modules if m.partition(".")[0] in PACKAGES))
-    return context
-
-
-PACKAGES = ("trainers", "pipeline", "features")
 
 
 def default_workers() -> int:

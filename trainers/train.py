@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.processes import start_early
 from pipeline.store import FeatureStore
 
 from .loader import step_loader
@@ -48,6 +49,8 @@ def train(cfg, progress: bool = True) -> dict:
     """Train ``cfg``'s method (its Config dataclass) into ``cfg.out``; returns a summary."""
     method = method_of(cfg)(cfg)
     check_device(cfg.device)
+    if cfg.loader_workers:  # the loader workers' server imports while the method sets up (3 s on 2 cores)
+        start_early()
     fresh = not Path(cfg.out).exists()
     run = RunDir(cfg)  # refuses an existing run unless --resume, a resume with other settings, a second trainer
     try:
