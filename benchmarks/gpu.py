@@ -165,12 +165,12 @@ def main():
             t = time.perf_counter()
             summary = extract(cfg)
             pipeline = total / (time.perf_counter() - t)
-        inside = total * gpus / summary["task_seconds"]
+        inside = total / summary["task_seconds"]  # while any task ran
         print(f"--decoder {decoder}: limit = min(decode, {best} forward) = {limit:.1f} video-s/s")
         print(f"  {'pipeline extract --device ' + args.device + ':':39s}{pipeline:9.1f} video-s/s = "
               f"{pipeline / limit:.2f} of the limit, incl. start-up ({summary.get('decode_workers')} decode processes "
-              f"per GPU worker); {hours(pipeline)}")
-        print(f"  same, time inside tasks only:          {inside:9.1f} video-s/s = {inside / limit:.2f} of the limit; "
+              f"per part); {hours(pipeline)}")
+        print(f"  same, while its tasks ran:             {inside:9.1f} video-s/s = {inside / limit:.2f} of the limit; "
               f"{hours(inside)}")
         print(f"  GPU utilisation during extraction:     {util.summary()}")
         print(f"  statuses: {summary['status']}; NVDEC's videos taken by the CPU: "

@@ -95,7 +95,7 @@ def main():
           f"{args.part_size}, {args.processes} decode processes, one worker; model: 32-pixel JPEGs")
     print(f"decode limit, {args.processes} processes, next video as each finishes: {limit:8.1f} video-s/s")
     print(f"pipeline extract, with start-up:  {total / wall:8.1f} video-s/s = {total / wall / limit:.2f} of the limit")
-    print(f"pipeline extract, inside tasks:   {inside:8.1f} video-s/s = {inside / limit:.2f} of the limit "
+    print(f"pipeline extract, while tasks ran:{inside:8.1f} video-s/s = {inside / limit:.2f} of the limit "
           f"({summary['parts_run']} parts, statuses {summary['status']})")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 
 from .base import Extractor, Options
 
@@ -22,6 +23,7 @@ EXTRACTORS = {
 }
 
 _BUILT: dict[tuple[str, Options], Extractor] = {}  # per process: frozen models load once per worker
+_BUILDING = threading.RLock()
 
 
 def extractor_class(name: str) -> type[Extractor]:
@@ -37,7 +39,9 @@ def build(name: str, opts: Options) -> Extractor:
 
 
 def extractor(name: str, opts: Options) -> Extractor:
-    """The extractor of group ``name`` built from ``opts`` (cached per process)."""
-    if (name, opts) not in _BUILT:
-        _BUILT[name, opts] = build(name, opts)
-    return _BUILT[name, opts]
+    """The extractor of group ``name`` built from ``opts`` (cached per process; built once when several of a
+    worker's tasks ask at the same time)."""
+    with _BUILDING:
+        if (name, opts) not in _BUILT:
+            _BUILT[name, opts] = build(name, opts)
+        return _BUILT[name, opts]

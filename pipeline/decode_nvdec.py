@@ -125,6 +125,12 @@ class Prepared:
     failure: DecodeFailure | None = None  # the video's failure (no video stream, unreadable)
 
 
+def picked_rates(frames: bool, clip_rates: list[float], fps: float = 1.0) -> list[float]:
+    """The frame rates one decode picks for (``fps`` for the frame groups, then each clip group's): the key a
+    ``prepare`` made ahead must match (`pipeline/part.py` prepares with this, ``decode_nvdec`` checks with it)."""
+    return ([fps] if frames else []) + list(clip_rates)
+
+
 def prepare(path: str, rates: list[float], audio: bool) -> Prepared:
     """Which frames, and the audio: everything of an NVDEC decode but NVDEC's."""
     key = (tuple(rates), audio)
@@ -148,8 +154,8 @@ def decode_nvdec(path: str | None, frames: bool = True, audio: bool = True, fps:
     if not (frames or streams):
         return decode(path, frames=False, audio=audio)
     picks: list[FrameStream] = []
-    rates = ([fps] if frames else []) + [s.fps for s in streams]
-    prep = prepared if prepared is not None and prepared.key == (tuple(rates), audio) else prepare(path, rates, audio)
+    wanted = picked_rates(frames, [s.fps for s in streams], fps)
+    prep = prepared if prepared is not None and prepared.key == (tuple(wanted), audio) else prepare(path, wanted, audio)
     if prep.failure:
         raise prep.failure
     try:

@@ -27,6 +27,7 @@ from .store import (CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, c
                     provenance_differences, record_failed_parts, write_clip_text, write_status_index, write_text)
 
 ALL_GROUPS = tuple(EXTRACTORS)
+PARTS_AT_ONCE = 2  # parts a worker runs at a time where its parts decode in processes (--decode-workers, NVDEC)
 log = logging.getLogger("mmcache")
 
 
@@ -61,18 +62,19 @@ class ExtractConfig:
     # one per GPU)
     workers: int | None = None
     threads_per_worker: int | None = None  # torch threads per worker (default: cores // workers)
-    # decoding processes per worker feeding its models frames from several videos at once (default: 0 on CPU,
-    # where each worker decodes for itself; with --device cuda the host's cores // its GPUs); Dask workers of
-    # --scheduler then need DASK_DISTRIBUTED__WORKER__DAEMON=False; with --decoder nvdec: videos NVDEC decodes at
-    # once per worker, a thread and a decoder session each (default 4), each video's picks, audio and log-mel
-    # made ahead in as many CPU processes (at most the worker's cores - 1)
+    # decoding processes per part feeding its models frames from several videos at once (default: 0 on CPU,
+    # where each worker decodes for itself; with --device cuda the host's cores // its GPUs); a worker then runs
+    # two parts at a time, and Dask workers of --scheduler need DASK_DISTRIBUTED__WORKER__DAEMON=False; with
+    # --decoder nvdec: videos NVDEC decodes at once per part, a thread and a decoder session each (default 4),
+    # each video's picks, audio and log-mel made ahead in as many CPU processes (at most the worker's cores - 1)
     decode_workers: int | None = None
     scheduler: str | None = None  # address of an existing Dask scheduler (tcp://host:8786)
     # videos per part = one task, one commit (default: at least 4 parts per worker, at most 64 videos; fixed when
     # the store is planned)
     part_size: int | None = None
-    # torch device for the extractors (cpu, cuda); cuda: one local worker per GPU, each holding a Dask resource
-    # GPU=1 (start --scheduler workers with --resources GPU=1), decoding in --decode-workers processes
+    # torch device for the extractors (cpu, cuda); cuda: one local worker per GPU running two parts at a time,
+    # each part holding a Dask resource GPU=1 (start --scheduler workers with --nthreads 2 --resources GPU=2; GPU=1:
+    # a part at a time), decoding in --decode-workers processes
     device: str = "cpu"
     # frames per CNN forward (default: 32 on a GPU, 32 for fp32 on a CPU, 8 for bf16 on a CPU, where it runs
     # 1.3x faster than 32: features/precision.py); 3D groups take 4 clips (a GPU wants e.g. 128)
@@ -356,10 +358,14 @@ def _local_cluster(cfg: ExtractConfig):
     # decode workers (and NVDEC's CPU processes) are processes started by the task: the worker must not be a
     # daemon, and starts their server as it starts (pipeline/processes.py), not on its first part
     spawns = bool(cfg.decode_workers if cfg.decode_workers is not None else cuda) or cfg.decoder == "nvdec"
+    # such a worker runs PARTS_AT_ONCE parts at a time: one part's decoders start on its videos while the other
+    # part's last videos decode (its GPU counts as that many GPU resources; each part asks for one)
+    at_once = PARTS_AT_ONCE if spawns else 1
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
                           "distributed.worker.daemon": not (cuda or cfg.decode_workers or cfg.decoder == "nvdec")}):
-        return LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
-                            dashboard_address=":0" if cfg.dashboard else None, resources={"GPU": 1} if cuda else None,
+        return LocalCluster(n_workers=cfg.workers, threads_per_worker=at_once, processes=True,
+                            dashboard_address=":0" if cfg.dashboard else None,
+                            resources={"GPU": at_once} if cuda else None,
                             preload=["pipeline.part"] + (["pipeline.processes"] if spawns else []),
                             silence_logs=logging.CRITICAL)  # failures are reported by the driver, once
 
@@ -403,12 +409,22 @@ def _work_pending(cfg: ExtractConfig, groups: list[str]) -> bool:
                                          and len(store.committed(g)) < store.n_parts) for g in groups)
 
 
+def _covered(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of the (start, end) spans."""
+    total, reach = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
+
+
 def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, early: EarlyCluster | None = None) -> None:
     from tqdm import tqdm
 
     bar = tqdm(total=sum(len(j.videos) for j in jobs), unit="video", disable=not cfg.progress,
                desc="extract", dynamic_ncols=True)
-    t0, seconds, failed = time.time(), 0.0, 0
+    t0, seconds, failed, spans = time.time(), 0.0, 0, []
 
     def done(job: PartJob, result: dict | None, error: str | None = None) -> None:
         nonlocal seconds, failed
@@ -418,7 +434,8 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, early: EarlyClu
         else:
             seconds += result["seconds"]
             summary["decode_workers"] = max(summary.get("decode_workers", 0), result.get("decode_workers", 0))
-            summary["task_seconds"] = summary.get("task_seconds", 0.0) + result["wall"]
+            spans.append((result["started"], result["started"] + result["wall"]))
+            summary["task_seconds"] = _covered(spans)  # time in which a task ran (several may overlap)
             if result.get("cpu_fallback"):  # --decoder nvdec: videos NVDEC could not take
                 summary["nvdec_cpu_fallback"] = summary.get("nvdec_cpu_fallback", 0) + result["cpu_fallback"]
             summary["nvdec_prepare_processes"] = max(summary.get("nvdec_prepare_processes", 0),
@@ -458,7 +475,8 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, early: EarlyClu
         summary["dashboard"] = client.dashboard_link
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
     try:
-        in_flight = 2 * max(1, len(client.scheduler_info()["workers"]) or cfg.workers or 1)
+        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+        in_flight = 2 * max(1, threads or cfg.workers or 1)
         pending = list(jobs)
         by_key = {}
         first = [client.submit(run_part, j, pure=False, retries=1, **gpu) for j in pending[:in_flight]]

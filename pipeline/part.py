@@ -12,6 +12,7 @@ GIL) is made a few videos ahead in as many CPU processes (``_Ahead``).
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,12 +27,12 @@ from features.registry import extractor
 
 from .decode import DecodeFailure, FrameStream, decode
 from .decode_ffmpeg import decode_ffmpeg
-from .decode_nvdec import Prepared, decode_nvdec, prepare, unavailable
+from .decode_nvdec import Prepared, decode_nvdec, picked_rates, prepare, unavailable
 from .processes import forkserver
 from .store import USABLE, read_unit, write_part
 
 CLIPS_PER_FORWARD = 4
-NVDEC_SESSIONS = 4  # --decoder nvdec: videos decoded at once per GPU worker (an H100 has 7 NVDEC engines)
+NVDEC_SESSIONS = 4  # --decoder nvdec: videos decoded at once per part (an H100 has 7 NVDEC engines)
 
 
 @dataclass
@@ -242,7 +243,6 @@ class _Decodes(IterableDataset):
 
     def __iter__(self):
         import queue
-        import threading
 
         q: queue.Queue = queue.Queue(maxsize=2 * self.plan.at_once)  # decode threads wait while it is full
         stop = threading.Event()
@@ -294,17 +294,19 @@ def _longest_first(paths: list[str]) -> list[int]:
 
 
 _POOLS: dict = {}  # processes -> the ProcessPoolExecutor that prepares NVDEC's videos, kept for the next parts
+_POOLS_LOCK = threading.Lock()
 
 
 def _prepare_pool(processes: int):
     """This process's pool of ``processes`` CPU processes, started once (forked from a clean server, never from
     this CUDA process) and reused by every part it runs after."""
-    pool = _POOLS.get(processes)
-    if pool is None or getattr(pool, "_broken", False):
-        from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor
 
-        pool = _POOLS[processes] = ProcessPoolExecutor(processes, mp_context=forkserver())
-    return pool
+    with _POOLS_LOCK:  # a worker's parts at once share it
+        pool = _POOLS.get(processes)
+        if pool is None or getattr(pool, "_broken", False):
+            pool = _POOLS[processes] = ProcessPoolExecutor(processes, mp_context=forkserver())
+        return pool
 
 
 class _Ahead:
@@ -314,10 +316,8 @@ class _Ahead:
     prepares its own videos."""
 
     def __init__(self, plan: DecodePlan, paths: list[str], processes: int, ahead: int):
-        import threading
-
         self.paths, self.ahead, self.processes = paths, ahead, processes
-        self.args = (([1.0] if plan.frames else []) + [fps for _, fps, _, _ in plan.clips], plan)
+        self.args = (picked_rates(plan.frames, [fps for _, fps, _, _ in plan.clips]), plan)  # decode_video's rates
         self.futures, self.submitted, self.lock = {}, 0, threading.Lock()
 
     def get(self, i: int) -> Ahead | None:
@@ -453,7 +453,8 @@ def run_part(job: PartJob) -> dict:
     return {"part": job.part, "groups": job.groups, "videos": n, "seconds": seconds, "decode_workers": workers,
             "prepare_processes": ahead.processes if ahead else 0,
             "cpu_fallback": fallback,
-            "status": {g: dict(Counter(r.ordered(r.status))) for g, r in results.items()}, "wall": time.time() - t0}
+            "status": {g: dict(Counter(r.ordered(r.status))) for g, r in results.items()}, "started": t0,
+            "wall": time.time() - t0}
 
 
 def _outcome(d: DecodeResult) -> tuple[str, str, float]:

@@ -23,7 +23,7 @@ RUNS = [
      [r"mmcache / peer at its best", r"mmcache / min\(decode limit"], True),
     ("frames.py", ["--videos", "2", "--seconds", "8"], [r"of decode alone", r"x decoding the video again"], True),
     ("parts.py", ["--videos", "4", "--seconds", "8", "--part-size", "2", "--processes", "2"],
-     [r"decode limit, 2 processes", r"inside tasks: .* of the limit"], True),
+     [r"decode limit, 2 processes", r"while tasks ran: .* of the limit"], True),
     ("nvdec_cpu.py", ["--videos", "4", "--seconds", "8", "--processes", "2"],
      [r"prepared ahead in 2 CPU processes .* of the limit"], True),
     ("train.py", ["--steps", "12", "--dim", "128", "--videos", "32", "--videos-per-batch", "8", "--clips-per-video",

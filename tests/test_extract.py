@@ -671,6 +671,16 @@ def test_decode_workers_feed_one_model_and_give_the_same_store(odd_dataset, weig
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_time_inside_tasks_is_the_union_of_their_spans():
+    """A worker runs parts at once: the summary's task_seconds counts the time in which any task ran, once."""
+    from pipeline.extract import _covered
+
+    assert _covered([]) == 0
+    assert _covered([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]) == 4.0  # overlapping, then apart
+    assert _covered([(1.0, 3.0), (0.0, 10.0)]) == 10.0  # one inside another, in any order
+    assert _covered([(0.0, 1.0), (1.0, 2.0)]) == 2.0  # touching
+
+
 @pytest.mark.parametrize("processes", [0, 2])
 def test_each_decoder_takes_the_next_video_largest_first_each_video_once(odd_dataset, processes):
     """A part's decoders (the threads of NVDEC's sessions, the processes of --decode-workers) take the next video
