@@ -8,7 +8,7 @@ any machine: `pipeline extract` with one worker and --decode-workers P, the fram
 JPEG of 32 x 42 pixels per frame: the main process's model costs next to nothing) on videos of different lengths
 and costs (the real encodes remuxed to lengths drawn as HowTo100M's are spread, log-normal), against:
 - the decode limit: the same videos decoded (1 fps frames, audio) in P processes taking the next video as each
-  finishes, longest first; the time of the first video's decode alone is the floor of a run's start-up.
+  finishes, in the order extraction takes them (largest file first).
 Usage: python benchmarks/parts.py [--videos 16 --seconds 30 --part-size 4 --processes 2]
 """
 import argparse
@@ -28,6 +28,7 @@ from extract import REAL  # noqa: E402  (the real encodes)
 from pipeline.decode import decode  # noqa: E402
 from pipeline.demo import loop_video  # noqa: E402
 from pipeline.extract import ExtractConfig, extract  # noqa: E402
+from pipeline.part import _longest_first  # noqa: E402
 
 
 def videos(folder: Path, n: int, seconds: float, seed: int = 0) -> list[Path]:
@@ -63,7 +64,7 @@ def _decoded_seconds(path: str) -> float:
 def decode_limit(paths: list[Path], processes: int) -> tuple[float, float]:
     """(video-s/s of ``processes`` processes decoding every video, the next one as each finishes, longest first;
     total video-s)."""
-    order = sorted(map(str, paths), key=lambda p: -Path(p).stat().st_size)
+    order = [str(paths[i]) for i in _longest_first([str(p) for p in paths])]
     with mp.get_context("forkserver").Pool(processes) as pool:
         pool.map(_decoded_seconds, order[:processes])  # the processes' imports, outside the timing
         t = time.perf_counter()
