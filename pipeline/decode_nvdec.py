@@ -12,7 +12,8 @@ so `pipeline/part.py` runs them in CPU processes beside the NVDEC sessions, a fe
 The frames are not bit-identical to the CPU path's (another YUV->RGB conversion and another scaler), so the
 decoder is recorded in each frame group's provenance (a store extracted with one decoder refuses another). A video
 NVDEC cannot take (a codec it lacks, frame counts that disagree with the demuxer's) is decoded on the CPU, the
-same frames picked, and counted in the run's summary (``Decoded.cpu_fallback`` says why); where there is no NVDEC
+same frames picked (by `pipeline/part.py`'s CPU processes where ``prepare`` finds it out, so ahead), and counted in
+the run's summary (``Decoded.cpu_fallback`` says why); where there is no NVDEC
 at all, the run says so in one line and decodes on the CPU, recorded as pyav (``unavailable``).
 """
 from __future__ import annotations
@@ -55,13 +56,21 @@ def fps_picks(path: str, rates: list[float]) -> tuple[dict, list[list[int]]]:
     info holds the frame count, codec, declared length, coded size, display size and rotation. Raises
     DecodeFailure for a file that cannot be opened or has no video, and _CpuOnly where NVDEC's frame order cannot
     be known (the CPU decoder then takes the video, and gives it its status)."""
-    with open_media(path) as container:
+    with open_media(path) as container:  # one pass: every packet's timestamp; the first frame decoded on the way
         if not container.streams.video:
             raise DecodeFailure("no_video", "file has no video stream")
         stream = container.streams.video[0]
         time_base, codec, declared = stream.time_base, stream.codec_context.name, _stream_seconds(stream)
+        stamps, first, broken = [], None, None
         try:
-            stamps = [(p.pts, p.duration or 0) for p in container.demux(stream) if p.size]
+            for packet in container.demux(stream):
+                if packet.size:
+                    stamps.append((packet.pts, packet.duration or 0))
+                if first is None and broken is None:  # the decoder's flush (an empty packet) may give it last
+                    try:
+                        first = next(iter(packet.decode()), None)
+                    except av.FFmpegError as e:
+                        broken = e
         except av.FFmpegError as e:  # the CPU decoder keeps what decodes before the break, and says so
             raise _CpuOnly(f"the container breaks off ({type(e).__name__}: {e})") from e
     if not stamps or any(pts is None for pts, _ in stamps):
@@ -69,11 +78,8 @@ def fps_picks(path: str, rates: list[float]) -> tuple[dict, list[list[int]]]:
     stamps.sort()
     if len({pts for pts, _ in stamps}) < len(stamps):
         raise _CpuOnly("repeated video timestamps")
-    with open_media(path) as container:
-        try:
-            first = next(container.decode(video=0), None)
-        except av.FFmpegError as e:
-            raise _CpuOnly(f"the first frame does not decode ({type(e).__name__}: {e})") from e
+    if broken is not None:
+        raise _CpuOnly(f"the first frame does not decode ({type(broken).__name__}: {broken})")
     if first is None:
         raise _CpuOnly("no video frame decodes")
     pickers = [_Picker(time_base, r) for r in rates]

@@ -8,7 +8,8 @@ as the HowTo100M extractor does) while this process runs the models; there each 
 it finishes one, longest first, and its frames are taken as they come. Either way the frame models get full
 batches drawn from several videos (``Batcher``), and only a batch is held. With ``--decoder nvdec`` the NVDEC
 sessions are threads of this process, and the CPU's share of each decode (which frames, the audio: it holds the
-GIL) is made a few videos ahead in as many CPU processes (``_Ahead``).
+GIL) is made a few videos ahead in as many CPU processes (``_Ahead``); those processes also decode whole the videos
+NVDEC cannot take (``_decode_whole``).
 """
 from __future__ import annotations
 
@@ -156,6 +157,11 @@ class DecodeResult:
 def decode_video(plan: DecodePlan, path: str, sink, ahead: Ahead | None = None) -> DecodeResult:
     """Decode one video once: frames to ``sink(kind, group, array)`` as they come, the log-mel computed here
     (``ahead``: NVDEC's CPU share of it and its log-mel, made in a CPU process)."""
+    if ahead is not None and ahead.whole is not None:  # NVDEC cannot take it: a CPU process decoded it whole
+        sent, out = ahead.whole
+        for kind, group, arr in sent:
+            sink(kind, group, arr)
+        return out
     opts = plan.opts
     prepared = ahead.prepared if ahead is not None else None
     read = {"pyav": partial(decode, threads=plan.threads), "ffmpeg": partial(decode_ffmpeg, hwaccel=opts.hwaccel),
@@ -193,18 +199,55 @@ def _logmel(audio: np.ndarray, opts: Options) -> tuple[np.ndarray | None, str | 
         return None, f"{type(e).__name__}: {e}"
 
 
+WHOLE_BYTES = 256 << 20  # a video NVDEC cannot take is decoded whole in a CPU process when its frames fit in this
+
+
 @dataclass
 class Ahead:
     """One video's share of an NVDEC decode made in a CPU process: which frames and the audio (``prepared``),
-    and the log-mel of that audio (the audio itself travels back only when a group takes the waveform)."""
+    and the log-mel of that audio (the audio itself travels back only when a group takes the waveform). For a
+    video NVDEC cannot take, the whole CPU decode instead (``whole``: the frames sent, in order, and the result)."""
     prepared: Prepared
     mel: np.ndarray | None = None
     mel_error: str | None = None
+    whole: tuple[list, DecodeResult] | None = None
+
+
+class _TooLarge(Exception):
+    """A whole decode in a CPU process would hold more than WHOLE_BYTES of frames: the session decodes it."""
+
+
+def _decode_whole(path: str, plan: DecodePlan, why: str) -> tuple[list, DecodeResult] | None:
+    """The CPU decode of a video NVDEC cannot take, in this CPU process (so it holds no session's GIL): the frames
+    it sends, and its result; None where its frames would pass WHOLE_BYTES."""
+    sent, held = [], [0]
+
+    def keep(kind, group, arr):
+        held[0] += arr.nbytes
+        if held[0] > WHOLE_BYTES:
+            raise _TooLarge
+        sent.append((kind, group, arr))
+
+    from dataclasses import replace
+
+    try:
+        out = decode_video(replace(plan, threads=1, opts=replace(plan.opts, decoder="pyav")), path, keep)
+    except _TooLarge:
+        return None
+    if out.dec is not None:
+        out.dec.cpu_fallback = why
+        if not plan.raw_audio:  # only the log-mel travels back
+            out.dec.audio = None
+    return sent, out
 
 
 def _prepare(path: str, rates: list[float], plan: DecodePlan) -> Ahead:
-    """In a CPU process: ``decode_nvdec.prepare``, and the log-mel when the plan asks for one."""
+    """In a CPU process: ``decode_nvdec.prepare``, and the log-mel when the plan asks for one; a video NVDEC cannot
+    take is decoded here whole."""
     out = Ahead(prepare(path, rates, plan.audio))
+    if out.prepared.cpu_only:
+        out.whole = _decode_whole(path, plan, out.prepared.cpu_only)
+        return out
     decoded = out.prepared.decoded
     if plan.mel and decoded is not None and decoded.audio is not None:
         out.mel, out.mel_error = _logmel(decoded.audio, plan.opts)

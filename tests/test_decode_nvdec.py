@@ -220,7 +220,8 @@ def test_no_nvdec_here_says_why_and_the_run_decodes_on_the_cpu(tmp_path, capsys)
 def test_a_run_with_nvdec_records_it_and_a_store_refuses_the_other_decoder(real_videos, tmp_path, stand_in,
                                                                            monkeypatch, capsys):
     """Through `pipeline extract` (the stand-in as NVDEC): the frame group records decoder nvdec, its rows are
-    near the CPU decode's, the summary counts CPU fallbacks, and resuming the store with pyav is refused."""
+    near the CPU decode's, the summary counts CPU fallbacks (a codec NVDEC lacks: the CPU decode's rows), and
+    resuming the store with pyav is refused."""
     from pipeline.cli import print_summary
     from pipeline.extract import ExtractConfig, ExtractError, extract
     from pipeline.store import FeatureStore
@@ -230,21 +231,26 @@ def test_a_run_with_nvdec_records_it_and_a_store_refuses_the_other_decoder(real_
     rows = []
     for i, (name, path) in enumerate(real_videos.items()):
         rows.append(f"{name},{path},0,4,clip {i}")
+    write_video(tmp_path / "p.mkv", 5.0, size=(96, 64), codec="ffv1")
+    rows.append(f"ffv1,{tmp_path / 'p.mkv'},0,4,clip 2")
     (tmp_path / "m.csv").write_text("video_id,path,start,end,text\n" + "\n".join(rows) + "\n")
     runs = {}
     for decoder in ("nvdec", "pyav"):
         cfg = ExtractConfig(manifest=str(tmp_path / "m.csv"), store=str(tmp_path / f"{decoder}.zarr"),
                             groups=["resnet152"], random_init=["resnet152"], decoder=decoder, workers=0,
-                            precision="fp32", progress=False, allow_outside_root=True, part_size=2)
+                            precision="fp32", progress=False, allow_outside_root=True, part_size=3)
         runs[decoder] = extract(cfg)
-    assert runs["nvdec"]["decoder"] == "nvdec" and runs["nvdec"]["status"]["resnet152"] == {"ok": 2}
+    assert runs["nvdec"]["decoder"] == "nvdec" and runs["nvdec"]["status"]["resnet152"] == {"ok": 3}
     assert runs["nvdec"]["nvdec_prepare_processes"] >= 1  # the picks and audio were made in CPU processes
     print_summary(runs["nvdec"])
-    assert "decoder nvdec; 0 videos NVDEC could not take" in capsys.readouterr().out
+    assert "decoder nvdec; 1 videos NVDEC could not take" in capsys.readouterr().out
     a, b = FeatureStore(tmp_path / "nvdec.zarr"), FeatureStore(tmp_path / "pyav.zarr")
     assert a.groups["resnet152"]["params"]["decoder"] == "nvdec"
     x, y = (s.video_rows("resnet152", 0)() for s in (a, b))
     assert x.shape == y.shape and not np.array_equal(x, y)
+    x, y = (s.video_rows("resnet152", 2)() for s in (a, b))  # ffv1: decoded by the CPU either way
+    assert x.shape == (5, 2048)
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
     with pytest.raises(ExtractError, match="decoder"):
         extract(ExtractConfig(manifest=str(tmp_path / "m.csv"), store=str(tmp_path / "nvdec.zarr"),
                               groups=["resnet152"], random_init=["resnet152"], decoder="pyav", workers=0,
@@ -299,3 +305,59 @@ def test_a_truncated_file_is_kept_as_the_cpu_decoder_keeps_it(real_videos, tmp_p
         return
     d = decode_nvdec(str(tmp_path / "cut.mp4"))
     assert cpu.truncated and d.truncated == cpu.truncated and d.n_frames == cpu.n_frames
+
+
+def write_undecodable(src, path):
+    """``src``'s video packets, timestamps kept, their payloads random bytes: no frame decodes."""
+    rng = np.random.default_rng(0)
+    with av.open(str(src)) as i, av.open(str(path), "w") as o:
+        stream = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(video=0):
+            if p.size:
+                q = av.Packet(rng.integers(0, 256, p.size, dtype=np.uint8).tobytes())
+                q.pts, q.dts, q.time_base, q.stream, q.is_keyframe = p.pts, p.dts, p.time_base, stream, p.is_keyframe
+                o.mux(q)
+
+
+def test_what_nvdec_cannot_take_is_decoded_whole_in_a_cpu_process(real_videos, tmp_path, stand_in, monkeypatch):
+    """A codec NVDEC lacks: the CPU process that prepares it decodes it whole (the session's thread only hands its
+    frames on), bit for bit the CPU decode's frames and log-mel, the reason kept; frames that never decode are the
+    CPU decoder's failure; one over WHOLE_BYTES is decoded by the session itself, the same frames."""
+    from features.base import Options
+    from pipeline import part
+    from pipeline.decode_nvdec import _CpuOnly
+    from pipeline.part import DecodePlan, _Ahead, decode_video
+
+    write_video(tmp_path / "p.mkv", 5.0, size=(96, 64), codec="ffv1")
+    write_undecodable(real_videos["v_GGSY1Qvo990"], tmp_path / "noise.mkv")
+    with pytest.raises(_CpuOnly, match="the first frame does not decode"):
+        fps_picks(str(tmp_path / "noise.mkv"), [1.0])
+    paths = [str(tmp_path / "p.mkv"), str(tmp_path / "noise.mkv")]
+    plan = DecodePlan(frames=True, clips=(), audio=True, mel=True, raw_audio=False,
+                      opts=Options(decoder="nvdec", short_side=64))
+    cpu_plan = DecodePlan(frames=True, clips=(), audio=True, mel=True, raw_audio=False, opts=Options(short_side=64))
+    cpu = []
+    want = decode_video(cpu_plan, paths[0], lambda kind, g, x: cpu.extend(x))
+    ahead = _Ahead(plan, paths, processes=1, ahead=1)
+    try:
+        share = ahead.get(0)
+        assert share.whole is not None and "codec ffv1" in share.prepared.cpu_only
+        got = []
+        res = decode_video(plan, paths[0], lambda kind, g, x: got.extend(x), share)
+        assert not stand_in.opened and res.dec.cpu_fallback == share.prepared.cpu_only and res.dec.audio is None
+        assert len(got) == len(cpu) == res.dec.n_frames == 5
+        for a, b in zip(got, cpu, strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(res.mel, want.mel)
+        res = decode_video(plan, paths[1], lambda *a: None, ahead.get(1))
+        assert res.failure.status == "decode_error" and "no video frame decodes" in str(res.failure)
+    finally:
+        ahead.close()
+    monkeypatch.setattr(part, "WHOLE_BYTES", 2 * cpu[0].nbytes)
+    share = part._prepare(paths[0], [1.0], plan)
+    assert share.whole is None and "codec ffv1" in share.prepared.cpu_only
+    got = []
+    res = decode_video(plan, paths[0], lambda kind, g, x: got.extend(x), share)
+    assert "codec ffv1" in res.dec.cpu_fallback and len(got) == 5
+    for a, b in zip(got, cpu, strict=True):
+        np.testing.assert_array_equal(a, b)
