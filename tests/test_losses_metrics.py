@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainers.losses import assign, cluster_loss, kmeans_cosine, mms, reconstruction_loss
+from trainers.losses import assign, cluster_loss, cluster_sums, kmeans_cosine, mms, reconstruction_loss
 from trainers.metrics import class_retrieval_metrics, clustering_metrics, retrieval_metrics, retrieval_ranks
 from trainers.model import MCN, parse_combo
 
@@ -58,6 +58,28 @@ def test_kmeans_cosine_separates_directions_and_zeroes_empty_clusters():
     labels, c = kmeans_cosine(a, 2, centroids=torch.tensor([[1.0, 0.0], [-1.0, -1.0]]), max_iter=1)
     assert (labels == 0).all() and torch.equal(c[1], torch.zeros(2))
     assert torch.equal(assign(a, c), labels)
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_cluster_sums_by_hand(one_hot):
+    x = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5], [-2.0, 4.0]])
+    got = cluster_sums(x, torch.tensor([2, 0, 2, 2]), 4, one_hot=one_hot)
+    torch.testing.assert_close(got, torch.tensor([[3.0, -1.0], [0.0, 0.0], [-0.5, 6.5], [0.0, 0.0]]), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the bits of k-means on a GPU")
+def test_kmeans_on_cuda_gives_the_same_bits_every_run_and_the_cpu_clusters():
+    """index_add_ on CUDA adds with atomics in a changing order; k-means there must give the same centroids and
+    labels every run (a resumed run relabels as the first did), and agree with the CPU's within float error."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12288, 512, generator=g) + 3 * torch.randn(64, 512, generator=g).repeat(192, 1)
+    start = x[torch.randperm(len(x), generator=g)[:64]].clone()
+    runs = [kmeans_cosine(x.cuda(), 64, start.cuda(), max_iter=20) for _ in range(3)]
+    for labels, centroids in runs[1:]:
+        assert torch.equal(labels, runs[0][0]) and torch.equal(centroids, runs[0][1])
+    labels, centroids = kmeans_cosine(x, 64, start.clone(), max_iter=20)
+    assert (labels == runs[0][0].cpu()).float().mean() > 0.999
+    torch.testing.assert_close(centroids, runs[0][1].cpu(), rtol=1e-4, atol=1e-4)
 
 
 def test_retrieval_ties_count_against_the_query():

@@ -53,7 +53,7 @@ def kmeans_cosine(x: torch.Tensor, k: int, centroids: torch.Tensor | None = None
     xn = F.normalize(x, dim=1)
     for _ in range(max_iter):
         labels = (xn @ F.normalize(centroids, dim=1).t()).argmax(dim=1)
-        sums = torch.zeros_like(centroids).index_add_(0, labels, x)
+        sums = cluster_sums(x, labels, k)
         counts = torch.bincount(labels, minlength=k).to(x.dtype)[:, None]
         new = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
         shift = ((new - centroids) ** 2).sum()
@@ -63,6 +63,16 @@ def kmeans_cosine(x: torch.Tensor, k: int, centroids: torch.Tensor | None = None
     if reassign:
         labels = (xn @ F.normalize(centroids, dim=1).t()).argmax(dim=1)
     return labels, centroids
+
+
+def cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int, one_hot: bool | None = None) -> torch.Tensor:
+    """(k, D): each cluster's sum of its rows, the same bits every run. On CUDA, ``index_add_`` adds floats with
+    atomics, in an order that changes from run to run (so would the centroids, and a resumed run's labels); a
+    one-hot matmul (``one_hot``; the default on CUDA) costs there what the assignment's matmul costs, and cuBLAS
+    gives the same bits each run."""
+    if x.is_cuda if one_hot is None else one_hot:
+        return F.one_hot(labels, k).to(x.dtype).t() @ x
+    return torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels, x)
 
 
 def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
