@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
+
+# scipy and scikit-learn are imported where used: 1.1 s of every trainers command's start otherwise
 
 
 TIES = {"pessimistic": "a tie with the true item counts against it",
@@ -57,6 +57,8 @@ def class_retrieval_metrics(sim: np.ndarray, labels, ks=(1, 5)) -> dict[str, flo
 
 def cluster_accuracy(y_true, y_pred) -> float:
     """Best one-to-one mapping of predicted clusters to labels (Hungarian), as a fraction correct."""
+    from scipy.optimize import linear_sum_assignment
+
     table = _table(y_true, y_pred)
     rows, cols = linear_sum_assignment(-table)
     return float(table[rows, cols].sum() / table.sum())
@@ -81,6 +83,8 @@ def clustering_metrics(y_true, y_pred) -> dict[str, float]:
     """NMI, ARI, Hungarian accuracy and size-weighted purity; and SeLaVi's set (its clustering_metrics.py): aNMI
     (adjusted MI, arithmetic mean), the unweighted mean over clusters of each cluster's purity and of its class
     entropy (nats), and whether K (clusters found) equals C (classes), as SeLaVi's accuracy assumes."""
+    from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
+
     table = _table(y_true, y_pred)
     shares = table / table.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):

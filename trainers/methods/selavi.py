@@ -13,8 +13,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
 from ..clustering import ClipSet, PseudoLabelMethod, encode, export_labels, forward
@@ -81,6 +79,8 @@ def hungarian_alignment(p_v: torch.Tensor, p_a: torch.Tensor, log: bool = False,
     def rows(p, i):
         x = p[i:i + chunk].double()
         return (x.exp() if log else x).t()
+    from scipy.optimize import linear_sum_assignment
+
     cost = sum(torch.cdist(rows(p_v, i), rows(p_a, i), p=1) for i in range(0, len(p_v), chunk))
     _, perm = linear_sum_assignment(cost.numpy())
     return perm
@@ -238,6 +238,8 @@ class SeLaViMethod(PseudoLabelMethod):
             rng = np.random.default_rng([cfg.seed, 12, step, g]) if cfg.head_groups > 1 else None
             iters += self.label_heads(features(model, self.clips, cfg, rng), group)
         self.aligned = True
+        from sklearn.metrics import normalized_mutual_info_score
+
         return {"nmi_prev": float(np.mean([normalized_mutual_info_score(old[h], self.labels[h])
                                            for h in range(cfg.heads)])),
                 "sk_iterations": float(np.mean(iters)),

@@ -15,9 +15,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
-from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
 from ..clustering import ClipSet, PseudoLabelMethod, encode, encode_chunks, export_labels, forward
@@ -55,6 +52,9 @@ class XDCConfig(TrainConfig, VideoTowerOptions):
 def fit_cluster(x: torch.Tensor, k: int, pca: int, seed: int):
     """DeepCluster preprocessing (PCA with whitening, row L2) then k-means (empty clusters are relocated
     by scikit-learn). Returns (labels of x, assign: features -> labels with the same PCA and centroids)."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
     x = x.double().numpy()
     p = PCA(n_components=min(pca, *x.shape), whiten=True, random_state=seed) if pca else None
 
@@ -209,6 +209,8 @@ class XDCMethod(PseudoLabelMethod):
         self.start, self.epochs_done, self.best, self.bad = step, 0, float("inf"), 0
         self._longest()
         new = relabel(self.model, self.clips, self.sources, self.cfg, self.iteration)
+        from sklearn.metrics import normalized_mutual_info_score
+
         record = {f"nmi_prev_{s}": float(normalized_mutual_info_score(self.labels[s], new[s]))
                   for s in self.sources if s in self.labels}
         self.labels = new
