@@ -54,6 +54,7 @@ class Extractor:
     weights_sha256: str | None = None
     random_init: bool = False
     runs_model = True  # its speed depends on --precision (the precision probe times the first such frame group)
+    preload: tuple[str, ...] = ()  # what its build imports late (heavy): a local Dask worker imports it as it starts
     # clip_frames consumers: the dense decode they need
     fps: float = 0.0
     frames_per_clip: int = 0

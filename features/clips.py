@@ -41,6 +41,7 @@ def strip_head(model: torch.nn.Module) -> tuple[str, int]:
 class VideoClipModel(Extractor):
     consumes = CLIP_FRAMES
     fps, frames_per_clip = 24.0, 16
+    preload = ("torchvision",)
 
     def __init__(self, name: str, opts: Options):
         super().__init__(name, opts)

@@ -35,6 +35,7 @@ def frozen_torchvision(arch: str, opts: Options, group: str, flag: str) -> tuple
 class ResNetFrames(Extractor):
     consumes = FRAMES
     rate = 1.0
+    preload = ("torchvision",)
 
     def __init__(self, name: str, opts: Options):
         super().__init__(name, opts)

@@ -55,6 +55,7 @@ def local_folder(name: str, opts: Options, needs: str) -> str:
 class HFVision(Extractor):
     consumes = FRAMES
     rate = 1.0
+    preload = ("transformers",)
 
     def __init__(self, name: str, opts: Options):
         transformers = require("transformers", f"the {name} group (a Hugging Face model)")

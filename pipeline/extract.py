@@ -10,18 +10,19 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from features.base import CLIP_FRAMES, FRAMES, Options
+from features.base import CLIP_FRAMES, FRAMES, TEXT, Options
 from features.precision import resolve
-from features.registry import EXTRACTORS, extractor
+from features.registry import EXTRACTORS, extractor, extractor_class
 from manifests.read import index_video_root
 
 from .decode_nvdec import unavailable as nvdec_unavailable
-from .part import PartJob, run_part
+from .part import PartJob, provenances, run_part
 from .plan import plan_checksum, plan_store, video_paths
 from .store import (CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries,
                     provenance_differences, record_failed_parts, write_clip_text, write_status_index, write_text)
@@ -180,26 +181,37 @@ def _open_or_plan(cfg: ExtractConfig) -> FeatureStore:
     return store
 
 
-def _record_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str],
-                   lock: StoreLock, why: dict) -> dict[str, dict]:
+def _record_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str], lock: StoreLock, why: dict,
+                   early: EarlyCluster | None = None) -> dict[str, dict]:
+    metas = _provenances(cfg, groups, early)
     with lock.attrs():  # read, compare and add under one lock: concurrent runs never lose a group record
         store.attrs = FeatureStore(store.path).attrs
-        metas = _check_groups(cfg, store, groups)
+        _check_groups(store, metas)
         new = [g for g in metas if g not in store.groups]
         store.attrs = add_groups(store.path, metas, {"precision": cfg.precision, "why": why} if new else None)
     return metas
 
 
-def _check_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str]) -> dict[str, dict]:
-    known = store.groups
-    metas = {}
-    for g in groups:
-        meta = extractor(g, cfg.options()).provenance()
-        if g in known and (diff := provenance_differences(known[g], meta)):
+def _provenances(cfg: ExtractConfig, groups: list[str], early: EarlyCluster | None) -> dict[str, dict]:
+    """Each group's provenance, its extractor built (weights checked): the video groups' by the local cluster's
+    workers, which keep them for their parts (3.4 s of the driver's start on 2 cores went to a ResNet-152 of its
+    own), the text groups' here, where they run."""
+    opts = cfg.options()
+    remote = [g for g in groups if extractor_class(g).consumes != TEXT] if early is not None else []
+    built = early.provenances(remote, opts, _gpu_resources(cfg)) if remote else {}
+    return {g: built[g] if g in built else extractor(g, opts).provenance() for g in groups}
+
+
+def _check_groups(store: FeatureStore, metas: dict[str, dict]) -> None:
+    for g, meta in metas.items():
+        if g in store.groups and (diff := provenance_differences(store.groups[g], meta)):
             raise ExtractError(f"group {g!r} in {store.path} was made with different settings (store -> now): "
                                + "; ".join(diff) + ". Use a new --store, or the store's settings")
-        metas[g] = meta
-    return metas
+
+
+def _gpu_resources(cfg: ExtractConfig) -> dict:
+    """A task's resources: on CUDA, one of its worker's GPU slots (only a worker holding a GPU runs it)."""
+    return {"resources": {"GPU": 1}} if cfg.device.startswith("cuda") else {}
 
 
 def _jobs(cfg: ExtractConfig, store: FeatureStore, groups: list[str], threads: int | None) -> list[PartJob]:
@@ -264,7 +276,7 @@ def settle(cfg: ExtractConfig, groups: list[str], store: FeatureStore, quiet=Non
     import torch
 
     from features.precision import CPU_BATCH, default_batch, probe_cpu
-    from features.registry import build, extractor_class
+    from features.registry import build
 
     known = {store.groups[g]["params"]["precision"] for g in groups
              if "precision" in store.groups.get(g, {}).get("params", {})}
@@ -312,7 +324,7 @@ def _extract_with(cfg: ExtractConfig, groups: list[str], lock: StoreLock, early:
     store = _open_or_plan(cfg)
     # a probe that measures waits for the workers' start: it must time an idle machine
     cfg, why = settle(cfg, groups, store, quiet=early.wait if early is not None else None)
-    metas = _record_groups(cfg, store, groups, lock, why)
+    metas = _record_groups(cfg, store, groups, lock, why, early)
     summary: dict = {"store": str(store.path), "videos": store.n_videos, "clips": store.n_clips,
                      "groups": groups, "parts_run": 0, "failed_parts": {},
                      "precision": cfg.precision, "batch_size": cfg.batch_size, "precision_why": why,
@@ -361,12 +373,14 @@ def _local_cluster(cfg: ExtractConfig):
     # such a worker runs PARTS_AT_ONCE parts at a time: one part's decoders start on its videos while the other
     # part's last videos decode (its GPU counts as that many GPU resources; each part asks for one)
     at_once = PARTS_AT_ONCE if spawns else 1
+    # and imports what its extractors' builds import late (torchvision: 1.2 s), beside the driver's planning
+    late = sorted({m for g in cfg.wanted_groups() for m in extractor_class(g).preload if find_spec(m) is not None})
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
                           "distributed.worker.daemon": not (cuda or cfg.decode_workers or cfg.decoder == "nvdec")}):
         return LocalCluster(n_workers=cfg.workers, threads_per_worker=at_once, processes=True,
                             dashboard_address=":0" if cfg.dashboard else None,
                             resources={"GPU": at_once} if cuda else None,
-                            preload=["pipeline.part"] + (["pipeline.processes"] if spawns else []),
+                            preload=["pipeline.part"] + late + (["pipeline.processes"] if spawns else []),
                             silence_logs=logging.CRITICAL)  # failures are reported by the driver, once
 
 
@@ -381,15 +395,33 @@ class EarlyCluster:
         pool = ThreadPoolExecutor(1, thread_name_prefix="mmcache-cluster")
         self.future = pool.submit(_local_cluster, cfg)
         pool.shutdown(wait=False)
-        self.closed = False
+        self.closed, self._client = False, None
 
     def wait(self):
         return self.future.result()
+
+    def client(self):
+        """The driver's one client of it."""
+        if self._client is None:
+            from dask.distributed import Client
+
+            self._client = Client(self.wait())
+        return self._client
+
+    def provenances(self, groups: list[str], opts: Options, resources: dict) -> dict[str, dict]:
+        """``part.provenances`` on every worker at once: each builds the extractors its parts use."""
+        client = self.client()
+        workers = list(client.scheduler_info()["workers"])
+        futures = [client.submit(provenances, groups, opts, workers=[w], allow_other_workers=False, pure=False,
+                                 **resources) for w in workers]
+        return client.gather(futures)[0] if futures else {}
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             try:
+                if self._client is not None:
+                    self._client.close()
                 self.future.result().close()
             except Exception:  # it failed to start: the run has already said so, or did not need it
                 pass
@@ -465,11 +497,13 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, early: EarlyClu
     from dask.distributed import Client, as_completed
 
     cluster = None
-    gpu = {"resources": {"GPU": 1}} if cfg.device.startswith("cuda") else {}  # only on a worker holding a GPU
+    gpu = _gpu_resources(cfg)
     if cfg.scheduler:
         client = Client(cfg.scheduler)
+    elif early is not None:
+        client = early.client()
     else:
-        cluster = early.wait() if early is not None else _local_cluster(cfg)
+        cluster = _local_cluster(cfg)
         client = Client(cluster)
     if cfg.dashboard:
         summary["dashboard"] = client.dashboard_link
@@ -499,8 +533,9 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, early: EarlyClu
                 queue.add(nf)
     finally:
         bar.close()
-        client.close()
         if early is not None:
             early.close()
-        elif cluster is not None:
-            cluster.close()
+        else:
+            client.close()
+            if cluster is not None:
+                cluster.close()

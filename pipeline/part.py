@@ -430,9 +430,22 @@ def _this_gpu(device: str) -> str:
         return device
 
 
+def _worker_options(opts: Options) -> Options:
+    """The options this worker builds its extractors with: its own GPU on a local cluster of several."""
+    from dataclasses import replace
+
+    return replace(opts, device=_this_gpu(opts.device)) if opts.device.startswith("cuda") else opts
+
+
+def provenances(groups: list[str], opts: Options) -> dict[str, dict]:
+    """A Dask task: each group's provenance (what the store records), from the extractors this worker builds for
+    its parts and keeps (its first part finds them built; the driver builds no model, nor holds a GPU)."""
+    opts = _worker_options(opts)
+    return {g: extractor(g, opts).provenance() for g in groups}
+
+
 def run_part(job: PartJob) -> dict:
     import os
-    from dataclasses import replace
 
     import torch
 
@@ -448,7 +461,7 @@ def run_part(job: PartJob) -> dict:
     if job.threads:
         torch.set_num_threads(job.threads)
     cuda = job.opts.device.startswith("cuda")
-    opts = replace(job.opts, device=_this_gpu(job.opts.device)) if cuda else job.opts
+    opts = _worker_options(job.opts)
     exts = {g: extractor(g, opts) for g in job.groups}
     of = {kind: [g for g, e in exts.items() if e.consumes == kind] for kind in (FRAMES, CLIP_FRAMES, AUDIO, LOGMEL)}
     n = len(job.videos)

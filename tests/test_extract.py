@@ -226,8 +226,15 @@ def test_retry_failed_picks_up_a_video_that_arrived(odd_dataset, weights, tmp_pa
 
 @pytest.mark.slow
 def test_dask_workers_give_the_same_store(odd_dataset, weights, odd_store, tmp_path):
+    """The same arrays and group records as one process; the workers build the video groups' extractors and
+    record their provenance, the driver builds none (it only builds the text groups, which it runs)."""
+    from features.registry import _BUILT
+
     store = tmp_path / "dask.zarr"
+    _BUILT.clear()
     extract(config(odd_dataset, store, weights, workers=2))
+    assert {name for name, _ in _BUILT} <= {"word2vec", "hf_text"}
+    assert FeatureStore(store).groups == FeatureStore(odd_store[0]).groups
     a, b = store_arrays(odd_store[0]), store_arrays(store)
     assert a.keys() == b.keys()
     for k in a:
