@@ -182,8 +182,8 @@ def _open_or_plan(cfg: ExtractConfig) -> FeatureStore:
 
 
 def _record_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str], lock: StoreLock, why: dict,
-                   early: EarlyCluster | None = None) -> dict[str, dict]:
-    metas = _provenances(cfg, groups, early)
+                   cluster: Cluster | None = None) -> dict[str, dict]:
+    metas = _provenances(cfg, groups, cluster)
     with lock.attrs():  # read, compare and add under one lock: concurrent runs never lose a group record
         store.attrs = FeatureStore(store.path).attrs
         _check_groups(store, metas)
@@ -192,13 +192,13 @@ def _record_groups(cfg: ExtractConfig, store: FeatureStore, groups: list[str], l
     return metas
 
 
-def _provenances(cfg: ExtractConfig, groups: list[str], early: EarlyCluster | None) -> dict[str, dict]:
-    """Each group's provenance, its extractor built (weights checked): the video groups' by the local cluster's
-    workers, which keep them for their parts (3.4 s of the driver's start on 2 cores went to a ResNet-152 of its
-    own), the text groups' here, where they run."""
+def _provenances(cfg: ExtractConfig, groups: list[str], cluster: Cluster | None) -> dict[str, dict]:
+    """Each group's provenance, its extractor built (weights checked): the video groups' by every worker, which
+    keeps them for its parts (3.4 s of the driver's start on 2 cores went to a ResNet-152 of its own, and with
+    --device cuda a GPU of its own), the text groups' here, where they run."""
     opts = cfg.options()
-    remote = [g for g in groups if extractor_class(g).consumes != TEXT] if early is not None else []
-    built = early.provenances(remote, opts, _gpu_resources(cfg)) if remote else {}
+    remote = [g for g in groups if extractor_class(g).consumes != TEXT] if cluster is not None else []
+    built = cluster.on_each_worker(provenances, remote, opts)[0] if remote else {}
     return {g: built[g] if g in built else extractor(g, opts).provenance() for g in groups}
 
 
@@ -251,8 +251,9 @@ def extract(cfg: ExtractConfig) -> dict:
     if cfg.decoder == "nvdec" and not cfg.scheduler and (why := nvdec_unavailable()):
         print(f"--decoder nvdec: {why}; decoding on the CPU (pyav) instead, recorded as such", flush=True)
         cfg = replace(cfg, decoder="pyav")
-    if cfg.workers is None:
-        cfg = replace(cfg, workers=_gpus() if cfg.device.startswith("cuda") else os.cpu_count() or 1)
+    if cfg.workers is None:  # --scheduler: its workers' own; this count only sizes the parts of a new store
+        cuda_here = cfg.device.startswith("cuda") and not cfg.scheduler
+        cfg = replace(cfg, workers=_gpus() if cuda_here else os.cpu_count() or 1)
     groups = cfg.wanted_groups()
     lock = StoreLock(cfg.store)
     try:
@@ -268,15 +269,13 @@ def worker_threads(cfg: ExtractConfig) -> int | None:
     return max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
 
 
-def settle(cfg: ExtractConfig, groups: list[str], store: FeatureStore, quiet=None) -> tuple[ExtractConfig, dict]:
+def settle(cfg: ExtractConfig, groups: list[str], store: FeatureStore, cluster: Cluster | None = None
+           ) -> tuple[ExtractConfig, dict]:
     """``--precision auto`` and an unset ``--batch-size`` made concrete once, before any model is built: a store
-    that holds groups keeps their precision (a store never mixes); otherwise features/precision.py decides,
-    probing the first frame model at the workers' threads and batch (``quiet()`` first, when it measures).
-    Returns the config and why."""
-    import torch
-
-    from features.precision import CPU_BATCH, default_batch, probe_cpu
-    from features.registry import build
+    that holds groups keeps their precision (a store never mixes); otherwise features/precision.py decides
+    (``choose_precision``), here, or with --scheduler on one of its workers (the driver may have another CPU, or
+    no GPU). Returns the config and why."""
+    from features.precision import default_batch
 
     known = {store.groups[g]["params"]["precision"] for g in groups
              if "precision" in store.groups.get(g, {}).get("params", {})}
@@ -284,20 +283,38 @@ def settle(cfg: ExtractConfig, groups: list[str], store: FeatureStore, quiet=Non
         if len(known) > 1:
             raise ExtractError(f"{cfg.store} holds groups in several precisions {sorted(known)}: pass --precision")
         precision, why = known.pop(), {"source": f"the precision {cfg.store}'s groups were extracted in"}
-    else:
-        models = [g for g in groups if extractor_class(g).consumes in (FRAMES, CLIP_FRAMES)
-                  and extractor_class(g).runs_model]
-        threads = worker_threads(cfg) or torch.get_num_threads()
-        batch = cfg.batch_size or CPU_BATCH["bf16"]
-        opts = Options(weights=cfg.weight_paths(), random_init=tuple(sorted(cfg.random_init)), batch_size=batch,
-                       short_side=cfg.short_side)
-        probe = (lambda g=models[0]: probe_cpu(g, lambda p: build(g, replace(opts, precision=p)), threads, batch,
-                                               before=quiet)) if models else None
-        try:
-            precision, why = resolve(cfg.precision, cfg.device, probe)
-        except ValueError as e:
-            raise ExtractError(str(e)) from e
+    elif cfg.scheduler and cluster is not None:
+        precision, why = cluster.on_a_worker(choose_precision, cfg, groups)
+    else:  # a probe that measures waits for the local workers' start: it must time an idle machine
+        precision, why = choose_precision(cfg, groups, cluster.wait if cluster is not None else None)
     return replace(cfg, precision=precision, batch_size=cfg.batch_size or default_batch(precision, cfg.device)), why
+
+
+def choose_precision(cfg: ExtractConfig, groups: list[str], quiet=None) -> tuple[str, dict]:
+    """features/precision.py's choice where this runs (a Dask task with --scheduler), probing the first frame
+    model at the workers' threads and batch (``quiet()`` first, when it measures)."""
+    import socket
+
+    import torch
+
+    from features.precision import CPU_BATCH, probe_cpu
+    from features.registry import build
+
+    models = [g for g in groups if extractor_class(g).consumes in (FRAMES, CLIP_FRAMES)
+              and extractor_class(g).runs_model]
+    threads = worker_threads(cfg) or torch.get_num_threads()
+    batch = cfg.batch_size or CPU_BATCH["bf16"]
+    opts = Options(weights=cfg.weight_paths(), random_init=tuple(sorted(cfg.random_init)), batch_size=batch,
+                   short_side=cfg.short_side)
+    probe = (lambda g=models[0]: probe_cpu(g, lambda p: build(g, replace(opts, precision=p)), threads, batch,
+                                           before=quiet)) if models else None
+    try:
+        precision, why = resolve(cfg.precision, cfg.device, probe)
+    except ValueError as e:
+        raise ExtractError(str(e)) from e
+    if cfg.scheduler:
+        why = {**why, "source": f"{why['source']}; on a worker of the cluster ({socket.gethostname()})"}
+    return precision, why
 
 
 def _gpus() -> int:
@@ -311,20 +328,19 @@ def _gpus() -> int:
 def _extract(cfg: ExtractConfig, groups: list[str], lock: StoreLock, alone: bool) -> dict:
     if not alone:
         log.warning("another extraction is running on %s: its temporary files are left alone", cfg.store)
-    local = not cfg.scheduler and cfg.workers != 0
-    early = EarlyCluster(cfg) if local and _work_pending(cfg, groups) else None
+    # --scheduler's is connected to when first needed; a local one starts now, if the store has work left
+    cluster = Cluster(cfg) if cfg.scheduler or (cfg.workers != 0 and _work_pending(cfg, groups)) else None
     try:
-        return _extract_with(cfg, groups, lock, early)
+        return _extract_with(cfg, groups, lock, cluster)
     finally:
-        if early is not None:
-            early.close()
+        if cluster is not None:
+            cluster.close()
 
 
-def _extract_with(cfg: ExtractConfig, groups: list[str], lock: StoreLock, early: EarlyCluster | None) -> dict:
+def _extract_with(cfg: ExtractConfig, groups: list[str], lock: StoreLock, cluster: Cluster | None) -> dict:
     store = _open_or_plan(cfg)
-    # a probe that measures waits for the workers' start: it must time an idle machine
-    cfg, why = settle(cfg, groups, store, quiet=early.wait if early is not None else None)
-    metas = _record_groups(cfg, store, groups, lock, why, early)
+    cfg, why = settle(cfg, groups, store, cluster)
+    metas = _record_groups(cfg, store, groups, lock, why, cluster)
     summary: dict = {"store": str(store.path), "videos": store.n_videos, "clips": store.n_clips,
                      "groups": groups, "parts_run": 0, "failed_parts": {},
                      "precision": cfg.precision, "batch_size": cfg.batch_size, "precision_why": why,
@@ -342,7 +358,7 @@ def _extract_with(cfg: ExtractConfig, groups: list[str], lock: StoreLock, early:
     summary["parts_run"] = len(jobs)
     if jobs:
         try:
-            _run(jobs, cfg, summary, early)
+            _run(jobs, cfg, summary, cluster)
         finally:  # `pipeline status` names why a part is still pending
             record_failed_parts(store, {j.part for j in jobs}, summary["failed_parts"])
     with lock.attrs():  # one writer of the status index at a time
@@ -384,37 +400,59 @@ def _local_cluster(cfg: ExtractConfig):
                             silence_logs=logging.CRITICAL)  # failures are reported by the driver, once
 
 
-class EarlyCluster:
-    """The local cluster started in a thread as the run begins, so that its workers spawn and import while the
-    driver plans the store, settles the precision and tokenises the captions. ``wait()`` gives it; ``close()``
-    (idempotent) ends it, also when it was never used (a run that found nothing to do)."""
+class Cluster:
+    """The Dask cluster the parts run on, and the driver's one client of it: --scheduler's (connected to when first
+    needed), or a local one started in a thread as the run begins, so that its workers spawn and import while the
+    driver plans the store, settles the precision and tokenises the captions. Tasks on its workers build the
+    extractors before the parts (and with --scheduler choose the precision), so the driver needs no model and no
+    GPU of its own. ``close()`` (idempotent) ends it, also when it was never used (a run with nothing to do)."""
 
     def __init__(self, cfg: ExtractConfig):
-        from concurrent.futures import ThreadPoolExecutor
+        self.scheduler, self.resources = cfg.scheduler, _gpu_resources(cfg)
+        self.future, self._client, self.closed = None, None, False
+        if not cfg.scheduler:
+            from concurrent.futures import ThreadPoolExecutor
 
-        pool = ThreadPoolExecutor(1, thread_name_prefix="mmcache-cluster")
-        self.future = pool.submit(_local_cluster, cfg)
-        pool.shutdown(wait=False)
-        self.closed, self._client = False, None
+            pool = ThreadPoolExecutor(1, thread_name_prefix="mmcache-cluster")
+            self.future = pool.submit(_local_cluster, cfg)
+            pool.shutdown(wait=False)
 
     def wait(self):
-        return self.future.result()
+        """The local cluster, started (None with --scheduler)."""
+        return self.future.result() if self.future is not None else None
 
     def client(self):
-        """The driver's one client of it."""
         if self._client is None:
             from dask.distributed import Client
 
-            self._client = Client(self.wait())
+            self._client = Client(self.scheduler or self.wait())
         return self._client
 
-    def provenances(self, groups: list[str], opts: Options, resources: dict) -> dict[str, dict]:
-        """``part.provenances`` on every worker at once: each builds the extractors its parts use."""
+    def workers(self) -> list[str]:
+        """The workers that may run parts: with --device cuda, those offering the resource GPU (a part asking
+        for it would wait for ever on a cluster without one)."""
+        need, client = self.resources.get("resources", {}), self.client()
+        offers = client.run_on_scheduler(_worker_resources)
+        if not offers:  # workers that join later (a batch queue): wait, and say so
+            print(f"waiting for the first worker to join the Dask scheduler {self.scheduler}", flush=True)
+            client.wait_for_workers(1)
+            offers = client.run_on_scheduler(_worker_resources)
+        found = [w for w, has in offers.items() if all(has.get(k, 0) >= n for k, n in need.items())]
+        if not found:
+            raise ExtractError(f"no worker of {self.scheduler or 'the local cluster'} offers the Dask resource GPU, "
+                               "and --device cuda parts ask for it: start each GPU's worker with `--nthreads 2 "
+                               "--resources GPU=2`")
+        return found
+
+    def on_each_worker(self, fn, *args) -> list:
+        """``fn(*args)`` on every worker that may run parts, at once."""
         client = self.client()
-        workers = list(client.scheduler_info()["workers"])
-        futures = [client.submit(provenances, groups, opts, workers=[w], allow_other_workers=False, pure=False,
-                                 **resources) for w in workers]
-        return client.gather(futures)[0] if futures else {}
+        return client.gather([client.submit(fn, *args, workers=[w], allow_other_workers=False, pure=False,
+                                            **self.resources) for w in self.workers()])
+
+    def on_a_worker(self, fn, *args):
+        """``fn(*args)`` on one worker that may run parts."""
+        return self.client().submit(fn, *args, workers=self.workers(), pure=False, **self.resources).result()
 
     def close(self) -> None:
         if not self.closed:
@@ -422,9 +460,15 @@ class EarlyCluster:
             try:
                 if self._client is not None:
                     self._client.close()
-                self.future.result().close()
+                if self.future is not None:
+                    self.future.result().close()
             except Exception:  # it failed to start: the run has already said so, or did not need it
                 pass
+
+
+def _worker_resources(dask_scheduler) -> dict[str, dict]:
+    """On the scheduler: each worker's resources."""
+    return {w: dict(ws.resources) for w, ws in dask_scheduler.workers.items()}
 
 
 def _work_pending(cfg: ExtractConfig, groups: list[str]) -> bool:
@@ -451,12 +495,12 @@ def _covered(spans: list[tuple[float, float]]) -> float:
     return total
 
 
-def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, early: EarlyCluster | None = None) -> None:
+def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, cluster: Cluster | None = None) -> None:
     from tqdm import tqdm
 
     bar = tqdm(total=sum(len(j.videos) for j in jobs), unit="video", disable=not cfg.progress,
                desc="extract", dynamic_ncols=True)
-    t0, seconds, failed, spans = time.time(), 0.0, 0, []
+    t0, seconds, failed, spans, workers = time.time(), 0.0, 0, [], [cfg.workers]
 
     def done(job: PartJob, result: dict | None, error: str | None = None) -> None:
         nonlocal seconds, failed
@@ -477,7 +521,7 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, early: EarlyClu
         bar.update(len(job.videos))
         rate = seconds / max(time.time() - t0, 1e-9)  # video-seconds per second (= 1 fps frames per second)
         bar.set_postfix(failed=failed, video_s_per_s=f"{rate:.1f}",
-                        frames_per_s_per_worker=f"{rate / max(1, cfg.workers):.1f}")
+                        frames_per_s_per_worker=f"{rate / max(1, workers[0] or 1):.1f}")
 
     if not cfg.scheduler and cfg.workers == 0:
         try:
@@ -494,23 +538,18 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, early: EarlyClu
             bar.close()
         return
 
-    from dask.distributed import Client, as_completed
+    from dask.distributed import as_completed
 
-    cluster = None
-    gpu = _gpu_resources(cfg)
-    if cfg.scheduler:
-        client = Client(cfg.scheduler)
-    elif early is not None:
-        client = early.client()
-    else:
-        cluster = _local_cluster(cfg)
-        client = Client(cluster)
-    if cfg.dashboard:
-        summary["dashboard"] = client.dashboard_link
-        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+    cluster = cluster or Cluster(cfg)  # none was started: the store seemed to have no work left
+    gpu = cluster.resources
     try:
-        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
-        in_flight = 2 * max(1, threads or cfg.workers or 1)
+        client = cluster.client()
+        if cfg.dashboard:
+            summary["dashboard"] = client.dashboard_link
+            print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        able, nthreads = cluster.workers(), client.nthreads()
+        workers[0], threads = len(able), sum(nthreads.get(w, 1) for w in able)
+        in_flight = 2 * max(1, threads)
         pending = list(jobs)
         by_key = {}
         first = [client.submit(run_part, j, pure=False, retries=1, **gpu) for j in pending[:in_flight]]
@@ -533,9 +572,4 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, early: EarlyClu
                 queue.add(nf)
     finally:
         bar.close()
-        if early is not None:
-            early.close()
-        else:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        cluster.close()

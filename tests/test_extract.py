@@ -3,6 +3,7 @@ import json
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -311,6 +312,24 @@ def test_existing_dask_scheduler_address(odd_dataset, weights, tmp_path):
         summary = extract(config(odd_dataset, tmp_path / "s.zarr", weights, groups=["logmel"],
                                  scheduler=cluster.scheduler_address))
     assert summary["parts_run"] == 4 and summary["status"]["logmel"]["ok"] == 3
+
+
+def test_a_scheduler_driver_needs_no_gpu_and_cuda_parts_need_gpu_workers(odd_dataset, weights, tmp_path):
+    """With --scheduler a worker chooses the precision (the driver may be a login node: another CPU, no GPU);
+    --device cuda on a cluster whose workers offer no GPU resource stops at once and says how to start them (its
+    parts would wait for ever); this driver has no GPU and is not asked for one."""
+    from dataclasses import replace
+
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        cfg = config(odd_dataset, tmp_path / "s.zarr", weights, groups=["logmel"], precision="auto",
+                     scheduler=cluster.scheduler_address)
+        summary = extract(cfg)
+        assert summary["status"]["logmel"]["ok"] == 3
+        assert summary["precision_why"]["source"].endswith(f"; on a worker of the cluster ({socket.gethostname()})")
+        with pytest.raises(ExtractError, match="offers the Dask resource GPU.*--nthreads 2 --resources GPU=2"):
+            extract(replace(cfg, store=str(tmp_path / "gpu.zarr"), device="cuda"))
 
 
 def test_exit_codes_say_whether_anything_failed(odd_dataset, tmp_path):
