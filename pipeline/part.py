@@ -220,6 +220,8 @@ class _TooLarge(Exception):
 def _decode_whole(path: str, plan: DecodePlan, why: str) -> tuple[list, DecodeResult] | None:
     """The CPU decode of a video NVDEC cannot take, in this CPU process (so it holds no session's GIL): the frames
     it sends, and its result; None where its frames would pass WHOLE_BYTES."""
+    from dataclasses import replace
+
     sent, held = [], [0]
 
     def keep(kind, group, arr):
@@ -227,8 +229,6 @@ def _decode_whole(path: str, plan: DecodePlan, why: str) -> tuple[list, DecodeRe
         if held[0] > WHOLE_BYTES:
             raise _TooLarge
         sent.append((kind, group, arr))
-
-    from dataclasses import replace
 
     try:
         out = decode_video(replace(plan, threads=1, opts=replace(plan.opts, decoder="pyav")), path, keep)
