@@ -332,6 +332,22 @@ def test_a_scheduler_driver_needs_no_gpu_and_cuda_parts_need_gpu_workers(odd_dat
             extract(replace(cfg, store=str(tmp_path / "gpu.zarr"), device="cuda"))
 
 
+def test_a_scheduler_without_workers_is_waited_for_saying_so(odd_dataset, weights, tmp_path, capsys):
+    import threading
+
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        later = threading.Timer(1.0, cluster.scale, (1,))  # a worker that joins later (a batch queue)
+        later.start()
+        summary = extract(config(odd_dataset, tmp_path / "s.zarr", weights, groups=["logmel"],
+                                 scheduler=cluster.scheduler_address))
+        later.join()
+    assert summary["status"]["logmel"]["ok"] == 3
+    said = capsys.readouterr().out
+    assert f"waiting for the first worker to join the Dask scheduler {cluster.scheduler_address}" in said
+
+
 def test_exit_codes_say_whether_anything_failed(odd_dataset, tmp_path):
     from pipeline.cli import main
 
