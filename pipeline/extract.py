@@ -445,14 +445,16 @@ class Cluster:
         return found
 
     def on_each_worker(self, fn, *args) -> list:
-        """``fn(*args)`` on every worker that may run parts, at once."""
+        """``fn(*args)`` on every worker that may run parts, at once (a worker gone meanwhile, e.g. restarted by
+        its nanny under a new address: its call runs on another, where a strict restriction would wait for ever)."""
         client = self.client()
-        return client.gather([client.submit(fn, *args, workers=[w], allow_other_workers=False, pure=False,
+        return client.gather([client.submit(fn, *args, workers=[w], allow_other_workers=True, pure=False,
                                             **self.resources) for w in self.workers()])
 
     def on_a_worker(self, fn, *args):
-        """``fn(*args)`` on one worker that may run parts."""
-        return self.client().submit(fn, *args, workers=self.workers(), pure=False, **self.resources).result()
+        """``fn(*args)`` on one worker that may run parts (the resources pick it)."""
+        self.workers()  # none may: say so now
+        return self.client().submit(fn, *args, pure=False, **self.resources).result()
 
     def close(self) -> None:
         if not self.closed:

@@ -332,6 +332,27 @@ def test_a_scheduler_driver_needs_no_gpu_and_cuda_parts_need_gpu_workers(odd_dat
             extract(replace(cfg, store=str(tmp_path / "gpu.zarr"), device="cuda"))
 
 
+def test_a_call_on_each_worker_survives_a_worker_gone_meanwhile(monkeypatch):
+    """A worker listed, then gone (its nanny restarted it under a new address): its call runs on another worker
+    instead of waiting for ever for the old address."""
+    import threading
+
+    from dask.distributed import LocalCluster
+
+    from pipeline.extract import Cluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as local:
+        cluster = Cluster(ExtractConfig(manifest="m.csv", store="s.zarr", scheduler=local.scheduler_address))
+        alive = cluster.workers()
+        monkeypatch.setattr(cluster, "workers", lambda: alive + ["tcp://127.0.0.1:9"])  # nothing listens there
+        got = []
+        call = threading.Thread(target=lambda: got.append(cluster.on_each_worker(sorted, [2, 1])), daemon=True)
+        call.start()
+        call.join(timeout=30)
+        cluster.close()
+    assert got == [[[1, 2], [1, 2]]]
+
+
 def test_a_scheduler_without_workers_is_waited_for_saying_so(odd_dataset, weights, tmp_path, capsys):
     import threading
 
