@@ -10,7 +10,6 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +21,7 @@ from features.registry import EXTRACTORS, extractor, extractor_class
 from manifests.read import index_video_root
 
 from .decode_nvdec import unavailable as nvdec_unavailable
-from .part import PartJob, provenances, run_part
+from .part import LATE_IMPORTS, PartJob, provenances, run_part
 from .plan import plan_checksum, plan_store, video_paths
 from .store import (CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries,
                     provenance_differences, record_failed_parts, write_clip_text, write_status_index, write_text)
@@ -390,13 +389,13 @@ def _local_cluster(cfg: ExtractConfig):
     # part's last videos decode (its GPU counts as that many GPU resources; each part asks for one)
     at_once = PARTS_AT_ONCE if spawns else 1
     # and imports what its extractors' builds import late (torchvision: 1.2 s), beside the driver's planning
-    late = sorted({m for g in cfg.wanted_groups() for m in extractor_class(g).preload if find_spec(m) is not None})
+    environ[LATE_IMPORTS] = ",".join(sorted({m for g in cfg.wanted_groups() for m in extractor_class(g).preload}))
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
                           "distributed.worker.daemon": not (cuda or cfg.decode_workers or cfg.decoder == "nvdec")}):
         return LocalCluster(n_workers=cfg.workers, threads_per_worker=at_once, processes=True,
                             dashboard_address=":0" if cfg.dashboard else None,
                             resources={"GPU": at_once} if cuda else None,
-                            preload=["pipeline.part"] + late + (["pipeline.processes"] if spawns else []),
+                            preload=["pipeline.part"] + (["pipeline.processes"] if spawns else []),
                             silence_logs=logging.CRITICAL)  # failures are reported by the driver, once
 
 

@@ -332,6 +332,24 @@ def test_a_scheduler_driver_needs_no_gpu_and_cuda_parts_need_gpu_workers(odd_dat
             extract(replace(cfg, store=str(tmp_path / "gpu.zarr"), device="cuda"))
 
 
+def test_local_workers_import_their_extractors_late_imports_as_they_start(monkeypatch):
+    """torchvision (imported by ResNet-152's build only) is imported as a local worker starts, beside the
+    driver's planning; a late import that fails is left to the build, not a worker that cannot start."""
+    from pipeline import part
+    from pipeline.extract import Cluster
+
+    monkeypatch.setenv(part.LATE_IMPORTS, "colorsys,no_such_module_here")
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    part.dask_setup(None)
+    assert "colorsys" in sys.modules
+    monkeypatch.delenv(part.LATE_IMPORTS)
+    cluster = Cluster(ExtractConfig(manifest="m.csv", store="s.zarr", groups=["resnet152"], workers=1))
+    try:
+        assert list(cluster.client().run(lambda: "torchvision" in sys.modules).values()) == [True]
+    finally:
+        cluster.close()
+
+
 def test_a_call_on_each_worker_survives_a_worker_gone_meanwhile(monkeypatch):
     """A worker listed, then gone (its nanny restarted it under a new address): its call runs on another worker
     instead of waiting for ever for the old address."""
