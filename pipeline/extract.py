@@ -11,17 +11,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from features.base import CLIP_FRAMES, FRAMES, TEXT, Options
-from features.precision import resolve
 from features.registry import EXTRACTORS, extractor, extractor_class
 from manifests.read import index_video_root
 
 from .decode_nvdec import unavailable as nvdec_unavailable
-from .part import LATE_IMPORTS, PartJob, provenances, run_part
 from .plan import plan_checksum, plan_store, video_paths
 from .store import (CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, clean_temporaries,
                     provenance_differences, record_failed_parts, write_clip_text, write_status_index, write_text)
@@ -29,6 +27,9 @@ from .store import (CLIP_CHUNK, DiskFull, FeatureStore, StoreLock, add_groups, c
 ALL_GROUPS = tuple(EXTRACTORS)
 PARTS_AT_ONCE = 2  # parts a worker runs at a time where its parts decode in processes (--decode-workers, NVDEC)
 log = logging.getLogger("mmcache")
+
+if TYPE_CHECKING:  # torch and the extractors are imported where a run needs them: `pipeline status` and
+    from .part import PartJob  # `--help` start in 0.6 s instead of 1.8
 
 
 class ExtractError(RuntimeError):
@@ -195,6 +196,8 @@ def _provenances(cfg: ExtractConfig, groups: list[str], cluster: Cluster | None)
     """Each group's provenance, its extractor built (weights checked): the video groups' by every worker, which
     keeps them for its parts (3.4 s of the driver's start on 2 cores went to a ResNet-152 of its own, and with
     --device cuda a GPU of its own), the text groups' here, where they run."""
+    from .part import provenances
+
     opts = cfg.options()
     remote = [g for g in groups if extractor_class(g).consumes != TEXT] if cluster is not None else []
     built = cluster.on_each_worker(provenances, remote, opts)[0] if remote else {}
@@ -214,6 +217,8 @@ def _gpu_resources(cfg: ExtractConfig) -> dict:
 
 
 def _jobs(cfg: ExtractConfig, store: FeatureStore, groups: list[str], threads: int | None) -> list[PartJob]:
+    from .part import PartJob
+
     done = {g: store.committed(g) for g in groups}
     failed_parts: dict[int, list[str]] = {}
     if cfg.retry_failed:
@@ -296,7 +301,7 @@ def choose_precision(cfg: ExtractConfig, groups: list[str], quiet=None) -> tuple
 
     import torch
 
-    from features.precision import CPU_BATCH, probe_cpu
+    from features.precision import CPU_BATCH, probe_cpu, resolve
     from features.registry import build
 
     models = [g for g in groups if extractor_class(g).consumes in (FRAMES, CLIP_FRAMES)
@@ -375,6 +380,8 @@ def _local_cluster(cfg: ExtractConfig):
     code imported as it starts (2.1 s a worker on 2 cores, paid by its first task otherwise)."""
     import dask
     from dask.distributed import LocalCluster
+
+    from .part import LATE_IMPORTS
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     cuda = cfg.device.startswith("cuda")
@@ -498,6 +505,8 @@ def _covered(spans: list[tuple[float, float]]) -> float:
 
 def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, cluster: Cluster | None = None) -> None:
     from tqdm import tqdm
+
+    from .part import run_part
 
     bar = tqdm(total=sum(len(j.videos) for j in jobs), unit="video", disable=not cfg.progress,
                desc="extract", dynamic_ncols=True)

@@ -999,25 +999,25 @@ def test_a_consolidated_view_is_not_left_stale_by_a_later_extraction(odd_dataset
 
 
 def test_status_names_why_a_part_is_still_pending(odd_dataset, weights, tmp_path, monkeypatch, capsys):
-    import pipeline.extract as ex
+    import pipeline.part as part
     from pipeline.cli import main
 
     store = tmp_path / "s.zarr"
-    real = ex.run_part
+    real = part.run_part
 
     def broken(job):
         if job.part == 1:
             raise MemoryError("the worker ran out of memory")
         return real(job)
 
-    monkeypatch.setattr(ex, "run_part", broken)
+    monkeypatch.setattr(part, "run_part", broken)
     summary = extract(config(odd_dataset, store, weights, groups=["logmel"], word2vec=None))
     assert summary["failed_parts"] == {1: "MemoryError: the worker ran out of memory"}
     assert main(["status", "--store", str(store)]) == 0
     assert "part 1: MemoryError: the worker ran out of memory" in capsys.readouterr().out
     assert main(["status", "--store", str(store), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["failed_parts"] == {"1": "MemoryError: the worker ran out of memory"}
-    monkeypatch.setattr(ex, "run_part", real)
+    monkeypatch.setattr(part, "run_part", real)
     extract(config(odd_dataset, store, weights, groups=["logmel"], word2vec=None))
     assert main(["status", "--store", str(store), "--json"]) == 0
     assert "failed_parts" not in json.loads(capsys.readouterr().out)  # the rerun finished part 1
