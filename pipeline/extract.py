@@ -419,6 +419,11 @@ class Cluster:
         if not cfg.scheduler:
             from concurrent.futures import ThreadPoolExecutor
 
+            # torch and the extractors' code are imported by this thread first: a thread importing torch while
+            # another does can find it half-made ("partially initialized module 'torch.utils'")
+            import features.precision  # noqa: F401
+            from . import part  # noqa: F401
+
             pool = ThreadPoolExecutor(1, thread_name_prefix="mmcache-cluster")
             self.future = pool.submit(_local_cluster, cfg)
             pool.shutdown(wait=False)

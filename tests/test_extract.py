@@ -332,6 +332,17 @@ def test_a_scheduler_driver_needs_no_gpu_and_cuda_parts_need_gpu_workers(odd_dat
             extract(replace(cfg, store=str(tmp_path / "gpu.zarr"), device="cuda"))
 
 
+def test_the_cluster_thread_starts_after_torch_is_imported():
+    """`pipeline.extract` imports no torch (`pipeline status` starts in 0.5 s), so the driver imports it before
+    the thread that starts the local cluster: two threads importing torch at once failed a run ("partially
+    initialized module 'torch.utils'")."""
+    code = ("import sys\nimport pipeline.extract as ex\nseen = []\n"
+            "ex._local_cluster = lambda cfg: seen.append('torch' in sys.modules and 'pipeline.part' in sys.modules)\n"
+            "ex.Cluster(ex.ExtractConfig(manifest='m.csv', store='s.zarr', workers=1)).wait()\nprint(seen)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "[True]\n"
+
+
 def test_local_workers_import_their_extractors_late_imports_as_they_start(monkeypatch):
     """torchvision (imported by ResNet-152's build only) is imported as a local worker starts, beside the
     driver's planning; a late import that fails is left to the build, not a worker that cannot start."""
