@@ -515,7 +515,7 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, cluster: Cluste
 
     bar = tqdm(total=sum(len(j.videos) for j in jobs), unit="video", disable=not cfg.progress,
                desc="extract", dynamic_ncols=True)
-    t0, seconds, failed, spans, workers = time.time(), 0.0, 0, [], [cfg.workers]
+    t0, seconds, failed, spans, workers = time.time(), 0.0, 0, [], cfg.workers  # the cluster's, once known
 
     def done(job: PartJob, result: dict | None, error: str | None = None) -> None:
         nonlocal seconds, failed
@@ -536,7 +536,7 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, cluster: Cluste
         bar.update(len(job.videos))
         rate = seconds / max(time.time() - t0, 1e-9)  # video-seconds per second (= 1 fps frames per second)
         bar.set_postfix(failed=failed, video_s_per_s=f"{rate:.1f}",
-                        frames_per_s_per_worker=f"{rate / max(1, workers[0] or 1):.1f}")
+                        frames_per_s_per_worker=f"{rate / max(1, workers or 1):.1f}")
 
     if not cfg.scheduler and cfg.workers == 0:
         try:
@@ -563,7 +563,7 @@ def _run(jobs: list[PartJob], cfg: ExtractConfig, summary: dict, cluster: Cluste
             summary["dashboard"] = client.dashboard_link
             print(f"Dask dashboard: {client.dashboard_link}", flush=True)
         able, nthreads = cluster.workers(), client.nthreads()
-        workers[0], threads = len(able), sum(nthreads.get(w, 1) for w in able)
+        workers, threads = len(able), sum(nthreads.get(w, 1) for w in able)
         in_flight = 2 * max(1, threads)
         pending = list(jobs)
         by_key = {}
