@@ -381,7 +381,7 @@ def _local_cluster(cfg: ExtractConfig):
     import dask
     from dask.distributed import LocalCluster
 
-    from .part import LATE_IMPORTS
+    from .worker import LATE_IMPORTS
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     cuda = cfg.device.startswith("cuda")
@@ -402,7 +402,7 @@ def _local_cluster(cfg: ExtractConfig):
         return LocalCluster(n_workers=cfg.workers, threads_per_worker=at_once, processes=True,
                             dashboard_address=":0" if cfg.dashboard else None,
                             resources={"GPU": at_once} if cuda else None,
-                            preload=["pipeline.part"] + (["pipeline.processes"] if spawns else []),
+                            preload=["pipeline.worker"] + (["pipeline.processes"] if spawns else []),
                             silence_logs=logging.CRITICAL)  # failures are reported by the driver, once
 
 

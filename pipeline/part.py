@@ -33,7 +33,6 @@ from .processes import forkserver
 from .store import USABLE, read_unit, write_part
 
 CLIPS_PER_FORWARD = 4
-LATE_IMPORTS = "MMCACHE_LATE_IMPORTS"  # what a local worker imports as it starts: its extractors' late imports
 NVDEC_SESSIONS = 4  # --decoder nvdec: videos decoded at once per part (an H100 has 7 NVDEC engines)
 
 
@@ -429,20 +428,6 @@ def _this_gpu(device: str) -> str:
         return f"cuda:{int(get_worker().name) % torch.cuda.device_count()}"
     except (ImportError, ValueError, TypeError):  # not in a Dask worker, or a worker named by the user
         return device
-
-
-def dask_setup(worker) -> None:  # noqa: ARG001 - Dask's hook: every local worker preloads this module
-    """Import what this run's extractors import only when built (torchvision, transformers), as the worker
-    starts, beside the driver's planning. One that fails to import is left to the build, which says why (a
-    failing preload would stop the worker with only "Nanny failed to start")."""
-    import importlib
-    import os
-
-    for name in filter(None, os.environ.get(LATE_IMPORTS, "").split(",")):
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass
 
 
 def _worker_options(opts: Options) -> Options:

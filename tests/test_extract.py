@@ -345,18 +345,23 @@ def test_the_cluster_thread_starts_after_torch_is_imported():
 
 def test_local_workers_import_their_extractors_late_imports_as_they_start(monkeypatch):
     """torchvision (imported by ResNet-152's build only) is imported as a local worker starts, beside the
-    driver's planning; a late import that fails is left to the build, not a worker that cannot start."""
-    from pipeline import part
+    driver's planning; a late import that fails is left to the build, not a worker that cannot start. What the
+    start imported is frozen out of the garbage collector, which is left as it was."""
+    import gc
+
+    from pipeline import worker
     from pipeline.extract import Cluster
 
-    monkeypatch.setenv(part.LATE_IMPORTS, "colorsys,no_such_module_here")
+    monkeypatch.setenv(worker.LATE_IMPORTS, "colorsys,no_such_module_here")
     monkeypatch.delitem(sys.modules, "colorsys", raising=False)
-    part.dask_setup(None)
-    assert "colorsys" in sys.modules
-    monkeypatch.delenv(part.LATE_IMPORTS)
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # not this test process's objects
+    worker.dask_setup(None)
+    assert "colorsys" in sys.modules and gc.isenabled()
+    monkeypatch.undo()
     cluster = Cluster(ExtractConfig(manifest="m.csv", store="s.zarr", groups=["resnet152"], workers=1))
     try:
-        assert list(cluster.client().run(lambda: "torchvision" in sys.modules).values()) == [True]
+        found = cluster.client().run(lambda: ("torchvision" in sys.modules, gc.get_freeze_count() > 10_000))
+        assert list(found.values()) == [(True, True)]
     finally:
         cluster.close()
 
