@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extract import workload  # noqa: E402
+from extract import HOWTO100M_MEAN_SECONDS, at_scale, workload  # noqa: E402
 from train import compare  # noqa: E402
 
 from features.base import Options  # noqa: E402
@@ -164,7 +164,8 @@ def main():
         with Utilisation() as util:
             t = time.perf_counter()
             summary = extract(cfg)
-            pipeline = total / (time.perf_counter() - t)
+            wall = time.perf_counter() - t
+        pipeline = total / wall
         inside = total / summary["task_seconds"]  # while any task ran
         print(f"--decoder {decoder}: limit = min(decode, {best} forward) = {limit:.1f} video-s/s")
         print(f"  {'pipeline extract --device ' + args.device + ':':39s}{pipeline:9.1f} video-s/s = "
@@ -172,6 +173,10 @@ def main():
               f"per part); {hours(pipeline)}")
         print(f"  same, while its tasks ran:             {inside:9.1f} video-s/s = {inside / limit:.2f} of the limit; "
               f"{hours(inside)}")
+        fixed, scaled = at_scale(total, wall, summary["task_seconds"])
+        print(f"  start-up and shut-down (no task running): {fixed:.1f} s; with it, 1,000 videos of HowTo100M's mean "
+              f"length ({HOWTO100M_MEAN_SECONDS:.0f} s): {scaled:.1f} video-s/s = {scaled / limit:.2f} of the limit "
+              "(extrapolated, not measured)")
         print(f"  GPU utilisation during extraction:     {util.summary()}")
         print(f"  statuses: {summary['status']}; NVDEC's videos taken by the CPU: "
               f"{summary.get('nvdec_cpu_fallback', 0)}")

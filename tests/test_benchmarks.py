@@ -18,9 +18,10 @@ REAL = ROOT.parent / "shared" / "data" / "videos"
 RUNS = [
     ("gpu.py", ["--device", "cpu", "--videos", "4", "--seconds", "10", "--batch-size", "8", "--train-steps", "12"],
      [r"decode limit, \d+ processes", r"--decoder pyav: limit = min", r"[\d.]+ of the limit, incl\. start-up",
-      r"host-hours for HowTo100M", r"ratio: [\d.]+"], True),
+      r"host-hours for HowTo100M", r"1,000 videos of HowTo100M's mean length .* of the limit \(extrapolated",
+      r"ratio: [\d.]+"], True),
     ("extract.py", ["--videos", "2", "--seconds", "10"],
-     [r"mmcache / peer at its best", r"mmcache / min\(decode limit"], True),
+     [r"mmcache / peer at its best", r"mmcache / min\(decode limit", r"1,000 videos .* \(extrapolated\)"], True),
     ("frames.py", ["--videos", "2", "--seconds", "8"], [r"of decode alone", r"x decoding the video again"], True),
     ("parts.py", ["--videos", "4", "--seconds", "8", "--part-size", "2", "--processes", "2"],
      [r"decode limit, 2 processes", r"while tasks ran: .* of the limit"], True),
