@@ -381,7 +381,7 @@ def _local_cluster(cfg: ExtractConfig):
     import dask
     from dask.distributed import LocalCluster
 
-    from .worker import LATE_IMPORTS
+    from .worker import GROUPS
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     cuda = cfg.device.startswith("cuda")
@@ -395,8 +395,8 @@ def _local_cluster(cfg: ExtractConfig):
     # such a worker runs PARTS_AT_ONCE parts at a time: one part's decoders start on its videos while the other
     # part's last videos decode (its GPU counts as that many GPU resources; each part asks for one)
     at_once = PARTS_AT_ONCE if spawns else 1
-    # and imports what its extractors' builds import late (torchvision: 1.2 s), beside the driver's planning
-    environ[LATE_IMPORTS] = ",".join(sorted({m for g in cfg.wanted_groups() for m in extractor_class(g).preload}))
+    # and imports its extractors and what their builds import late (torchvision: 1.2 s), beside the planning
+    environ[GROUPS] = ",".join(cfg.wanted_groups())
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
                           "distributed.worker.daemon": not (cuda or cfg.decode_workers or cfg.decoder == "nvdec")}):
         return LocalCluster(n_workers=cfg.workers, threads_per_worker=at_once, processes=True,
@@ -419,10 +419,10 @@ class Cluster:
         if not cfg.scheduler:
             from concurrent.futures import ThreadPoolExecutor
 
-            # torch and the extractors' code are imported by this thread first: a thread importing torch while
-            # another does can find it half-made ("partially initialized module 'torch.utils'")
-            import features.precision  # noqa: F401
-            from . import part  # noqa: F401
+            # Dask is imported here, and the thread imports nothing the driver goes on to import (torch, the
+            # extractors): two threads importing torch at once can find it half-made ("partially initialized
+            # module 'torch.utils'"). The driver's imports then overlap the workers' start.
+            from dask.distributed import LocalCluster  # noqa: F401
 
             pool = ThreadPoolExecutor(1, thread_name_prefix="mmcache-cluster")
             self.future = pool.submit(_local_cluster, cfg)

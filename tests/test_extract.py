@@ -332,15 +332,19 @@ def test_a_scheduler_driver_needs_no_gpu_and_cuda_parts_need_gpu_workers(odd_dat
             extract(replace(cfg, store=str(tmp_path / "gpu.zarr"), device="cuda"))
 
 
-def test_the_cluster_thread_starts_after_torch_is_imported():
-    """`pipeline.extract` imports no torch (`pipeline status` starts in 0.5 s), so the driver imports it before
-    the thread that starts the local cluster: two threads importing torch at once failed a run ("partially
-    initialized module 'torch.utils'")."""
-    code = ("import sys\nimport pipeline.extract as ex\nseen = []\n"
-            "ex._local_cluster = lambda cfg: seen.append('torch' in sys.modules and 'pipeline.part' in sys.modules)\n"
-            "ex.Cluster(ex.ExtractConfig(manifest='m.csv', store='s.zarr', workers=1)).wait()\nprint(seen)")
+def test_the_cluster_thread_imports_nothing_the_driver_imports_meanwhile():
+    """`pipeline.extract` imports no torch (`pipeline status` starts in 0.5 s), and the thread that starts the
+    local cluster imports none either (its workers do, in their own processes), so the driver's own imports of
+    torch and the extractors overlap the workers' start: two threads importing torch at once failed a run
+    ("partially initialized module 'torch.utils'")."""
+    code = ("import sys\nimport pipeline.extract as ex\nimport dask.distributed as dd\nseen = []\n"
+            "dd.LocalCluster = lambda **kw: seen.append(sorted(m for m in sys.modules if m.partition('.')[0] in "
+            "('torch', 'torchvision', 'features', 'pipeline') and m not in before))\n"
+            "before = set(sys.modules)\n"
+            "ex.Cluster(ex.ExtractConfig(manifest='m.csv', store='s.zarr', groups=['resnet152', 'logmel'], "
+            "workers=1)).wait()\nprint(seen)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out == "[True]\n"
+    assert out == "[['pipeline.worker']]\n"
 
 
 def test_local_workers_import_their_extractors_late_imports_as_they_start(monkeypatch):
@@ -349,10 +353,14 @@ def test_local_workers_import_their_extractors_late_imports_as_they_start(monkey
     start imported is frozen out of the garbage collector, which is left as it was."""
     import gc
 
+    from features import registry
+    from features.frames import ResNetFrames
     from pipeline import worker
     from pipeline.extract import Cluster
 
-    monkeypatch.setenv(worker.LATE_IMPORTS, "colorsys,no_such_module_here")
+    monkeypatch.setenv(worker.GROUPS, "hf_vision,resnet152,logmel")
+    monkeypatch.setitem(registry.EXTRACTORS, "hf_vision", "no_such_module_here:HFVision")
+    monkeypatch.setattr(ResNetFrames, "preload", ("colorsys",))
     monkeypatch.delitem(sys.modules, "colorsys", raising=False)
     monkeypatch.setattr(gc, "freeze", lambda: None)  # not this test process's objects
     worker.dask_setup(None)
