@@ -6,7 +6,7 @@ cluster imports no torch) with the garbage collector off, then freezes what they
 imports scan every object torch has made so far, again and again; and at the worker's exit the last collections
 scan them all once more (a process holding torch took 0.4 s to exit, 0.13 s frozen). On 2 cores, two workers:
 start 3.6-4.7 -> 3.1-3.7 s, the cluster's close 0.9-1.3 -> 0.2-0.3 s. What the imports made lives as long as
-the process, so nothing collectable is frozen.
+the process: freezing keeps at most a few of the start's temporaries from the collector.
 """
 from __future__ import annotations
 
