@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extract import HOWTO100M_MEAN_SECONDS, at_scale, workload  # noqa: E402
+from extract import HOWTO100M_MEAN_SECONDS, HOWTO100M_VIDEO_SECONDS, at_scale, workload  # noqa: E402
 from train import compare  # noqa: E402
 
 from features.base import Options  # noqa: E402
@@ -38,9 +38,6 @@ from pipeline.decode import decode  # noqa: E402
 from pipeline.decode_nvdec import decode_nvdec, unavailable  # noqa: E402
 from pipeline.part import NVDEC_SESSIONS  # noqa: E402
 from pipeline.extract import ExtractConfig, extract  # noqa: E402
-
-
-HOWTO100M_VIDEO_SECONDS = 482e6  # about 134,000 video-hours
 
 
 def _decode_seconds(path: str) -> float:
