@@ -349,8 +349,8 @@ def test_the_cluster_thread_imports_nothing_the_driver_imports_meanwhile():
 
 def test_local_workers_import_their_extractors_late_imports_as_they_start(monkeypatch):
     """torchvision (imported by ResNet-152's build only) is imported as a local worker starts, beside the
-    driver's planning; a late import that fails is left to the build, not a worker that cannot start. What the
-    start imported is frozen out of the garbage collector, which is left as it was."""
+    driver's planning; a group whose imports fail is left to its build, not a worker that cannot start. What
+    the start imported is frozen out of the garbage collector, which is left as it was."""
     import gc
 
     from features import registry
